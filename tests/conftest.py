@@ -1,0 +1,49 @@
+"""Shared fixtures: the embedded SmolLM2 (loaded once per worker) and small random models for mechanics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import kn_lens
+
+# Two xdist workers share two cores: one thread each avoids oversubscription (and is faster here).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> HookedTransformer:
+    """The embedded SmolLM2-135M-Instruct. Tests that change weights must restore them."""
+    return kn_lens.load_model()
+
+
+def _random_causal(tokenizer, *, gated: bool, seed: int = 0) -> HookedTransformer:
+    torch.manual_seed(seed)
+    common = dict(d_model=32, d_head=8, n_heads=4, d_mlp=64, n_layers=3, n_ctx=64, d_vocab=tokenizer.vocab_size)
+    if gated:  # Llama-like: RMSNorm, rotary, gated SiLU MLP, grouped-query attention
+        cfg = HookedTransformerConfig(
+            **common,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            gated_mlp=True,
+            n_key_value_heads=2,
+            default_prepend_bos=False,
+        )
+    else:  # GPT-2-like: LayerNorm, learned positions, GELU
+        cfg = HookedTransformerConfig(**common, act_fn="gelu_new", normalization_type="LN", default_prepend_bos=False)
+    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False).eval()
+
+
+@pytest.fixture(scope="session")
+def random_llama(smollm2) -> HookedTransformer:
+    """A 3-layer random Llama-like model with the SmolLM2 tokenizer (mechanics tests)."""
+    return _random_causal(smollm2.tokenizer, gated=True)
+
+
+@pytest.fixture(scope="session")
+def random_gpt2(smollm2) -> HookedTransformer:
+    """A 3-layer random GPT-2-like model with the SmolLM2 tokenizer (mechanics tests)."""
+    return _random_causal(smollm2.tokenizer, gated=False)
