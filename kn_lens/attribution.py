@@ -1,0 +1,780 @@
+"""Attribution of a target token to every MLP neuron: integrated gradients and friends, as hooks on ``mlp_post``.
+
+Context:
+    Dai et al. (2022) score a neuron by how much the model's belief in the right answer depends on it. They take
+    the neuron activations of one layer at the *site* (the ``[MASK]`` of an encoder prompt, the last prompt token
+    of a causal one), scale them from a baseline (zero) up to their real value, and integrate the gradient of the
+    target probability along that straight path (integrated gradients, Sundararajan et al. 2017):
+
+    ``IG_i = (a_i - b_i) * integral_0^1 dF(b + alpha (a - b)) / da_i d alpha``
+
+    Only the activation at the site is scaled; everything else runs as usual. The integral is approximated with
+    ``n_steps`` points (see :data:`METHODS`), and by completeness ``sum_i IG_i ~ F(a) - F(b)``: the *convergence
+    delta* (the difference of the two) tells how good the approximation is.
+
+Intuition:
+    A plain gradient only says what a tiny nudge does at the current activation; saturated neurons (softmax near
+    1) then look irrelevant. Integrating along the path from "neuron off" to "neuron on" credits neurons with
+    the change they actually cause. Gradient x activation is the one-step version; attribution patching is its
+    linear estimate of an ablation; :func:`ablation_effects` runs the real ablations.
+
+Caveats:
+    * Scores depend on the baseline, the objective (probability saturates, logits do not) and on which hook
+      point is scaled (``mlp_post`` here; the EleutherAI package scales ``mlp_pre`` of GPT models).
+    * IG attributes one layer at a time (the other layers keep their clean values at the site), as in Dai et al.;
+      the scores of different layers do not add up to one total.
+
+Speed:
+    ``fast=True`` (default) gives the same numbers as the plain method (to float32 rounding) but computes the
+    layers below ``L`` once per prompt, only the positions that can change (causal models reuse the keys and
+    values of earlier positions), all layers and steps in one batch, and the unembedding only where the
+    objective reads it. ``fast=False`` runs the textbook version (one ``run_with_hooks`` forward and backward
+    per batch of steps and layer), kept as the reference.
+
+Example:
+    >>> scores = integrated_gradients(model, "The capital of France is", " Paris")   # [n_layers, d_mlp]
+    >>> scores.flatten().topk(5)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
+
+from kn_lens._typing import Model, check_layers, check_model
+from kn_lens.prompts import Prompt, TargetLike, as_prompts, make_prompt
+from kn_lens.scoring import Objective, check_objective, objective_from_logits
+
+__all__ = [
+    "ATTRIBUTIONS",
+    "HOOKS",
+    "METHODS",
+    "ablation_effects",
+    "attribute",
+    "attribute_many",
+    "attribution_patching",
+    "grad_x_activation",
+    "integrated_gradients",
+    "integrated_gradients_many",
+    "mean_activations",
+    "step_alphas",
+]
+
+Method = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre", "eleuther"]
+
+METHODS: dict[str, str] = {
+    "riemann_left": "alpha_k = k / n for k = 0..n-1, weights 1/n (left Riemann sum; the path's end is not visited)",
+    "riemann_right": "alpha_k = k / n for k = 1..n, weights 1/n (right Riemann sum; alpha = 0 is not visited)",
+    "riemann_middle": "alpha_k = (k + 1/2) / n for k = 0..n-1, weights 1/n (midpoint rule)",
+    "riemann_trapezoid": "alpha_k = k / (n-1) for k = 0..n-1, weights 1/(n-1), halved at both ends (n >= 2)",
+    "gausslegendre": "Gauss-Legendre nodes and weights of degree n mapped from [-1, 1] to [0, 1] (exact for "
+    "polynomials of degree 2n-1; the best choice for few steps)",
+    "eleuther": "alpha_k = linspace(0, 1, n) (both ends included), weights 1/n: the EleutherAI knowledge-neurons "
+    "package's convention, to reproduce its numbers (its sum over-counts the endpoint by 1/n)",
+}
+"""The integration rules for integrated gradients, like captum's ``method`` argument: name -> how the ``n``
+points ``alpha_k`` on the path and their weights ``w_k`` are chosen. The score is
+``(a - b) * sum_k w_k * dF/da (b + alpha_k (a - b))``."""
+
+HOOKS: dict[str, str] = {
+    "mlp_post": "post",
+    "mlp_pre": "pre",
+    "mlp_pre_linear": "pre_linear",
+}
+"""MLP hook points that can be attributed: ``mlp_post`` (the neuron activations, default), ``mlp_pre`` (before
+the activation function; where the EleutherAI package hooks GPT models) and ``mlp_pre_linear`` (the linear branch
+of a gated MLP)."""
+
+ATTRIBUTIONS: tuple[str, ...] = ("ig", "grad_x_act", "attribution_patching", "ablation")
+
+Baseline = Literal["zero"] | Tensor
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+
+def step_alphas(method: str, n_steps: int) -> tuple[Float[Tensor, " n_steps"], Float[Tensor, " n_steps"]]:
+    """The points ``alpha_k`` on the path and their weights ``w_k`` for an integration rule (see :data:`METHODS`).
+
+    Args:
+        method: one of :data:`METHODS`.
+        n_steps: number of points (>= 1; >= 2 for ``riemann_trapezoid``).
+
+    Returns:
+        ``(alphas, weights)``, float64 tensors of length ``n_steps``.
+
+    Example:
+        >>> step_alphas("riemann_left", 4)
+        (tensor([0.0000, 0.2500, 0.5000, 0.7500], dtype=torch.float64), tensor([0.2500, ...]))
+    """
+    _check_method(method, n_steps)
+    n = n_steps
+    k = torch.arange(n, dtype=torch.float64)
+    weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if method == "riemann_left":
+        alphas = k / n
+    elif method == "riemann_right":
+        alphas = (k + 1) / n
+    elif method == "riemann_middle":
+        alphas = (k + 0.5) / n
+    elif method == "riemann_trapezoid":
+        alphas = k / (n - 1)
+        weights = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
+        weights[0] = weights[-1] = 0.5 / (n - 1)
+    elif method == "gausslegendre":
+        nodes, w = np.polynomial.legendre.leggauss(n)
+        alphas = torch.from_numpy((nodes + 1) / 2)
+        weights = torch.from_numpy(w / 2)
+    else:  # eleuther
+        alphas = torch.linspace(0, 1, n, dtype=torch.float64)
+    return alphas, weights
+
+
+def _check_method(method: str, n_steps: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int):
+        raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if method == "riemann_trapezoid" and n_steps < 2:
+        raise ValueError("riemann_trapezoid needs n_steps >= 2 (it visits both ends of the path)")
+
+
+def _hook_key(model: Model, hook: str) -> str:
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook point {hook!r}; choose one of {', '.join(HOOKS)}")
+    if hook == "mlp_pre_linear" and not getattr(model.cfg, "gated_mlp", False):
+        raise ValueError("mlp_pre_linear exists only in gated MLPs; use 'mlp_post' or 'mlp_pre'")
+    return HOOKS[hook]
+
+
+def hook_name(hook: str, layer: int) -> str:
+    """TransformerLens name of an MLP hook point: ``hook_name("mlp_post", 3) == "blocks.3.mlp.hook_post"``."""
+    return get_act_name(HOOKS[hook], layer)
+
+
+def _check_batch(internal_batch_size: int | None) -> None:
+    if internal_batch_size is None:
+        return
+    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
+        raise TypeError(f"internal_batch_size must be an int or None, got {type(internal_batch_size).__name__}")
+    if internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+
+
+def _one_prompt(model: Model, prompt: str | Prompt, target: TargetLike) -> Prompt:
+    if isinstance(prompt, Prompt):
+        if target is not None:
+            prompt = prompt.with_target(model, target)
+    elif isinstance(prompt, str):
+        prompt = make_prompt(model, prompt, target)
+    else:
+        raise TypeError(f"prompt must be a str (with target) or a kn_lens Prompt, got {type(prompt).__name__}")
+    if not prompt.target_ids:
+        raise ValueError("no target given: pass target=' Paris' (or a Prompt made with a target)")
+    return prompt
+
+
+def _baselines(
+    model: Model, baseline: Baseline, layers: list[int], d_mlp: int, device
+) -> Float[Tensor, "layer d_mlp"] | None:
+    """``None`` for the zero baseline, else one baseline row per requested layer."""
+    if isinstance(baseline, str):
+        if baseline != "zero":
+            raise ValueError(
+                f"unknown baseline {baseline!r}; use 'zero' or a tensor of shape [d_mlp] / [n_layers, d_mlp]"
+            )
+        return None
+    if not isinstance(baseline, Tensor):
+        raise TypeError(f"baseline must be 'zero' or a Tensor, got {type(baseline).__name__}")
+    baseline = baseline.detach().to(device=device, dtype=model.cfg.dtype)
+    if baseline.shape == (d_mlp,):
+        return baseline.expand(len(layers), d_mlp)
+    if baseline.shape == (model.cfg.n_layers, d_mlp):
+        return baseline[layers]
+    raise ValueError(
+        f"baseline has shape {tuple(baseline.shape)}; expected [d_mlp]=[{d_mlp}] or "
+        f"[n_layers, d_mlp]=[{model.cfg.n_layers}, {d_mlp}]"
+    )
+
+
+def _with_grad(fn: Callable) -> Callable:
+    """Run ``fn`` with autograd on, also when called under ``torch.no_grad()`` / ``inference_mode``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
+    return prompt.tokens.to(model.cfg.device)[None].expand(rows, -1)
+
+
+def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
+    return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+
+
+@torch.no_grad()
+def _clean_site(model: Model, prompt: Prompt, names: list[str], objective: str) -> tuple[Tensor, Tensor]:
+    """Clean activations at the site for each hook name ``[len(names), d]`` and the clean objective (scalar)."""
+    store: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> None:
+        store[hook.name] = act[0, prompt.site].detach().clone()
+
+    logits = _logits(model, _tokens(model, prompt, 1), [(name, keep) for name in names])
+    f_clean = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
+    return torch.stack([store[name] for name in names]), f_clean
+
+
+def _replace_site(site: int, values: Tensor) -> Callable:
+    """A hook that puts ``values`` ([batch, d]) at position ``site`` (out of place, so autograd stays sound)."""
+
+    def hook_fn(act: Tensor, hook) -> Tensor:
+        return torch.cat([act[:, :site], values[:, None].to(act.dtype), act[:, site + 1 :]], dim=1)
+
+    return hook_fn
+
+
+# ------------------------------------------------------------------------------------------ integrated gradients
+
+
+@_with_grad
+def _ig_plain(
+    model: Model,
+    prompt: Prompt,
+    layers: list[int],
+    alphas: Tensor,
+    weights: Tensor,
+    baselines: Tensor | None,
+    objective: str,
+    hook: str,
+    batch: int,
+    want_delta: bool,
+    progress: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Reference IG: per layer, full sequence, one run_with_hooks forward+backward per batch of steps."""
+    names = [hook_name(hook, layer) for layer in layers]
+    clean, f_clean = _clean_site(model, prompt, names, objective)
+    dtype, device = clean.dtype, clean.device
+    scores = torch.zeros(len(layers), clean.shape[-1], dtype=torch.float32)
+    deltas = torch.zeros(len(layers), dtype=torch.float32) if want_delta else None
+    for i, name in enumerate(tqdm(names, desc="IG (plain), layers", disable=not progress, leave=False)):
+        base = torch.zeros_like(clean[i]) if baselines is None else baselines[i]
+        diff = clean[i] - base
+        total = torch.zeros_like(clean[i], dtype=torch.float64)
+        for start in range(0, len(alphas), batch):
+            a = alphas[start : start + batch].to(device=device, dtype=dtype)
+            w = weights[start : start + batch].to(device=device)
+            x = (base + a[:, None] * diff).detach().requires_grad_(True)
+            logits = _logits(model, _tokens(model, prompt, len(a)), [(name, _replace_site(prompt.site, x))])
+            f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
+            (grad,) = torch.autograd.grad(f.sum(), x)
+            total += (w[:, None] * grad.double()).sum(0)
+        scores[i] = (diff.double() * total).float().cpu()
+        if deltas is not None:
+            with torch.no_grad():
+                logits = _logits(model, _tokens(model, prompt, 1), [(name, _replace_site(prompt.site, base[None]))])
+                f_base = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
+            deltas[i] = float(scores[i].double().sum() - (f_clean.double() - f_base.double()))
+    return scores, deltas
+
+
+def integrated_gradients(
+    model: Model,
+    prompt: str | Prompt,
+    target: TargetLike = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    n_steps: int = 20,
+    method: Method = "riemann_left",
+    baseline: Baseline = "zero",
+    objective: Objective = "prob",
+    hook: str = "mlp_post",
+    internal_batch_size: int | None = None,
+    return_convergence_delta: bool = False,
+    fast: bool = True,
+    progress: bool = False,
+) -> Float[Tensor, "layer d_mlp"] | tuple[Float[Tensor, "layer d_mlp"], Float[Tensor, " layer"]]:
+    """Integrated-gradients attribution of a target to every neuron of the requested layers (Dai et al. 2022).
+
+    For each layer ``L`` the activation at ``hook`` (default ``mlp_post``) at the prompt's site is moved along
+    the straight path from ``baseline`` to its clean value, and the gradient of the objective of the target is
+    integrated along it with the rule ``method`` (see :data:`METHODS`).
+
+    Args:
+        model: a ``HookedTransformer`` (causal) or ``HookedEncoder`` (masked LM).
+        prompt: the prompt text (with ``target``), or a :class:`~kn_lens.prompts.Prompt` made with a target.
+        target: the answer (``" Paris"``, a token id or ids); multi-token targets are supported (see
+            :mod:`kn_lens.prompts`). With a ``Prompt``, replaces its target.
+        layers: block indices to attribute (None = all). Rows come out in ascending layer order.
+        n_steps: number of points on the path.
+        method: integration rule, one of :data:`METHODS`. ``"eleuther"`` reproduces the EleutherAI package.
+        baseline: ``"zero"`` or a tensor ``[d_mlp]`` / ``[n_layers, d_mlp]`` (e.g. mean activations).
+        objective: ``"prob"`` (papers' choice), ``"logprob"`` or ``"logit"`` of the target (see
+            :mod:`kn_lens.scoring`).
+        hook: the MLP hook point, one of :data:`HOOKS` (``"mlp_pre"`` to match the EleutherAI package on GPT).
+        internal_batch_size: steps per forward pass (plain), or steps of every layer per pass (fast; then all
+            requested layers ride in one batch). None = all steps at once (plain) / an automatic memory budget.
+        return_convergence_delta: also return, per layer, ``sum(scores) - (F(clean) - F(baseline))``.
+        fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
+        progress: show a progress bar.
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU), one row per requested layer in ascending order; with
+        ``return_convergence_delta=True`` a tuple ``(scores, delta)`` with ``delta: Float[Tensor, "layer"]``.
+
+    Raises:
+        ValueError: a layer out of range, ``n_steps < 1``, an unknown method/objective/hook/baseline, a target
+            not in the vocabulary, a prompt without a target.
+        TypeError: a model or prompt of the wrong type.
+
+    Example:
+        >>> scores = integrated_gradients(model, "The capital of France is", " Paris", layers=[20, 24])
+        >>> scores.shape
+        torch.Size([2, 1536])
+    """
+    check_model(model)
+    prompt = _one_prompt(model, prompt, target)
+    layer_list = check_layers(model, layers)
+    _check_method(method, n_steps)
+    check_objective(objective)
+    _hook_key(model, hook)
+    _check_batch(internal_batch_size)
+    d_mlp = model.cfg.d_mlp
+    baselines = _baselines(model, baseline, layer_list, d_mlp, model.cfg.device)
+    alphas, weights = step_alphas(method, n_steps)
+    if fast:
+        from kn_lens import _ig_fast
+
+        if _ig_fast.supports(model, hook):
+            scores, deltas = _ig_fast.integrated_gradients(
+                model,
+                prompt,
+                layer_list,
+                alphas,
+                weights,
+                baselines,
+                objective,
+                hook,
+                internal_batch_size,
+                return_convergence_delta,
+                progress,
+            )
+            return (scores, deltas) if return_convergence_delta else scores
+    scores, deltas = _ig_plain(
+        model,
+        prompt,
+        layer_list,
+        alphas,
+        weights,
+        baselines,
+        objective,
+        hook,
+        internal_batch_size or n_steps,
+        return_convergence_delta,
+        progress,
+    )
+    return (scores, deltas) if return_convergence_delta else scores  # type: ignore[return-value]
+
+
+def _many(
+    fn: Callable,
+    model: Model,
+    prompts,
+    targets,
+    progress: bool,
+    desc: str,
+    **kwargs,
+):
+    check_model(model)
+    if isinstance(prompts, str | Prompt):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given; pass at least one prompt")
+    if (
+        targets is None
+        or isinstance(targets, str | int)
+        or (isinstance(targets, list | tuple) and all(isinstance(t, int) for t in targets))
+    ):
+        per = [targets] * len(prompts)
+    else:
+        per = list(targets)
+        if len(per) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(per)} targets")
+    ready = [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
+    outs = [fn(model, p, **kwargs) for p in tqdm(ready, desc=desc, disable=not progress)]
+    if outs and isinstance(outs[0], tuple):
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+    return torch.stack(outs)
+
+
+def integrated_gradients_many(
+    model: Model,
+    prompts: Sequence[str | Prompt] | str | Prompt,
+    targets: TargetLike | Sequence[TargetLike] = None,
+    *,
+    progress: bool = True,
+    **kwargs,
+) -> Float[Tensor, "prompt layer d_mlp"] | tuple[Float[Tensor, "prompt layer d_mlp"], Float[Tensor, "prompt layer"]]:
+    """:func:`integrated_gradients` for several prompts, stacked: ``[prompt, layer, d_mlp]``.
+
+    Args:
+        model: the model.
+        prompts: prompt texts or Prompts.
+        targets: one target for all prompts, or one per prompt (None when the prompts carry their targets).
+        progress: progress bar over prompts.
+        **kwargs: any keyword of :func:`integrated_gradients` (``layers``, ``n_steps``, ``method``, ...).
+
+    Returns:
+        ``Float[Tensor, "prompt layer d_mlp"]`` (and ``[prompt, layer]`` deltas with
+        ``return_convergence_delta=True``).
+
+    Example:
+        >>> texts = ["The capital of France is", "France's capital city is"]
+        >>> integrated_gradients_many(model, texts, " Paris", layers=[24]).shape
+        torch.Size([2, 1, 1536])
+    """
+    return _many(integrated_gradients, model, prompts, targets, progress, "IG, prompts", **kwargs)
+
+
+# ------------------------------------------------------------------------------- gradient-based single steps
+
+
+@_with_grad
+def _site_grads(
+    model: Model, prompt: Prompt, layers: list[int], objective: str, hook: str
+) -> tuple[Float[Tensor, "layer d_mlp"], Float[Tensor, "layer d_mlp"]]:
+    """Clean activations at the site and the total derivative of the objective with respect to them."""
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> None:
+        acts[hook.name] = act
+
+    names = [hook_name(hook, layer) for layer in layers]
+    logits = _logits(model, _tokens(model, prompt, 1), [(name, keep) for name in names])
+    f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
+    tensors = [acts[name] for name in names]
+    grads = torch.autograd.grad(f.sum(), tensors, allow_unused=True)
+    site = prompt.site
+    act = torch.stack([t[0, site].detach() for t in tensors])
+    grad = torch.stack(
+        [torch.zeros_like(t[0, site]) if g is None else g[0, site] for t, g in zip(tensors, grads, strict=True)]
+    )
+    return act, grad
+
+
+def _common_checks(model, prompt, target, layers, objective, hook) -> tuple[Prompt, list[int]]:
+    check_model(model)
+    prompt = _one_prompt(model, prompt, target)
+    layer_list = check_layers(model, layers)
+    check_objective(objective)
+    _hook_key(model, hook)
+    return prompt, layer_list
+
+
+def grad_x_activation(
+    model: Model,
+    prompt: str | Prompt,
+    target: TargetLike = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    objective: Objective = "prob",
+    hook: str = "mlp_post",
+    baseline: Baseline = "zero",
+) -> Float[Tensor, "layer d_mlp"]:
+    """Gradient x activation at the site: ``(a - b) * dF/da``, one forward and backward for all layers.
+
+    The gradient is the total derivative at the clean run (later layers respond to the neuron as usual). It
+    equals integrated gradients with a single step at ``alpha = 1`` (``method="riemann_right", n_steps=1``).
+
+    Args:
+        model: the model.
+        prompt: text (with ``target``) or a Prompt.
+        target: the answer.
+        layers: blocks to score (None = all), ascending.
+        objective: "prob", "logprob" or "logit".
+        hook: MLP hook point (see :data:`HOOKS`).
+        baseline: "zero" or a tensor ``[d_mlp]`` / ``[n_layers, d_mlp]``.
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU).
+
+    Example:
+        >>> grad_x_activation(model, "The capital of France is", " Paris").shape
+        torch.Size([30, 1536])
+    """
+    prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
+    baselines = _baselines(model, baseline, layer_list, model.cfg.d_mlp, model.cfg.device)
+    act, grad = _site_grads(model, prompt, layer_list, objective, hook)
+    diff = act if baselines is None else act - baselines
+    return (diff * grad).float().cpu()
+
+
+def _ablated_values(
+    model: Model, mode: str, mean_cache: Tensor | None, layers: list[int], clean: Tensor
+) -> Float[Tensor, "layer d_mlp"]:
+    if mode == "zero":
+        return torch.zeros_like(clean)
+    if mode != "mean":
+        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
+    if mean_cache is None:
+        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.attribution.mean_activations(model, prompts))")
+    means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
+    assert means is not None
+    return means.to(clean.dtype)
+
+
+def _check_mode(mode: str, mean_cache: Tensor | None) -> None:
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
+    if mode == "mean" and mean_cache is None:
+        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.attribution.mean_activations(model, prompts))")
+    if mean_cache is not None and not isinstance(mean_cache, Tensor):
+        raise TypeError(f"mean_cache must be a Tensor [n_layers, d_mlp] or [d_mlp], got {type(mean_cache).__name__}")
+
+
+def attribution_patching(
+    model: Model,
+    prompt: str | Prompt,
+    target: TargetLike = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    mode: Literal["zero", "mean"] = "zero",
+    mean_cache: Tensor | None = None,
+    objective: Objective = "prob",
+    hook: str = "mlp_post",
+) -> Float[Tensor, "layer d_mlp"]:
+    """Attribution patching: the linear (first-order) estimate of each neuron's ablation effect at the site.
+
+    ``(a_ablated - a) * dF/da``: the predicted change of the objective when the neuron alone is set to zero
+    (``mode="zero"``) or to its mean (``mode="mean"``, with ``mean_cache``). Compare with the exact
+    :func:`ablation_effects`. One forward and backward for all layers.
+
+    Args:
+        model: the model.
+        prompt: text (with ``target``) or a Prompt.
+        target: the answer.
+        layers: blocks to score (None = all), ascending.
+        mode: "zero" or "mean".
+        mean_cache: mean activations ``[n_layers, d_mlp]`` or ``[d_mlp]`` for ``mode="mean"``
+            (see :func:`mean_activations`).
+        objective: "prob", "logprob" or "logit".
+        hook: MLP hook point (see :data:`HOOKS`).
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); negative = ablating the neuron lowers the objective.
+
+    Example:
+        >>> est = attribution_patching(model, "The capital of France is", " Paris", layers=[24])
+    """
+    prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
+    _check_mode(mode, mean_cache)
+    act, grad = _site_grads(model, prompt, layer_list, objective, hook)
+    ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
+    return ((ablated - act) * grad).float().cpu()
+
+
+@torch.no_grad()
+def _ablation_plain(
+    model: Model,
+    prompt: Prompt,
+    layers: list[int],
+    ablated: Tensor,
+    objective: str,
+    hook: str,
+    batch: int,
+    progress: bool,
+) -> Tensor:
+    d_mlp = model.cfg.d_mlp
+    site = prompt.site
+    logits = _logits(model, _tokens(model, prompt, 1), [])
+    f_clean = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
+    out = torch.zeros(len(layers), d_mlp, dtype=torch.float32)
+    bar = tqdm(total=len(layers) * d_mlp, desc="ablations (plain)", disable=not progress, leave=False)
+    for i, layer in enumerate(layers):
+        for start in range(0, d_mlp, batch):
+            idx = torch.arange(start, min(start + batch, d_mlp), device=ablated.device)
+
+            def set_one(act: Tensor, hook, idx=idx, i=i) -> Tensor:
+                act = act.clone()
+                rows = torch.arange(len(idx), device=act.device)
+                act[rows, site, idx] = ablated[i, idx].to(act.dtype)
+                return act
+
+            logits = _logits(model, _tokens(model, prompt, len(idx)), [(hook_name(hook, layer), set_one)])
+            f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
+            out[i, start : start + len(idx)] = (f - f_clean).float().cpu()
+            bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def ablation_effects(
+    model: Model,
+    prompt: str | Prompt,
+    target: TargetLike = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    mode: Literal["zero", "mean"] = "zero",
+    mean_cache: Tensor | None = None,
+    objective: Objective = "prob",
+    hook: str = "mlp_post",
+    internal_batch_size: int | None = None,
+    fast: bool = True,
+    progress: bool = False,
+) -> Float[Tensor, "layer d_mlp"]:
+    """Exact ablation effects: ``F(neuron ablated at the site) - F(clean)`` for every neuron, in batches.
+
+    One row per ablated neuron (``layers x d_mlp`` rows in all: for SmolLM2's 46k neurons this takes minutes on a
+    CPU; restrict ``layers`` to explore). The fast path starts each row at its own layer and, for causal models,
+    recomputes only the positions from the site on.
+
+    Args:
+        model: the model.
+        prompt: text (with ``target``) or a Prompt.
+        target: the answer.
+        layers: blocks to score (None = all), ascending.
+        mode: "zero" (set to 0) or "mean" (set to ``mean_cache``).
+        mean_cache: mean activations ``[n_layers, d_mlp]`` or ``[d_mlp]`` for ``mode="mean"``.
+        objective: "prob", "logprob" or "logit".
+        hook: MLP hook point (see :data:`HOOKS`).
+        internal_batch_size: ablated neurons per forward pass (default 64 plain, automatic fast).
+        fast: use the fast path (same numbers to float32 rounding).
+        progress: progress bar.
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); negative = ablating the neuron lowers the objective.
+
+    Example:
+        >>> effects = ablation_effects(model, "The capital of France is", " Paris", layers=[24])
+        >>> effects[0].topk(3, largest=False)
+    """
+    prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
+    _check_mode(mode, mean_cache)
+    _check_batch(internal_batch_size)
+    names = [hook_name(hook, layer) for layer in layer_list]
+    clean, _ = _clean_site(model, prompt, names, objective)
+    ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
+    if fast:
+        from kn_lens import _ig_fast
+
+        if _ig_fast.supports(model, hook):
+            return _ig_fast.ablation_effects(
+                model, prompt, layer_list, ablated, objective, hook, internal_batch_size, progress
+            )
+    return _ablation_plain(model, prompt, layer_list, ablated, objective, hook, internal_batch_size or 64, progress)
+
+
+@torch.no_grad()
+def mean_activations(
+    model: Model,
+    prompts: Sequence[str | Prompt] | str | Prompt,
+    *,
+    hook: str = "mlp_post",
+    at_site: bool = True,
+) -> Float[Tensor, "layer d_mlp"]:
+    """Mean activation of every neuron over prompts (at their sites, or over all positions), for mean ablation.
+
+    Args:
+        model: the model.
+        prompts: texts or Prompts (targets are not needed).
+        hook: MLP hook point (see :data:`HOOKS`).
+        at_site: average over the prompts' sites only (default) or over every position.
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]`` for all layers of the model, on the model's device.
+
+    Example:
+        >>> means = mean_activations(model, ["The capital of Spain is", "The capital of Italy is"])
+        >>> attribution_patching(model, "The capital of France is", " Paris", mode="mean", mean_cache=means)
+    """
+    check_model(model)
+    _hook_key(model, hook)
+    items = as_prompts(model, prompts)
+    names = [hook_name(hook, layer) for layer in range(model.cfg.n_layers)]
+    total = torch.zeros(len(names), model.cfg.d_mlp, dtype=torch.float64, device=model.cfg.device)
+    count = 0
+    for p in items:
+        _, cache = model.run_with_cache(_tokens(model, p, 1), names_filter=lambda n: n in names)
+        acts = torch.stack([cache[n][0] for n in names])  # [layer, pos, d_mlp]
+        if at_site:
+            total += acts[:, p.site].double()
+            count += 1
+        else:
+            total += acts.double().sum(1)
+            count += acts.shape[1]
+    return (total / count).to(model.cfg.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- dispatchers
+
+_FUNCS: dict[str, Callable] = {
+    "ig": integrated_gradients,
+    "grad_x_act": grad_x_activation,
+    "attribution_patching": attribution_patching,
+    "ablation": ablation_effects,
+}
+
+
+def attribute(
+    model: Model,
+    prompt: str | Prompt,
+    target: TargetLike = None,
+    *,
+    attribution: Literal["ig", "grad_x_act", "attribution_patching", "ablation"] = "ig",
+    **kwargs,
+) -> Float[Tensor, "layer d_mlp"]:
+    """One entry point for every attribution in this module, all returning ``[layer, d_mlp]``.
+
+    Args:
+        model: the model.
+        prompt: text (with ``target``) or a Prompt.
+        target: the answer.
+        attribution: "ig" (:func:`integrated_gradients`), "grad_x_act" (:func:`grad_x_activation`),
+            "attribution_patching" (:func:`attribution_patching`) or "ablation" (:func:`ablation_effects`).
+        **kwargs: keywords of the chosen function.
+
+    Returns:
+        ``Float[Tensor, "layer d_mlp"]``.
+
+    Example:
+        >>> attribute(model, "The capital of France is", " Paris", attribution="grad_x_act", layers=[24])
+    """
+    if attribution not in _FUNCS:
+        raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
+    return _FUNCS[attribution](model, prompt, target, **kwargs)
+
+
+def attribute_many(
+    model: Model,
+    prompts: Sequence[str | Prompt] | str | Prompt,
+    targets: TargetLike | Sequence[TargetLike] = None,
+    *,
+    attribution: Literal["ig", "grad_x_act", "attribution_patching", "ablation"] = "ig",
+    progress: bool = True,
+    **kwargs,
+) -> Float[Tensor, "prompt layer d_mlp"]:
+    """:func:`attribute` for several prompts, stacked: ``[prompt, layer, d_mlp]``.
+
+    Example:
+        >>> attribute_many(model, ["The capital of France is", "France's capital is"], " Paris",
+        ...                attribution="grad_x_act").shape
+        torch.Size([2, 30, 1536])
+    """
+    if attribution not in _FUNCS:
+        raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
+    return _many(_FUNCS[attribution], model, prompts, targets, progress, f"{attribution}, prompts", **kwargs)
