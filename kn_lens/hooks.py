@@ -1,0 +1,588 @@
+"""Hook factories that act on single MLP neurons: scale, set, ablate or patch them, where and how you choose.
+
+Everything here returns a plain list of ``(hook_name, fn)`` pairs, the currency of TransformerLens, so an
+intervention is used exactly like any other hook and composes with other interventions and with your own hooks
+by list concatenation::
+
+    hooks = kn_lens.hooks.scale(neurons, 0.0) + kn_lens.hooks.set(["L3N7"], 5.0) + my_hooks
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    with model.hooks(fwd_hooks=hooks):
+        logits = model(tokens)
+
+The hook names are ``utils.get_act_name("mlp_post", layer)`` (``blocks.{L}.mlp.hook_post``): the activation
+*after* the non-linearity (and the gate, for gated MLPs), whose coordinate ``n`` multiplies the value vector
+``W_out[L][n]``. One hook per layer carries all of that layer's neurons. The hook functions are
+``functools.partial`` objects of one module-level function, so printing them shows exactly what they do.
+
+Positions:
+    * ``"all"`` (default): every position of every row;
+    * ``"site"``: the position where each prompt's answer is predicted (the ``[MASK]`` for an encoder, the last
+      prompt token for a causal model), resolved per row from ``prompts=[Prompt, ...]``, which must be the rows
+      of the batch the hooks run on;
+    * ``"last"``: the last position of every row (the site of an unpadded causal batch without teacher forcing);
+    * an ``int`` or a list of ints: those positions in every row (negative values count from the end);
+    * a 1-D integer tensor with one position per row.
+
+Hooks that depend on the batch (``positions="site"``) are built per batch. :class:`Intervention` does that for
+you: it is a small, inspectable description of an intervention, and calling it on a batch of prompts returns
+that batch's hooks, which is the callable form :func:`kn_lens.scoring.target_scores` accepts.
+
+Caveats:
+    Interventions replace the activation with a new tensor (no in-place writes), so they are safe under
+    autograd and compose in the order given. Scaling by 0 at ``"all"`` positions also silences the neuron on
+    the context tokens, a stronger intervention than Dai et al.'s, which act at the ``[MASK]`` only.
+
+Example:
+    >>> prompts = kn_lens.make_prompts(model, ["The capital of France is"], " Paris")
+    >>> hooks = kn_lens.hooks.scale(["L24N1005"], 0.0, positions="site", prompts=prompts)
+    >>> kn_lens.target_scores(model, prompts, fwd_hooks=hooks)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, utils
+from transformer_lens.hook_points import HookPoint
+
+from kn_lens._typing import Model, Neuron, NeuronLike, check_layers, check_model, group_by_layer, to_neurons
+from kn_lens.prompts import Prompt, as_prompts, group_by_length, stack_tokens
+
+HookFn: TypeAlias = Callable[[Tensor, HookPoint], Tensor]
+HookList: TypeAlias = list[tuple[str, HookFn]]
+PositionsLike: TypeAlias = Literal["all", "site", "last"] | int | Sequence[int] | Tensor
+NeuronsLike: TypeAlias = Iterable[NeuronLike] | NeuronLike | Any
+"""Neurons as a list of ``Neuron``/``(layer, index)``/``"L9N1094"``, one of those, or any object with a
+``.neurons`` attribute (e.g. a :class:`~kn_lens.neurons.KnowledgeNeurons` result)."""
+
+HOOK = "mlp_post"
+_POSITION_WORDS = ("all", "site", "last")
+
+
+def hook_name(layer: int) -> str:
+    """The TransformerLens name of the MLP activation hook of block ``layer`` (``blocks.{L}.mlp.hook_post``).
+
+    Example:
+        >>> hook_name(9)
+        'blocks.9.mlp.hook_post'
+    """
+    return utils.get_act_name(HOOK, layer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def as_neurons(neurons: NeuronsLike, model: Model | None = None) -> list[Neuron]:
+    """Normalise neurons; validate against ``model`` when given (else check types; ranges checked in the hook)."""
+    if hasattr(neurons, "neurons") and not isinstance(neurons, tuple | str):
+        neurons = neurons.neurons
+    if isinstance(neurons, Tensor):
+        neurons = [tuple(int(x) for x in row) for row in neurons.tolist()]
+    if model is not None:
+        result = to_neurons(model, neurons)
+    else:
+        if isinstance(neurons, str) or (
+            isinstance(neurons, tuple) and len(neurons) == 2 and all(isinstance(x, int) for x in neurons)
+        ):
+            neurons = [neurons]
+        result = []
+        for neuron in neurons:
+            if isinstance(neuron, str):
+                neuron = Neuron.parse(neuron)
+            if not isinstance(neuron, tuple) or len(neuron) != 2:
+                raise TypeError(f"expected a Neuron, a (layer, index) pair or a string like 'L9N1094', got {neuron!r}")
+            layer, index = neuron
+            for what, x in (("layer", layer), ("index", index)):
+                if isinstance(x, bool) or not isinstance(x, int):
+                    raise TypeError(f"neuron {what} must be an int, got {x!r}")
+                if x < 0:
+                    raise ValueError(f"neuron {what} {x} is negative; pass model=... to use negative layer indices")
+            result.append(Neuron(layer, index))
+        result = list(dict.fromkeys(result))
+    if not result:
+        raise ValueError("no neurons given; pass at least one neuron, e.g. ['L9N1094']")
+    return result
+
+
+def _check_finite(name: str, value: float | Tensor) -> None:
+    if isinstance(value, Tensor):
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def _resolve_positions(positions: PositionsLike, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
+    """Return ``(kind, index)``: kind "all" (index None), "fixed" (1-D positions for every row) or "rows"."""
+    if isinstance(positions, str):
+        if positions not in _POSITION_WORDS:
+            raise ValueError(f"unknown positions {positions!r}; use 'all', 'site', 'last', an int or a list of ints")
+        if positions == "all":
+            return "all", None
+        if positions == "last":
+            return "fixed", torch.tensor([-1])
+        if prompts is None:
+            raise ValueError(
+                "positions='site' needs the prompts of the batch (prompts=[...]) to find each row's mask / last "
+                "position; or use kn_lens.hooks.Intervention(...), which builds the hooks per batch"
+            )
+        if not prompts:
+            raise ValueError("prompts is empty; positions='site' needs one prompt per row of the batch")
+        if not all(isinstance(p, Prompt) for p in prompts):
+            raise TypeError("prompts must be kn_lens Prompt objects (make them with kn_lens.make_prompts)")
+        return "rows", torch.tensor([p.site for p in prompts], dtype=torch.long)
+    if isinstance(positions, Tensor):
+        if positions.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+            raise TypeError("a positions tensor must hold integer positions, one per row")
+        if positions.ndim != 1:
+            raise ValueError(
+                f"a positions tensor must be 1-D (one position per row), got shape {tuple(positions.shape)}"
+            )
+        return "rows", positions.detach().long().cpu()
+    if isinstance(positions, bool):
+        raise TypeError("positions must be 'all', 'site', 'last', an int or a list of ints, not a bool")
+    if isinstance(positions, int):
+        return "fixed", torch.tensor([positions])
+    positions = list(positions)
+    if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        raise TypeError(
+            f"positions must be 'all', 'site', 'last', an int or a non-empty list of ints, got {positions!r}"
+        )
+    return "fixed", torch.tensor(positions)
+
+
+def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, device) -> Tensor | None:
+    """Boolean ``[batch, pos, 1]`` mask of the positions to change, or None for all positions."""
+    if kind == "all":
+        return None
+    if index.min() < -n_pos or index.max() >= n_pos:
+        raise ValueError(f"intervention positions {index.tolist()} are outside the {n_pos} positions of the input")
+    index = (index % n_pos).to(device)
+    if kind == "fixed":
+        mask = torch.zeros(n_pos, dtype=torch.bool, device=device)
+        mask[index] = True
+        return mask[None, :, None].expand(batch, n_pos, 1)
+    if index.shape[0] != batch:
+        raise ValueError(
+            f"the intervention was built for {index.shape[0]} rows (one position per prompt) but the batch has "
+            f"{batch} rows; build the hooks for the prompts of this batch (kn_lens.hooks.Intervention does that)"
+        )
+    mask = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
+    mask[torch.arange(batch, device=device), index] = True
+    return mask[:, :, None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hook function
+# --------------------------------------------------------------------------------------------------------------
+
+
+def neuron_hook(
+    activation: Float[Tensor, "batch pos d_mlp"],
+    hook: HookPoint,
+    *,
+    op: Literal["scale", "set"],
+    indices: tuple[int, ...],
+    value: float | Tensor,
+    positions: tuple[str, Tensor | None] = ("all", None),
+) -> Float[Tensor, "batch pos d_mlp"]:
+    """The one hook function behind every factory here: change ``activation[..., indices]`` at ``positions``.
+
+    Args:
+        activation: the ``mlp_post`` activation TransformerLens passes in.
+        hook: the hook point (unused, part of the TransformerLens signature).
+        op: ``"scale"`` multiplies the neurons by ``value``; ``"set"`` replaces them by ``value``.
+        indices: neuron coordinates in this layer.
+        value: a number, one value per neuron (``[k]``), or values broadcastable to ``[batch, pos, k]``
+            (patching from a cache).
+        positions: the resolved positions (from :func:`_resolve_positions`).
+
+    Returns:
+        A new activation tensor (the input is not modified in place).
+
+    Example:
+        >>> fn = functools.partial(neuron_hook, op="scale", indices=(1094,), value=0.0)
+        >>> model.run_with_hooks(tokens, fwd_hooks=[(hook_name(9), fn)])
+    """
+    d_mlp = activation.shape[-1]
+    if max(indices) >= d_mlp:
+        raise ValueError(f"neuron index {max(indices)} is out of range at {hook.name}: the layer has {d_mlp} neurons")
+    index = torch.tensor(indices, device=activation.device)
+    old = activation.index_select(-1, index)
+    if isinstance(value, Tensor):
+        value = value.to(device=activation.device, dtype=activation.dtype)
+    if op == "scale":
+        new = old * value
+    else:
+        if isinstance(value, Tensor):
+            try:
+                new = torch.broadcast_to(value, old.shape)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"values of shape {tuple(value.shape)} do not fit the activation at {hook.name}, whose selected "
+                    f"neurons have shape {tuple(old.shape)} (batch, pos, neurons); patch from a cache of inputs "
+                    "with the same length (and the same batch size, or 1)"
+                ) from error
+        else:
+            new = torch.full_like(old, float(value))
+    mask = _position_mask(*positions, activation.shape[0], activation.shape[1], activation.device)
+    if mask is not None:
+        new = torch.where(mask, new, old)
+    return activation.index_copy(-1, index, new)
+
+
+def _build(
+    op: Literal["scale", "set"],
+    neurons: NeuronsLike,
+    values: Callable[[int, list[int]], float | Tensor],
+    positions: PositionsLike,
+    prompts: Sequence[Prompt] | None,
+    model: Model | None,
+) -> HookList:
+    resolved = _resolve_positions(positions, prompts)
+    hooks: HookList = []
+    for layer, indices in group_by_layer(as_neurons(neurons, model)).items():
+        fn = functools.partial(
+            neuron_hook, op=op, indices=tuple(indices), value=values(layer, indices), positions=resolved
+        )
+        hooks.append((hook_name(layer), fn))
+    return hooks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Factories
+# --------------------------------------------------------------------------------------------------------------
+
+
+def scale(
+    neurons: NeuronsLike,
+    factor: float,
+    *,
+    positions: PositionsLike = "all",
+    prompts: Sequence[Prompt] | None = None,
+    model: Model | None = None,
+) -> HookList:
+    """Multiply neurons' activations by ``factor`` (0 suppresses, 2 enhances, Dai et al.'s interventions).
+
+    Args:
+        neurons: the neurons (``Neuron``, ``(layer, index)``, ``"L9N1094"``, or a result with ``.neurons``).
+        factor: a finite number.
+        positions: where to intervene (see the module docstring): ``"all"``, ``"site"``, ``"last"``, ints.
+        prompts: the prompts of the batch, needed by ``positions="site"``.
+        model: if given, neurons are validated against it before anything runs (else when the hook runs).
+
+    Returns:
+        ``[(hook_name, fn), ...]``, one pair per layer, for ``run_with_hooks(fwd_hooks=...)``/``model.hooks``.
+
+    Raises:
+        ValueError: NaN/infinite factor, no neurons, a neuron out of range, unknown positions.
+
+    Example:
+        >>> model.run_with_hooks(tokens, fwd_hooks=scale(["L9N1094", "L10N2096"], 0.0))
+    """
+    _check_finite("factor", factor)
+    return _build("scale", neurons, lambda layer, idx: float(factor), positions, prompts, model)
+
+
+def set(  # shadows the builtin inside this module on purpose: kn_lens.hooks.set(...)
+    neurons: NeuronsLike,
+    value: float | Sequence[float] | Tensor,
+    *,
+    positions: PositionsLike = "all",
+    prompts: Sequence[Prompt] | None = None,
+    model: Model | None = None,
+) -> HookList:
+    """Set neurons' activations to ``value`` (one number for all, or one per neuron in the given order).
+
+    Args:
+        neurons: the neurons.
+        value: a finite number, or a sequence/1-D tensor with one value per neuron.
+        positions: where to intervene (see the module docstring).
+        prompts: the prompts of the batch, needed by ``positions="site"``.
+        model: if given, neurons are validated against it up front.
+
+    Returns:
+        ``[(hook_name, fn), ...]``.
+
+    Example:
+        >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.set(["L9N1094"], 3.0, positions="last"))
+    """
+    neuron_list = as_neurons(neurons, model)
+    if isinstance(value, Tensor | list | tuple):
+        values = torch.as_tensor(value, dtype=torch.float32).flatten()
+        _check_finite("value", values)
+        if values.numel() != len(neuron_list):
+            raise ValueError(f"got {values.numel()} values for {len(neuron_list)} neurons; pass one per neuron")
+        per_neuron = dict(zip(neuron_list, values, strict=True))
+        return _build(
+            "set",
+            neuron_list,
+            lambda layer, idx: torch.stack([per_neuron[Neuron(layer, i)] for i in idx]),
+            positions,
+            prompts,
+            None,
+        )
+    _check_finite("value", value)
+    return _build("set", neuron_list, lambda layer, idx: float(value), positions, prompts, None)
+
+
+def ablate(
+    neurons: NeuronsLike,
+    mode: Literal["zero", "mean"] = "zero",
+    *,
+    mean: ActivationCache | Mapping[int, Tensor] | None = None,
+    positions: PositionsLike = "all",
+    prompts: Sequence[Prompt] | None = None,
+    model: Model | None = None,
+) -> HookList:
+    """Ablate neurons: set them to zero, or to their mean activation over a reference set.
+
+    Args:
+        neurons: the neurons.
+        mode: ``"zero"`` or ``"mean"``.
+        mean: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, or a
+            TransformerLens ``ActivationCache`` holding the layers' ``mlp_post`` (averaged over batch and
+            positions).
+        positions: where to intervene (see the module docstring).
+        prompts: the prompts of the batch, needed by ``positions="site"``.
+        model: if given, neurons are validated against it up front.
+
+    Returns:
+        ``[(hook_name, fn), ...]``.
+
+    Example:
+        >>> means = mean_activations(model, reference_prompts)
+        >>> model.run_with_hooks(tokens, fwd_hooks=ablate(["L9N1094"], "mean", mean=means))
+    """
+    if mode == "zero":
+        return _build("set", neurons, lambda layer, idx: 0.0, positions, prompts, model)
+    if mode != "mean":
+        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
+    if mean is None:
+        raise ValueError("mode='mean' needs mean=...: kn_lens.hooks.mean_activations(model, prompts) or a cache")
+
+    def layer_mean(layer: int, idx: list[int]) -> Tensor:
+        if isinstance(mean, ActivationCache):
+            name = hook_name(layer)
+            if name not in mean.cache_dict:
+                raise ValueError(f"the cache has no {name}; run_with_cache with that hook to take means from it")
+            vector = mean[name].reshape(-1, mean[name].shape[-1]).float().mean(0)
+        else:
+            if layer not in mean:
+                raise ValueError(f"no mean activation for layer {layer}; compute means for all the neurons' layers")
+            vector = torch.as_tensor(mean[layer]).float()
+        if vector.ndim != 1 or max(idx) >= vector.shape[0]:
+            raise ValueError(f"the mean for layer {layer} must be a d_mlp vector covering neurons {idx}")
+        return vector.detach()[idx].clone()
+
+    return _build("set", neurons, layer_mean, positions, prompts, model)
+
+
+def patch(
+    neurons: NeuronsLike,
+    cache: ActivationCache | Mapping[str, Tensor],
+    *,
+    positions: PositionsLike = "all",
+    prompts: Sequence[Prompt] | None = None,
+    model: Model | None = None,
+) -> HookList:
+    """Patch neurons' activations from a cache of another run (activation patching on single neurons).
+
+    The cached ``mlp_post`` must have the same number of positions as the input, and the same batch size or 1.
+
+    Args:
+        neurons: the neurons.
+        cache: an ``ActivationCache`` (or ``{hook_name: tensor}``) with the layers' ``mlp_post``.
+        positions: where to patch (see the module docstring); other positions keep their own values.
+        prompts: the prompts of the batch, needed by ``positions="site"``.
+        model: if given, neurons are validated against it up front.
+
+    Returns:
+        ``[(hook_name, fn), ...]``.
+
+    Example:
+        >>> _, clean = model.run_with_cache(clean_tokens, names_filter=lambda n: n.endswith("mlp.hook_post"))
+        >>> model.run_with_hooks(corrupt_tokens, fwd_hooks=patch(neurons, clean, positions="last"))
+    """
+
+    def cached(layer: int, idx: list[int]) -> Tensor:
+        name = hook_name(layer)
+        store = cache.cache_dict if isinstance(cache, ActivationCache) else cache
+        if name not in store:
+            raise ValueError(f"the cache has no {name}; cache the mlp_post of every patched layer")
+        tensor = store[name]
+        if tensor.ndim != 3 or max(idx) >= tensor.shape[-1]:
+            raise ValueError(f"cache[{name!r}] has shape {tuple(tensor.shape)}; expected [batch, pos, d_mlp]")
+        return tensor.detach()[..., idx].clone()
+
+    return _build("set", neurons, cached, positions, prompts, model)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Means and batch-dependent interventions
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def mean_activations(
+    model: Model,
+    prompts: Sequence[Prompt] | Sequence[str],
+    *,
+    layers: int | Iterable[int] | None = None,
+    positions: Literal["site", "all"] = "site",
+    batch_size: int = 32,
+) -> dict[int, Float[Tensor, " d_mlp"]]:
+    """Mean ``mlp_post`` activation per layer over reference prompts, for :func:`ablate` (``mode="mean"``).
+
+    Args:
+        model: the model.
+        prompts: reference prompts (``Prompt`` objects, or strings).
+        layers: the layers to average (None = all).
+        positions: ``"site"`` (each prompt's mask / last position, the usual choice) or ``"all"`` positions.
+        batch_size: prompts per forward pass.
+
+    Returns:
+        ``{layer: mean vector of length d_mlp}`` on the CPU.
+
+    Example:
+        >>> means = mean_activations(model, ["The capital of Spain is", "The capital of Italy is"])
+    """
+    check_model(model)
+    prompts = as_prompts(model, prompts)
+    layers = check_layers(model, layers)
+    if positions not in ("site", "all"):
+        raise ValueError(f"positions must be 'site' or 'all', got {positions!r}")
+    names = {hook_name(layer): layer for layer in layers}
+    sums = {layer: torch.zeros(model.cfg.d_mlp, dtype=torch.float64) for layer in layers}
+    count = 0
+    for indices in group_by_length(prompts).values():
+        for start in range(0, len(indices), batch_size):
+            batch = [prompts[i] for i in indices[start : start + batch_size]]
+            _, cache = model.run_with_cache(stack_tokens(batch, model.cfg.device), names_filter=lambda n: n in names)
+            for name, layer in names.items():
+                act = cache[name].double().cpu()
+                if positions == "site":
+                    act = act[torch.arange(len(batch)), torch.tensor([p.site for p in batch])]
+                else:
+                    act = act.reshape(-1, act.shape[-1])
+                sums[layer] += act.sum(0)
+            count += len(batch) if positions == "site" else sum(len(p) for p in batch)
+    return {layer: (total / count).float() for layer, total in sums.items()}
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A small, inspectable intervention on neurons, built into hooks per batch of prompts.
+
+    Calling it with the prompts of a batch returns that batch's ``(hook_name, fn)`` list, so it can be passed
+    wherever a per-batch hook builder is accepted (``target_scores(model, prompts, fwd_hooks=intervention)``).
+
+    Attributes:
+        op: ``"scale"`` (multiply by ``value``) or ``"set"`` (replace by ``value``).
+        neurons: the neurons.
+        value: the factor (scale) or the value(s) (set: a number or one per neuron).
+        positions: where to intervene; ``"site"`` is resolved per batch.
+        name: a label for tables (defaults to a description).
+
+    Example:
+        >>> suppress = Intervention("scale", kns.neurons, 0.0, positions="site")
+        >>> kn_lens.target_scores(model, prompts, fwd_hooks=suppress)
+        >>> model.run_with_hooks(tokens, fwd_hooks=suppress.hooks(prompts))
+    """
+
+    op: Literal["scale", "set"]
+    neurons: tuple[Neuron, ...]
+    value: float | tuple[float, ...] = 0.0
+    positions: PositionsLike = "site"
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in ("scale", "set"):
+            raise ValueError(f"unknown op {self.op!r}; use 'scale' or 'set'")
+        object.__setattr__(self, "neurons", tuple(as_neurons(self.neurons, None)))
+        value = self.value
+        if isinstance(value, list | tuple | Tensor):
+            value = tuple(float(v) for v in torch.as_tensor(value).flatten().tolist())
+            _check_finite("value", torch.tensor(value))
+        else:
+            _check_finite("value" if self.op == "set" else "factor", value)
+            value = float(value)
+        object.__setattr__(self, "value", value)
+        if not (isinstance(self.positions, str) and self.positions == "site"):
+            _resolve_positions(self.positions, None)  # fail early on bad positions
+        if not self.name:
+            what = "x" if self.op == "scale" else "="
+            object.__setattr__(self, "name", f"{what}{value} on {len(self.neurons)} neurons")
+
+    def hooks(self, prompts: Sequence[Prompt] | None = None) -> HookList:
+        """The ``(hook_name, fn)`` list for a batch of ``prompts`` (needed when ``positions="site"``)."""
+        if self.op == "scale":
+            return scale(self.neurons, self.value, positions=self.positions, prompts=prompts)
+        return set(self.neurons, self.value, positions=self.positions, prompts=prompts)
+
+    def __call__(self, prompts: Sequence[Prompt] | None = None) -> HookList:
+        return self.hooks(prompts)
+
+
+def compose(*parts: HookList | Intervention | Callable[[Sequence[Prompt]], HookList]) -> Callable[..., HookList]:
+    """Combine hook lists, :class:`Intervention` objects and per-batch builders into one per-batch builder.
+
+    The hooks run in the order given (TransformerLens runs several hooks on one hook point in order).
+
+    Example:
+        >>> both = compose(Intervention("scale", kns.neurons, 0.0), my_hooks)
+        >>> kn_lens.target_scores(model, prompts, fwd_hooks=both)
+    """
+    for part in parts:
+        if not (isinstance(part, list | tuple) or callable(part)):
+            raise TypeError(f"cannot compose {type(part).__name__}; pass hook lists or Intervention objects")
+    return functools.partial(_composed, parts)
+
+
+def _composed(parts, prompts: Sequence[Prompt] | None = None) -> HookList:
+    hooks: HookList = []
+    for part in parts:
+        hooks.extend(part(prompts) if callable(part) else list(part))
+    return hooks
+
+
+def batch_hooks(fwd_hooks, prompts: Sequence[Prompt]) -> HookList:
+    """Resolve ``fwd_hooks`` (a list, an :class:`Intervention` or a per-batch builder) for a batch of prompts."""
+    if callable(fwd_hooks):
+        return list(fwd_hooks(prompts))
+    return list(fwd_hooks or [])
+
+
+def positions_tensor(prompts: Sequence[Prompt]) -> Int[Tensor, " batch"]:
+    """The site of each prompt as a 1-D tensor (for ``positions=`` when the prompts themselves are not at hand)."""
+    return torch.tensor([p.site for p in prompts], dtype=torch.long)
+
+
+__all__ = [
+    "HOOK",
+    "HookList",
+    "Intervention",
+    "ablate",
+    "as_neurons",
+    "batch_hooks",
+    "compose",
+    "hook_name",
+    "mean_activations",
+    "neuron_hook",
+    "patch",
+    "positions_tensor",
+    "scale",
+    "set",
+]
