@@ -52,8 +52,9 @@ from torch import Tensor
 from transformer_lens import ActivationCache, utils
 from transformer_lens.hook_points import HookPoint
 
-from kn_lens._typing import Model, Neuron, NeuronLike, check_layers, check_model, group_by_layer, to_neurons
-from kn_lens.prompts import Prompt, as_prompts, group_by_length, stack_tokens
+from kn_lens._typing import Model, Neuron, NeuronLike, group_by_layer, to_neurons
+from kn_lens.cache import mean_activations  # re-exported: the means for ablate(mode='mean')
+from kn_lens.prompts import Prompt
 
 HookFn: TypeAlias = Callable[[Tensor, HookPoint], Tensor]
 HookList: TypeAlias = list[tuple[str, HookFn]]
@@ -342,7 +343,7 @@ def ablate(
     neurons: NeuronsLike,
     mode: Literal["zero", "mean"] = "zero",
     *,
-    mean: ActivationCache | Mapping[int, Tensor] | None = None,
+    mean: ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
     positions: PositionsLike = "all",
     prompts: Sequence[Prompt] | None = None,
     model: Model | None = None,
@@ -353,8 +354,8 @@ def ablate(
         neurons: the neurons.
         mode: ``"zero"`` or ``"mean"``.
         mean: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, or a
-            TransformerLens ``ActivationCache`` holding the layers' ``mlp_post`` (averaged over batch and
-            positions).
+            ``[n_layers, d_mlp]`` tensor (:func:`kn_lens.attribution.mean_activations`), or a TransformerLens
+            ``ActivationCache`` holding the layers' ``mlp_post`` (averaged over batch and positions).
         positions: where to intervene (see the module docstring).
         prompts: the prompts of the batch, needed by ``positions="site"``.
         model: if given, neurons are validated against it up front.
@@ -379,6 +380,12 @@ def ablate(
             if name not in mean.cache_dict:
                 raise ValueError(f"the cache has no {name}; run_with_cache with that hook to take means from it")
             vector = mean[name].reshape(-1, mean[name].shape[-1]).float().mean(0)
+        elif isinstance(mean, Tensor):
+            if mean.ndim != 2 or layer >= mean.shape[0]:
+                raise ValueError(
+                    f"a mean tensor must be [n_layers, d_mlp] and cover layer {layer}; got {tuple(mean.shape)}"
+                )
+            vector = mean[layer].float()
         else:
             if layer not in mean:
                 raise ValueError(f"no mean activation for layer {layer}; compute means for all the neurons' layers")
@@ -431,55 +438,8 @@ def patch(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Means and batch-dependent interventions
+# Batch-dependent interventions
 # --------------------------------------------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def mean_activations(
-    model: Model,
-    prompts: Sequence[Prompt] | Sequence[str],
-    *,
-    layers: int | Iterable[int] | None = None,
-    positions: Literal["site", "all"] = "site",
-    batch_size: int = 32,
-) -> dict[int, Float[Tensor, " d_mlp"]]:
-    """Mean ``mlp_post`` activation per layer over reference prompts, for :func:`ablate` (``mode="mean"``).
-
-    Args:
-        model: the model.
-        prompts: reference prompts (``Prompt`` objects, or strings).
-        layers: the layers to average (None = all).
-        positions: ``"site"`` (each prompt's mask / last position, the usual choice) or ``"all"`` positions.
-        batch_size: prompts per forward pass.
-
-    Returns:
-        ``{layer: mean vector of length d_mlp}`` on the CPU.
-
-    Example:
-        >>> means = mean_activations(model, ["The capital of Spain is", "The capital of Italy is"])
-    """
-    check_model(model)
-    prompts = as_prompts(model, prompts)
-    layers = check_layers(model, layers)
-    if positions not in ("site", "all"):
-        raise ValueError(f"positions must be 'site' or 'all', got {positions!r}")
-    names = {hook_name(layer): layer for layer in layers}
-    sums = {layer: torch.zeros(model.cfg.d_mlp, dtype=torch.float64) for layer in layers}
-    count = 0
-    for indices in group_by_length(prompts).values():
-        for start in range(0, len(indices), batch_size):
-            batch = [prompts[i] for i in indices[start : start + batch_size]]
-            _, cache = model.run_with_cache(stack_tokens(batch, model.cfg.device), names_filter=lambda n: n in names)
-            for name, layer in names.items():
-                act = cache[name].double().cpu()
-                if positions == "site":
-                    act = act[torch.arange(len(batch)), torch.tensor([p.site for p in batch])]
-                else:
-                    act = act.reshape(-1, act.shape[-1])
-                sums[layer] += act.sum(0)
-            count += len(batch) if positions == "site" else sum(len(p) for p in batch)
-    return {layer: (total / count).float() for layer, total in sums.items()}
 
 
 @dataclass(frozen=True)
