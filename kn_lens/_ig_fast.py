@@ -49,9 +49,11 @@ def supports(model: Model, hook: str) -> bool:
         return hasattr(model, "mlm_head") and hasattr(model, "unembed")
     return not (
         cfg.parallel_attn_mlp
+        or cfg.use_split_qkv_input
+        or cfg.use_attn_in
         or cfg.use_normalization_before_and_after
         or cfg.original_architecture in POST_NORM_ARCHITECTURES
-        or cfg.positional_embedding_type == "shortformer"
+        or cfg.positional_embedding_type not in ("standard", "rotary")
         or getattr(cfg, "num_experts", None)
         or (getattr(cfg, "output_logits_soft_cap", 0.0) or 0.0) > 0
         or getattr(cfg, "n_devices", 1) > 1
@@ -74,41 +76,45 @@ class _Clean:
 
 @torch.no_grad()
 def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: str) -> _Clean:
+    """One clean forward (with the same block arithmetic as the fast rows) that keeps what the rows reuse."""
     encoder = is_encoder(model)
+    gated = bool(getattr(model.cfg, "gated_mlp", False))
     start = 0 if encoder else prompt.site
-    kinds = ["pre", "post"] + (["pre_linear"] if getattr(model.cfg, "gated_mlp", False) else [])
-    store: dict[str, Tensor] = {}
-
-    def keep_site(act: Tensor, hook) -> None:
-        store[hook.name] = act[0, prompt.site].clone()
-
-    def keep_from(act: Tensor, hook) -> None:
-        store[hook.name] = act[0, start:].clone()
-
-    def keep_prefix(act: Tensor, hook) -> None:
-        store[hook.name] = act[0, :start].clone()
-
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        hooks += [(f"blocks.{layer}.mlp.hook_{kind}", keep_site) for kind in kinds]
-        if layer in layers:
-            hooks.append((f"blocks.{layer}.hook_resid_post", keep_from))
-        if not encoder:
-            hooks += [(f"blocks.{layer}.attn.hook_k", keep_prefix), (f"blocks.{layer}.attn.hook_v", keep_prefix)]
+    site = prompt.site
     tokens = prompt.tokens.to(model.cfg.device)[None]
-    logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
-    f_clean = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
-    n = model.cfg.n_layers
-    return _Clean(
+    # the embedding, whatever its kind (HookedTransformer: stop before block 0)
+    resid = model.embed(tokens) if encoder else model(tokens, stop_at_layer=0)
+    acts: dict[str, list[Tensor]] = {"pre": [], "post": [], "pre_linear": []}
+    kept: dict[int, Tensor] = {}
+    keys: list[Tensor] = []
+    values: list[Tensor] = []
+    for layer, block in enumerate(model.blocks):
+        entry = None
+        if not encoder:
+            entry = TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, resid.device, 1)
+        record: dict[str, Tensor] = {}
+        resid = _block(block, resid, entry, encoder, gated, record)
+        for kind, value in record.items():
+            if kind in acts:
+                acts[kind].append(value[0, site].clone())
+        if layer in layers:
+            kept[layer] = record["resid_post"][0, start:].clone()
+        if entry is not None:
+            keys.append(entry.past_keys[0, :start].clone())
+            values.append(entry.past_values[0, :start].clone())
+    out_prompt = dataclasses.replace(prompt, positions=tuple(p - start for p in prompt.positions))
+    clean = _Clean(
         start=start,
-        site=prompt.site - start,
-        out_prompt=dataclasses.replace(prompt, positions=tuple(p - start for p in prompt.positions)),
-        resid={layer: store[f"blocks.{layer}.hook_resid_post"] for layer in layers},
-        acts={kind: torch.stack([store[f"blocks.{i}.mlp.hook_{kind}"] for i in range(n)]) for kind in kinds},
-        keys=[] if encoder else [store[f"blocks.{i}.attn.hook_k"] for i in range(n)],
-        values=[] if encoder else [store[f"blocks.{i}.attn.hook_v"] for i in range(n)],
-        f_clean=f_clean,
+        site=site - start,
+        out_prompt=out_prompt,
+        resid=kept,
+        acts={kind: torch.stack(v) for kind, v in acts.items() if v},
+        keys=keys,
+        values=values,
+        f_clean=torch.zeros(()),
     )
+    clean.f_clean = _objective(model, resid[:, start:], clean, objective)[0]
+    return clean
 
 
 def _post_of(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Tensor:
@@ -150,6 +156,7 @@ def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Ten
     """Objective for every row of every group: ``xs[g]`` ([rows, d_mlp]) is the hooked activation at the site of
     ``layers[g]``. Rows join at block ``layers[g] + 1``; returns ``[n_rows_total]`` in group order."""
     encoder = is_encoder(model)
+    gated = bool(getattr(model.cfg, "gated_mlp", False))
     n_layers = model.cfg.n_layers
     entering: dict[int, list[Tensor]] = {}
     for layer, x in zip(layers, xs, strict=True):
@@ -163,29 +170,75 @@ def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Ten
             break
         assert resid is not None
         block = model.blocks[block_index]
-        if encoder:
-            resid = block(resid)
-        else:
-            entry = None
-            if clean.start > 0:
-                rows = resid.shape[0]
-                entry = TransformerLensKeyValueCacheEntry(
-                    past_keys=clean.keys[block_index].expand(rows, -1, -1, -1),
-                    past_values=clean.values[block_index].expand(rows, -1, -1, -1),
-                    frozen=True,
-                )
-            resid = block(resid, past_kv_cache_entry=entry)
+        entry = None
+        if not encoder and clean.start > 0:
+            rows = resid.shape[0]
+            entry = TransformerLensKeyValueCacheEntry(
+                past_keys=clean.keys[block_index].expand(rows, -1, -1, -1),
+                past_values=clean.values[block_index].expand(rows, -1, -1, -1),
+                frozen=True,
+            )
+        resid = _block(block, resid, entry, encoder, gated)
     assert resid is not None
+    return _objective(model, resid, clean, objective)
+
+
+def _objective(model: Model, resid: Tensor, clean: _Clean, objective: str) -> Tensor:
+    """Objective of every row from the last residual (positions from ``clean.start`` on): the final norm / MLM
+    head and the unembedding run at the target positions only."""
     positions = torch.tensor(clean.out_prompt.positions, device=resid.device)
     picked = resid[:, positions]
-    if encoder:
+    if is_encoder(model):
         picked = model.mlm_head(picked)
     elif model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)
-    logits = model.unembed(picked)
-    k = len(positions)
-    out_prompt = dataclasses.replace(clean.out_prompt, positions=tuple(range(k)))
+    unembed = model.unembed
+    logits = torch.addmm(unembed.b_U, picked.reshape(-1, picked.shape[-1]), unembed.W_U)
+    logits = logits.view(*picked.shape[:-1], -1)
+    out_prompt = dataclasses.replace(clean.out_prompt, positions=tuple(range(len(positions))))
     return objective_from_logits(logits, out_prompt, objective)  # type: ignore[arg-type]
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight + bias`` for ``weight`` [d_in, d_out], without copying the weight."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+    return out.view(*x.shape[:-1], weight.shape[-1])
+
+
+def _mlp(block, x: Tensor, gated: bool, record: dict[str, Tensor] | None = None) -> Tensor:
+    """The block's MLP, computed from its weights (TransformerLens' GatedMLP copies its weights on every call)."""
+    mlp = block.mlp
+    if gated:
+        pre = _linear(x, mlp.W_gate, None)
+        pre_linear = _linear(x, mlp.W_in, None)
+        post = mlp.act_fn(pre) * pre_linear + mlp.b_in
+        if record is not None:
+            record["pre_linear"] = pre_linear
+    else:
+        pre = _linear(x, mlp.W_in, mlp.b_in)
+        post = mlp.act_fn(pre)
+    if record is not None:
+        record["pre"], record["post"] = pre, post
+    return _linear(post, mlp.W_out, mlp.b_out)
+
+
+def _block(block, resid: Tensor, entry, encoder: bool, gated: bool, record: dict[str, Tensor] | None = None) -> Tensor:
+    """One transformer block without hook points; the same arithmetic as the block's forward. ``record`` (if
+    given) receives the MLP's ``pre``/``pre_linear``/``post`` and ``resid_post`` (encoders: before the final
+    LayerNorm, as at BERT's ``hook_resid_post``)."""
+    if encoder:  # BERT: post-LayerNorm after attention and after the MLP
+        mid = block.ln1(resid + block.attn(resid, resid, resid))
+        post = mid + _mlp(block, mid, gated, record)
+        if record is not None:
+            record["resid_post"] = post
+        return block.ln2(post)
+    x = block.ln1(resid)
+    mid = resid + block.attn(query_input=x, key_input=x, value_input=x, past_kv_cache_entry=entry)
+    post = mid + _mlp(block, block.ln2(mid), gated, record)
+    if record is not None:
+        record["resid_post"] = post
+    return post
 
 
 def _bytes_per_row(model: Model, clean: _Clean, layers: list[int], prompt_len: int) -> float:
