@@ -1,24 +1,95 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
+The submodules, bottom to top: ``prompts`` and ``models`` (inputs), ``hooks`` (interventions as
+``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and friends), ``cache`` (activations),
+``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible weight edits), ``lens`` (what a
+neuron writes), ``interventions`` (before/after tables with controls), ``plotting`` (plotly figures, imported on
+first use), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
+
 Example:
     >>> import kn_lens
     >>> model = kn_lens.load_model()      # embedded SmolLM2-135M, offline
-    >>> prompt = kn_lens.make_prompt(model, "The capital of France is", " Paris")
+    >>> kns = kn_lens.find_knowledge_neurons(model, ["The capital of France is", "France's capital is"], " Paris")
+    >>> kn_lens.suppress(model, kns)
 """
 
+import importlib
+from typing import Any
+
+from kn_lens import attribution, cache, edit, hooks, lens, neurons, prompts
 from kn_lens._typing import Model, Neuron
+from kn_lens.attribution import (
+    ablation_effects,
+    attribute,
+    attribute_many,
+    attribution_patching,
+    grad_x_activation,
+    integrated_gradients,
+    integrated_gradients_many,
+)
+from kn_lens.cache import cache_mlp_post, mean_activations, top_activating
+from kn_lens.edit import edit_fact, erase
+from kn_lens.interventions import compare, enhance, intervention_effects, suppress
+from kn_lens.lens import decode, decode_many, direct_effect
 from kn_lens.models import load_model
+from kn_lens.neurons import (
+    KnowledgeNeurons,
+    find_knowledge_neurons,
+    find_knowledge_neurons_many,
+    random_neurons,
+    relation_filter,
+)
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
 from kn_lens.scoring import target_scores
 
 __all__ = [
+    "KnowledgeNeurons",
     "Model",
     "Neuron",
     "Prompt",
+    "ablation_effects",
+    "attribute",
+    "attribute_many",
+    "attribution",
+    "attribution_patching",
+    "cache",
+    "cache_mlp_post",
+    "compare",
+    "decode",
+    "decode_many",
+    "direct_effect",
+    "edit",
+    "edit_fact",
+    "enhance",
+    "erase",
+    "find_knowledge_neurons",
+    "find_knowledge_neurons_many",
+    "grad_x_activation",
+    "hooks",
+    "integrated_gradients",
+    "integrated_gradients_many",
+    "intervention_effects",
+    "lens",
     "load_model",
     "make_prompt",
     "make_prompts",
+    "mean_activations",
+    "neurons",
+    "prompts",
+    "random_neurons",
+    "relation_filter",
+    "suppress",
     "target_scores",
+    "top_activating",
 ]
 
 __version__ = "0.1.0"
+
+_LAZY = ("plotting", "quiz", "cli", "fixtures")
+
+
+def __getattr__(name: str) -> Any:
+    # plotly is only imported when figures are asked for: the science never needs it.
+    if name in _LAZY:
+        return importlib.import_module(f"kn_lens.{name}")
+    raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")
