@@ -237,6 +237,7 @@ class TopActivating:
         tokens: each text's tokens as strings.
         activations: each text's per-token activations (1-D tensors, same lengths as ``tokens``).
         max_positions: for each text, the position of its peak activation.
+        largest: True if the search was for the most positive activations, False for the most negative.
     """
 
     neuron: Neuron
@@ -244,10 +245,11 @@ class TopActivating:
     tokens: list[list[str]]
     activations: list[Float[Tensor, " pos"]]
     max_positions: list[int]
+    largest: bool = True
 
     @property
     def max_activations(self) -> list[float]:
-        """Peak activation of each text."""
+        """Peak activation of each text (the most negative one when ``largest=False``)."""
         return [float(a[p]) for a, p in zip(self.activations, self.max_positions, strict=True)]
 
     def to_frame(self) -> pd.DataFrame:
@@ -319,6 +321,7 @@ def top_activating(
         tokens=tokens,
         activations=[per_text[i] for i in order],
         max_positions=[int((sign * per_text[i]).argmax()) for i in order],
+        largest=largest,
     )
 
 

@@ -1,0 +1,558 @@
+"""Figures for neurons, all plotly, all returning a ``plotly.graph_objects.Figure``.
+
+Every function takes the plain results of the other modules (tensors, DataFrames, result objects) and draws
+them; nothing here computes anything a figure could hide. Signed quantities use the diverging ``RdBu`` scale
+centred on 0 (red negative, blue positive, white zero), so a neuron that pushes the answer down never looks like
+one that pushes it up. Hover on any cell shows the neuron as ``L{layer}N{index}`` with its value.
+
+Figures are ordinary plotly figures: ``fig.show()`` in a notebook, :func:`save` (or ``fig.write_html``) for a
+standalone HTML file that opens in any browser without a server or internet.
+
+Example:
+    >>> scores = kn_lens.integrated_gradients(model, "The capital of France is", " Paris")
+    >>> attribution_heatmap(scores, top_k=20).show()
+    >>> lens_table(kn_lens.lens.decode_many(model, ["L24N1005", "L29N100"], k=8))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+DIVERGING = "RdBu"
+_BEFORE, _AFTER = "#9e9e9e", "#2166ac"
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().float().cpu().numpy()
+    if isinstance(x, np.ndarray | list | tuple):
+        return np.asarray(x, dtype=float)
+    raise TypeError(f"{name} must be a torch Tensor or numpy array, got {type(x).__name__}")
+
+
+def _scores_2d(scores: Any, name: str = "scores") -> np.ndarray:
+    arr = _to_numpy(scores, name)
+    if arr.ndim == 3:  # [prompt, layer, d_mlp] -> mean over prompts
+        arr = arr.mean(0)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape [layer, d_mlp] (or [prompt, layer, d_mlp]), got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    return arr
+
+
+def _symmetric_range(z: np.ndarray) -> float:
+    finite = np.abs(z[np.isfinite(z)])
+    peak = float(finite.max()) if finite.size else 1.0
+    return peak if peak > 0 else 1.0
+
+
+def _row_layers(n_rows: int, layers: Sequence[int] | None) -> list[int]:
+    if layers is None:
+        return list(range(n_rows))
+    layers = list(layers)
+    if any(not 0 <= layer < n_rows for layer in layers):
+        raise ValueError(f"layers {layers} out of range for scores with {n_rows} layers")
+    if not layers:
+        raise ValueError("layers is empty; pass None for all layers")
+    return layers
+
+
+def attribution_heatmap(
+    scores: Float[Tensor, "layer d_mlp"],
+    *,
+    layers: Sequence[int] | None = None,
+    top_k: int | None = None,
+    title: str = "Neuron attribution",
+    neurons: Sequence[tuple[int, int]] | None = None,
+) -> go.Figure:
+    """Layer x neuron heatmap of attribution scores (diverging ``RdBu``, centred on 0).
+
+    Args:
+        scores: ``[layer, d_mlp]`` scores, e.g. from integrated gradients (a ``[prompt, layer, d_mlp]`` tensor is
+            averaged over prompts).
+        layers: rows to show (default all), as layer indices into ``scores``.
+        top_k: None draws every neuron (fine up to a few thousand per layer). An int draws the sparse view: for
+            each layer only its ``top_k`` neurons by ``|score|``, sorted, with the neuron index written in the
+            cell; the x axis is then the rank, not the index. Use it for 1536+ neurons per layer.
+        title: the figure title.
+        neurons: neurons to mark with a black square (e.g. the selected knowledge neurons).
+
+    Returns:
+        A figure with one ``Heatmap`` trace (``customdata`` holds ``L{l}N{n}`` for the hover) and, if ``neurons``
+        is given, one ``Scatter`` trace of markers.
+
+    Example:
+        >>> attribution_heatmap(scores, top_k=20, title="IG, France -> Paris")
+    """
+    arr = _scores_2d(scores)
+    rows = _row_layers(arr.shape[0], layers)
+    sub = arr[rows]
+    d_mlp = arr.shape[1]
+    vmax = _symmetric_range(sub)
+    y = [f"L{layer}" for layer in rows]
+    marked = [(int(layer), int(index)) for layer, index in (neurons or [])]
+    fig = go.Figure()
+    if top_k is None:
+        labels = np.array([[f"L{layer}N{n}" for n in range(d_mlp)] for layer in rows])
+        fig.add_trace(
+            go.Heatmap(
+                z=sub,
+                x=list(range(d_mlp)),
+                y=y,
+                customdata=labels,
+                colorscale=DIVERGING,
+                zmid=0,
+                zmin=-vmax,
+                zmax=vmax,
+                colorbar=dict(title="score"),
+                hovertemplate="%{customdata}<br>score %{z:.4g}<extra></extra>",
+            )
+        )
+        if marked:
+            keep = [(layer, index) for layer, index in marked if layer in rows]
+            fig.add_trace(
+                go.Scatter(
+                    x=[index for _, index in keep],
+                    y=[f"L{layer}" for layer, _ in keep],
+                    mode="markers",
+                    marker=dict(symbol="square-open", size=12, color="black", line=dict(width=2)),
+                    name="selected",
+                    text=[f"L{layer}N{index}" for layer, index in keep],
+                    hovertemplate="%{text} (selected)<extra></extra>",
+                )
+            )
+        xaxis_title = "neuron index"
+    else:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_mlp:
+            raise ValueError(f"top_k must be an int between 1 and d_mlp={d_mlp}, got {top_k!r}")
+        order = np.argsort(-np.abs(sub), axis=1, kind="stable")[:, :top_k]
+        z = np.take_along_axis(sub, order, axis=1)
+        labels = np.array([[f"L{layer}N{n}" for n in row] for layer, row in zip(rows, order, strict=True)])
+        marked_set = set(marked)
+        text = np.array(
+            [
+                [f"<b>{n}*</b>" if (layer, int(n)) in marked_set else str(n) for n in row]
+                for layer, row in zip(rows, order, strict=True)
+            ]
+        )
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=list(range(1, top_k + 1)),
+                y=y,
+                customdata=labels,
+                text=text,
+                texttemplate="%{text}" if top_k <= 30 and len(rows) <= 60 else None,
+                textfont=dict(size=9),
+                colorscale=DIVERGING,
+                zmid=0,
+                zmin=-vmax,
+                zmax=vmax,
+                colorbar=dict(title="score"),
+                hovertemplate="%{customdata}<br>score %{z:.4g}<br>rank %{x} in its layer<extra></extra>",
+            )
+        )
+        xaxis_title = f"rank by |score| within the layer (top {top_k}; cell text = neuron index"
+        xaxis_title += ", * = selected)" if marked else ")"
+    fig.update_layout(
+        title=title,
+        xaxis_title=xaxis_title,
+        yaxis_title="layer",
+        template="plotly_white",
+        height=max(300, 22 * len(rows) + 160),
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    return fig
+
+
+def layer_mass(scores: Float[Tensor, "layer d_mlp"], *, title: str = "Attribution mass per layer") -> go.Figure:
+    """Bars of each layer's total positive and total negative attribution (stacked around 0).
+
+    Args:
+        scores: ``[layer, d_mlp]`` (or ``[prompt, layer, d_mlp]``, averaged over prompts).
+        title: the figure title.
+
+    Returns:
+        A figure with two ``Bar`` traces, ``"positive"`` (sum of scores > 0 per layer) and ``"negative"`` (sum of
+        scores < 0), x = layer.
+
+    Example:
+        >>> layer_mass(scores)
+    """
+    arr = _scores_2d(scores)
+    pos = np.clip(arr, 0, None).sum(1)
+    neg = np.clip(arr, None, 0).sum(1)
+    layers = list(range(arr.shape[0]))
+    fig = go.Figure(
+        [
+            go.Bar(x=layers, y=pos, name="positive", marker_color="#2166ac", hovertemplate="L%{x}: %{y:.4g}"),
+            go.Bar(x=layers, y=neg, name="negative", marker_color="#b2182b", hovertemplate="L%{x}: %{y:.4g}"),
+        ]
+    )
+    fig.update_layout(
+        title=title,
+        barmode="relative",
+        xaxis_title="layer",
+        yaxis_title="summed attribution",
+        template="plotly_white",
+        height=400,
+    )
+    return fig
+
+
+INTERVENTION_COLUMNS = ("condition", "intervention", "before", "after")
+
+
+def _sem(values: pd.Series) -> float:
+    """Standard error of the mean (0 for a single value)."""
+    n = len(values)
+    return float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+
+
+def intervention_bars(
+    df: pd.DataFrame, *, title: str = "Effect of interventions on the correct answer", ylabel: str = "probability"
+) -> go.Figure:
+    """Before / after bars for interventions, one panel per intervention, conditions side by side.
+
+    Args:
+        df: long format, one row per (fact or prompt, condition, intervention) with columns ``condition`` (e.g.
+            ``"knowledge neurons"``, ``"random neurons"``, ``"other relation"``), ``intervention``
+            (``"suppress"``, ``"enhance"``, ...), ``before`` and ``after`` (e.g. the probability of the correct
+            answer without and with the intervention). Rows sharing a condition and intervention are averaged;
+            the error bars are the standard error over them. Put the random-neuron control in the same frame
+            and it appears beside the real neurons.
+        title: the figure title.
+        ylabel: the y axis label.
+
+    Returns:
+        A figure with two ``Bar`` traces per panel (``"before"``, ``"after"``) and, above each after bar, an
+        annotation with the mean relative change ``(after - before) / before`` in percent (the mean of the
+        per-row changes, as Dai et al. report it).
+
+    Example:
+        >>> df = pd.DataFrame(dict(condition=["knowledge neurons", "random neurons"], intervention="suppress",
+        ...                        before=[0.6, 0.6], after=[0.2, 0.58]))
+        >>> intervention_bars(df)
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"intervention_bars takes a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in INTERVENTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks columns {missing}; it needs {list(INTERVENTION_COLUMNS)}")
+    if df.empty:
+        raise ValueError("the DataFrame is empty")
+    interventions = list(dict.fromkeys(df["intervention"]))
+    conditions = list(dict.fromkeys(df["condition"]))
+    fig = make_subplots(rows=1, cols=len(interventions), subplot_titles=interventions, shared_yaxes=True)
+    for col, intervention in enumerate(interventions, start=1):
+        part = df[df["intervention"] == intervention]
+        stats = []
+        for condition in conditions:
+            rows = part[part["condition"] == condition]
+            if rows.empty:
+                continue
+            before, after = rows["before"].astype(float), rows["after"].astype(float)
+            n = len(rows)
+            rel = ((after - before) / before.where(before != 0)).mean() * 100
+            stats.append((condition, before.mean(), _sem(before), after.mean(), _sem(after), rel, n))
+        names = [s[0] for s in stats]
+        for label, mean_i, err_i, color in (("before", 1, 2, _BEFORE), ("after", 3, 4, _AFTER)):
+            fig.add_trace(
+                go.Bar(
+                    x=names,
+                    y=[s[mean_i] for s in stats],
+                    error_y=dict(type="data", array=[s[err_i] for s in stats], visible=True),
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    marker_color=color,
+                    customdata=[[s[6]] for s in stats],
+                    hovertemplate=f"%{{x}}, {intervention}, {label}: %{{y:.4g}} (n=%{{customdata[0]}})<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        for i, stat in enumerate(stats):  # the relative change, above the "after" bar and its error bar
+            fig.add_annotation(
+                x=i + 0.2,
+                y=stat[3] + stat[4],
+                text=f"{stat[5]:+.1f}%",
+                showarrow=False,
+                yanchor="bottom",
+                yshift=4,
+                font=dict(size=12),
+                row=1,
+                col=col,
+            )
+    subtitle = "bars: mean ± s.e.m. over prompts; labels: mean relative change (after - before) / before"
+    fig.update_layout(
+        title=dict(text=f"{title}<br><sup>{subtitle}</sup>"),
+        barmode="group",
+        template="plotly_white",
+        height=480,
+        width=max(500, 380 * len(interventions)),
+    )
+    fig.update_yaxes(title_text=ylabel, row=1, col=1)
+    return fig
+
+
+def _show_token(token: str) -> str:
+    shown = token.replace("\n", "\\n")
+    return f"'{shown}'"
+
+
+def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """The logit lens of several neurons as a coloured table: one column per neuron, top tokens above, bottom below.
+
+    Args:
+        df: the long DataFrame of :func:`kn_lens.lens.decode_many` (columns ``neuron``, ``side``, ``rank``,
+            ``token``, ``score``; ``through`` is used in the title if present).
+        title: the figure title (default says which lens was used).
+
+    Returns:
+        A figure with one ``Heatmap`` trace: cell text = the token (quoted, so leading spaces show), colour =
+        its score (``RdBu`` centred on 0), rows ``top 1..k`` then ``bottom 1..k``.
+
+    Example:
+        >>> lens_table(decode_many(model, ["L24N1005", "L29N100"], k=8))
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"lens_table takes the DataFrame of decode_many, got {type(df).__name__}")
+    missing = [c for c in ("neuron", "side", "rank", "token", "score") if c not in df.columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks columns {missing}; make it with kn_lens.lens.decode_many")
+    if df.empty:
+        raise ValueError("the DataFrame is empty")
+    neurons = list(dict.fromkeys(df["neuron"]))
+    k = int(df["rank"].max()) + 1
+    row_keys = [("top", r) for r in range(k)] + [("bottom", r) for r in range(k)]
+    z = np.full((len(row_keys), len(neurons)), np.nan)
+    text = np.full(z.shape, "", dtype=object)
+    for row in df.itertuples(index=False):
+        i = row_keys.index((row.side, int(row.rank)))
+        j = neurons.index(row.neuron)
+        z[i, j] = row.score
+        text[i, j] = _show_token(str(row.token))
+    through = df["through"].iloc[0] if "through" in df.columns else "unembed"
+    if title is None:
+        what = "through the MLM head" if through == "mlm_head" else "through the final norm and W_U"
+        title = f"What each neuron writes: value vector {what}"
+    vmax = _symmetric_range(z)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=neurons,
+            y=[f"{side} {r + 1}" for side, r in row_keys],
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=11),
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-vmax,
+            zmax=vmax,
+            xgap=2,
+            ygap=1,
+            colorbar=dict(title="logit<br>(unit RMS)"),
+            hovertemplate="%{x} %{y}: %{text}<br>score %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=max(350, 26 * len(row_keys) + 150),
+        width=max(500, 150 * len(neurons) + 200),
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(side="top", type="category")
+    return fig
+
+
+def activation_highlight(result: Any, *, title: str | None = None, max_tokens: int = 40) -> go.Figure:
+    """Token-level highlighting of a neuron's activation over the texts of :func:`kn_lens.cache.top_activating`.
+
+    Args:
+        result: a :class:`kn_lens.cache.TopActivating`.
+        title: the figure title (default names the neuron).
+        max_tokens: show at most this many tokens per text (a window around the peak for longer texts).
+
+    Returns:
+        A figure with one ``Heatmap`` trace: one row per text (strongest first), one cell per token, cell text =
+        the token, colour = the activation (``RdBu`` centred on 0); the peak token of each row is bold.
+
+    Example:
+        >>> activation_highlight(top_activating(model, "L24N1005", texts, k=5))
+    """
+    for attr in ("neuron", "tokens", "activations", "max_positions"):
+        if not hasattr(result, attr):
+            raise TypeError(f"activation_highlight takes the result of top_activating, got {type(result).__name__}")
+    if not result.tokens:
+        raise ValueError("the result has no texts")
+    windows = []
+    for toks, peak in zip(result.tokens, result.max_positions, strict=True):
+        start = max(0, min(peak - max_tokens // 2, len(toks) - max_tokens))
+        windows.append((start, min(len(toks), start + max_tokens)))
+    width = max(end - start for start, end in windows)
+    z = np.full((len(result.tokens), width), np.nan)
+    text = np.full(z.shape, "", dtype=object)
+    for i, (toks, acts, peak, (start, end)) in enumerate(
+        zip(result.tokens, result.activations, result.max_positions, windows, strict=True)
+    ):
+        values = _to_numpy(acts, "activations")
+        for j, pos in enumerate(range(start, end)):
+            z[i, j] = values[pos]
+            shown = toks[pos].replace("\n", "\\n")
+            text[i, j] = f"<b>{shown}</b>" if pos == peak else shown
+    peaks = [
+        float(_to_numpy(a, "activations")[p]) for a, p in zip(result.activations, result.max_positions, strict=True)
+    ]
+    vmax = _symmetric_range(z)
+    how = "most" if getattr(result, "largest", True) else "most negatively"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(width)),
+            y=[f"#{i + 1} (peak {p:.2f})" for i, p in enumerate(peaks)],
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=12),
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-vmax,
+            zmax=vmax,
+            xgap=1,
+            ygap=3,
+            colorbar=dict(title="activation"),
+            hovertemplate="%{y}, token %{x}: %{text}<br>activation %{z:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or f"Where {result.neuron} fires {how} (mlp_post activation per token)",
+        template="plotly_white",
+        height=max(250, 45 * len(result.tokens) + 150),
+        width=max(600, 62 * width + 250),
+    )
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
+    fig.update_xaxes(title_text="token (window position)", showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def knowledge_neurons(
+    result: Any = None,
+    *,
+    scores: Any = None,
+    neurons: Sequence[tuple[int, int]] | None = None,
+    prompt_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """The selected knowledge neurons and how strongly each prompt attributes to them.
+
+    Left: every prompt's attribution to each selected neuron (rows = prompts, columns = neurons), which shows
+    whether a neuron is shared across paraphrases (Dai et al.'s refinement step). Right: the attribution heatmap
+    averaged over prompts, top 10 neurons per layer, with the selected neurons starred.
+
+    Args:
+        result: a ``KnowledgeNeurons`` result (uses its ``.neurons``, per-prompt ``.scores`` ``[prompt, layer,
+            d_mlp]`` and ``.prompts`` when present); or None and pass ``scores`` and ``neurons``.
+        scores: ``[prompt, layer, d_mlp]`` (or ``[layer, d_mlp]``) attribution scores.
+        neurons: the selected neurons, ``(layer, index)`` pairs.
+        prompt_labels: row labels (default: the prompts' texts if the result has them, else ``prompt i``).
+        title: the figure title.
+
+    Returns:
+        A figure with two ``Heatmap`` traces (per-prompt scores of the selected neurons; sparse layer view).
+
+    Example:
+        >>> knowledge_neurons(kns)
+        >>> knowledge_neurons(scores=ig_scores, neurons=[(24, 1005)])
+    """
+    if result is not None:
+        neurons = list(getattr(result, "neurons", neurons) or [])
+        scores = getattr(result, "scores", scores)
+        if prompt_labels is None and getattr(result, "prompts", None) is not None:
+            prompt_labels = [getattr(p, "text", str(p)) for p in result.prompts]
+    if scores is None or neurons is None:
+        raise ValueError("pass a KnowledgeNeurons result, or both scores= and neurons=")
+    arr = _to_numpy(scores, "scores")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"scores must have shape [prompt, layer, d_mlp] or [layer, d_mlp], got {arr.shape}")
+    neurons = [(int(layer), int(index)) for layer, index in neurons]
+    if not neurons:
+        raise ValueError("no neurons were selected; nothing to draw")
+    for layer, index in neurons:
+        if not (0 <= layer < arr.shape[1] and 0 <= index < arr.shape[2]):
+            raise ValueError(f"neuron L{layer}N{index} is outside the scores' shape {arr.shape[1:]}")
+    labels = list(prompt_labels) if prompt_labels is not None else [f"prompt {i}" for i in range(arr.shape[0])]
+    if len(labels) != arr.shape[0]:
+        raise ValueError(f"{len(labels)} prompt labels for {arr.shape[0]} prompts")
+    labels = [label if len(label) <= 40 else label[:37] + "..." for label in labels]
+    names = [f"L{layer}N{index}" for layer, index in neurons]
+    per_prompt = np.stack([arr[:, layer, index] for layer, index in neurons], axis=1)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.4, 0.6],
+        subplot_titles=["selected neurons, per prompt", "mean over prompts, top 10 per layer (* = selected)"],
+        horizontal_spacing=0.18,
+    )
+    heat = attribution_heatmap(arr.mean(0), top_k=min(10, arr.shape[2]), neurons=neurons).data[0]
+    vmax = max(_symmetric_range(per_prompt), _symmetric_range(np.asarray(heat.z)))
+    fig.add_trace(
+        go.Heatmap(
+            z=per_prompt,
+            x=names,
+            y=labels,
+            coloraxis="coloraxis",
+            texttemplate="%{z:.3f}",
+            hovertemplate="%{x}<br>%{y}<br>score %{z:.4g}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    heat.update(coloraxis="coloraxis", showscale=None, colorbar=None, colorscale=None, zmid=None, zmin=None, zmax=None)
+    fig.add_trace(heat, row=1, col=2)
+    fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmid=0, cmin=-vmax, cmax=vmax, colorbar=dict(title="score")))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_layout(
+        title=title or f"Knowledge neurons: {', '.join(names)}",
+        template="plotly_white",
+        height=max(420, 20 * arr.shape[1] + 160),
+        width=1200,
+    )
+    return fig
+
+
+def save(fig: go.Figure, path: str | Path) -> Path:
+    """Write a figure to a standalone ``.html`` (plotly.js embedded, opens offline) or, with kaleido, an image.
+
+    Example:
+        >>> save(lens_table(df), "lens.html")
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".html", ".htm"):
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    else:
+        fig.write_image(path)  # needs kaleido
+    return path
+
+
+__all__ = [
+    "activation_highlight",
+    "attribution_heatmap",
+    "intervention_bars",
+    "knowledge_neurons",
+    "layer_mass",
+    "lens_table",
+    "save",
+]
