@@ -74,7 +74,8 @@ METHODS: dict[str, str] = {
     "riemann_left": "alpha_k = k / n for k = 0..n-1, weights 1/n (left Riemann sum; the path's end is not visited)",
     "riemann_right": "alpha_k = k / n for k = 1..n, weights 1/n (right Riemann sum; alpha = 0 is not visited)",
     "riemann_middle": "alpha_k = (k + 1/2) / n for k = 0..n-1, weights 1/n (midpoint rule)",
-    "riemann_trapezoid": "alpha_k = k / (n-1) for k = 0..n-1, weights 1/(n-1), halved at both ends (n >= 2)",
+    "riemann_trapezoid": "alpha_k = k / (n-1) for k = 0..n-1, weights 1/(n-1), halved at both ends (n >= 2; "
+    "captum uses weights 1/n here, which sum to (n-1)/n: its scores are ours times (n-1)/n)",
     "gausslegendre": "Gauss-Legendre nodes and weights of degree n mapped from [-1, 1] to [0, 1] (exact for "
     "polynomials of degree 2n-1; the best choice for few steps)",
     "eleuther": "alpha_k = linspace(0, 1, n) (both ends included), weights 1/n: the EleutherAI knowledge-neurons "
@@ -219,7 +220,7 @@ def _with_grad(fn: Callable) -> Callable:
 
 
 def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
-    return prompt.tokens.to(model.cfg.device)[None].expand(rows, -1)
+    return prompt.tokens.to(model.cfg.device).clone()[None].expand(rows, -1)  # clone: no inference tensor
 
 
 def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
