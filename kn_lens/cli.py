@@ -83,7 +83,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from kn_lens.lens import decode
 
     model = _load(args.model)
-    _print_frame(decode(model, args.neuron, k=args.k))
+    _print_frame(decode(model, args.neuron, k=args.k).to_frame())
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -100,10 +100,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"Top predictions for {prompt!r}:")
     _print_frame(top_predictions(model, prompt, 5))
 
-    cache = cache_mlp_post(model, [prompt], progress=False)
+    cache = cache_mlp_post(model, [prompt], positions="all", progress=False)
+    first = cache.hook_names[0]
     print(
-        f"\nCached mlp_post for {len(cache)} layers: {', '.join(list(cache)[:2])}, ... "
-        f"each of shape {tuple(next(iter(cache.values())).shape)}\n"
+        f"\nCached mlp_post of {len(cache.layers)} layers ({first}, ...), "
+        f"{len(cache)} positions x {cache[first].shape[-1]} neurons each\n"
     )
 
     print("Knowledge neurons for ' Paris' (integrated gradients, Dai et al.'s selection), then suppress (x0) and")
