@@ -230,9 +230,14 @@ def load_local(path: str | os.PathLike) -> Model:
         raise FileNotFoundError(f"no such checkpoint folder: {path}")
     if not config_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; save the model with save_pretrained(folder) first")
-    model_type = json.loads(config_file.read_text()).get("model_type", "")
-    if model_type in _BERT_MODEL_TYPES:
+    config = json.loads(config_file.read_text())
+    if config.get("model_type", "") in _BERT_MODEL_TYPES:
         return _load_local_bert(path)
+    if not config.get("architectures"):
+        raise ValueError(
+            f"{config_file} names no architecture (no 'architectures' entry); save the model itself with "
+            "model.save_pretrained(folder), not only its config"
+        )
     return _load_local_causal(path)
 
 
@@ -283,12 +288,12 @@ def _load_local_causal(path: Path) -> HookedTransformer:
 
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
         # TransformerLens picks some architectures from substrings of the name ("llama", "gemma"); a neutral
-        # link name makes it read the architecture from config.json instead.
+        # folder name makes it read the architecture from config.json instead.
         link = Path(tmp) / "checkpoint"
-        link.symlink_to(path.resolve(), target_is_directory=True)
+        _mirror_checkpoint(path, link)
         try:
             cfg = loading.get_pretrained_model_config(str(link), device="cpu", dtype=torch.float32)
-        except (KeyError, NotImplementedError, ValueError) as err:
+        except (AttributeError, KeyError, NotImplementedError, TypeError, ValueError) as err:
             raise ValueError(f"kn_lens cannot convert the architecture in {path}: {err}") from err
         cfg.model_name = path.name
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -298,6 +303,22 @@ def _load_local_causal(path: Path) -> HookedTransformer:
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
         model.load_and_process_state_dict(state_dict, **_NO_PROCESSING)
     return model.eval()
+
+
+def _mirror_checkpoint(path: Path, mirror: Path) -> None:
+    """Link ``path``'s files into ``mirror``, with a config.json patched for TransformerLens 3.9's converter.
+
+    TransformerLens 3.9 reads ``n_ctx`` from GPT-2 configs, which transformers 5.x no longer sets (it is
+    ``n_positions`` there).
+    """
+    mirror.mkdir()
+    for item in path.resolve().iterdir():
+        if item.name != "config.json":
+            (mirror / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
+        config["n_ctx"] = config["n_positions"]
+    (mirror / "config.json").write_text(json.dumps(config))
 
 
 def _load_official(
@@ -328,13 +349,19 @@ def _load_official(
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the conversion chatter (deprecation warnings, 'Loaded pretrained model' logs)."""
+    """Silence the conversion chatter (deprecation warnings, 'Loaded pretrained model' logs, progress bars)."""
+    from transformers.utils import logging as hf_logging
+
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()

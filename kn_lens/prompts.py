@@ -100,7 +100,12 @@ def _target_ids(model: Model, target: TargetLike) -> list[int]:
                 "pick an answer the tokenizer knows"
             )
         return ids
-    ids = [target] if isinstance(target, int) else list(target)
+    if isinstance(target, int):
+        ids = [target]
+    elif isinstance(target, Sequence) and not isinstance(target, bytes):
+        ids = list(target)
+    else:
+        raise TypeError(f"target must be a str, a token id or a sequence of token ids, got {type(target).__name__}")
     if not ids:
         raise ValueError("target is an empty sequence of token ids")
     for token in ids:
