@@ -36,7 +36,7 @@ try:  # architectures whose norms sit after the sublayers (OLMo 2); the fast pat
 except ImportError:  # pragma: no cover - older TransformerLens
     POST_NORM_ARCHITECTURES = ()
 
-MEMORY_BUDGET = 600 * 2**20
+MEMORY_BUDGET = 400 * 2**20
 """Bytes of activations one fast pass may keep for its backward pass (sets the automatic batch size)."""
 
 
@@ -245,9 +245,9 @@ def _bytes_per_row(model: Model, clean: _Clean, layers: list[int], prompt_len: i
     """Rough activation memory kept for backward by one row of every group (one step of each layer)."""
     cfg = model.cfg
     q = prompt_len - clean.start
-    per_pos_block = 4 * (5 * cfg.d_mlp + 12 * cfg.d_model + 3 * cfg.n_heads * prompt_len)
+    per_pos_block = 4 * (10 * cfg.d_mlp + 24 * cfg.d_model + 6 * cfg.n_heads * prompt_len)
     group_blocks = sum(cfg.n_layers - 1 - layer for layer in layers)
-    logits = 4 * 3 * cfg.d_vocab * len(clean.out_prompt.positions) * len(layers)
+    logits = 4 * 6 * cfg.d_vocab * len(clean.out_prompt.positions) * len(layers)  # ~6 vocab-sized tensors live
     return per_pos_block * q * group_blocks + logits
 
 
