@@ -21,8 +21,9 @@ Caveats:
     * BERT (``HookedEncoder``) is post-LN and has a non-linear MLM head (dense + GELU + LayerNorm) between the
       last residual stream and ``W_U``. ``through="unembed"`` skips the dense + GELU and reads the direction
       straight through ``W_U`` with the head LayerNorm's weight folded in (a linear lens);
-      ``through="mlm_head"`` feeds the direction, as if it were the whole residual stream, through the last
-      block's output LayerNorm and the full MLM head (exact for that input, but not additive across neurons).
+      ``through="mlm_head"`` (the default for encoders) feeds the direction, as if it were the whole residual
+      stream, through the last block's output LayerNorm and the full MLM head (exact for that input, but not
+      additive across neurons). Figures say which one they show.
     * :func:`direct_effect` measures how much of a prediction's logit a neuron contributes along that direct
       path in an actual forward pass, with the norm scales frozen at their clean values (the TransformerLens
       convention for direct logit attribution). For a neuron of the last layer it equals the logit change when
@@ -98,7 +99,9 @@ def _pre_unembed_norm(model: Model) -> torch.nn.Module | None:
     return model.mlm_head.ln if is_encoder(model) else final_norm(model)
 
 
-def _check_through(model: Model, through: str) -> str:
+def _check_through(model: Model, through: str | None) -> str:
+    if through is None:  # the lens that tracks the model: linear for causal models, the real head for BERT
+        return "mlm_head" if is_encoder(model) else "unembed"
     if through not in THROUGH:
         raise ValueError(f"unknown through={through!r}; choose one of {', '.join(THROUGH)}")
     if through == "mlm_head" and not is_encoder(model):
@@ -127,7 +130,7 @@ def value_vectors(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> F
 
 @torch.inference_mode()
 def direction_logits(
-    model: Model, directions: Float[Tensor, "n d_model"], *, through: Through = "unembed"
+    model: Model, directions: Float[Tensor, "n d_model"], *, through: Through | None = None
 ) -> Float[Tensor, "n d_vocab"]:
     """Read residual-stream directions in the vocabulary (the lens behind :func:`decode`).
 
@@ -135,6 +138,8 @@ def direction_logits(
     (``ln_final``; for BERT the MLM head's LayerNorm) applied to the direction alone: centred if the norm is a
     LayerNorm, divided by its own RMS (no eps), multiplied by the norm's weight; no norm bias and no ``b_U``.
     The result is scale-free: ``d`` and ``2 d`` give the same scores.
+
+    ``through=None`` picks ``"mlm_head"`` for encoders and ``"unembed"`` otherwise.
 
     ``through="mlm_head"`` (``HookedEncoder`` only): ``mlm_head(blocks[-1].ln2(d)) @ W_U``, the logits (minus
     ``b_U``) BERT would produce if its last residual stream were ``d``; biases inside the head are kept since
@@ -144,7 +149,7 @@ def direction_logits(
         >>> direction_logits(model, model.W_out[24, [1005]]).topk(5)
     """
     check_model(model)
-    _check_through(model, through)
+    through = _check_through(model, through)
     if directions.ndim != 2 or directions.shape[-1] != model.cfg.d_model:
         raise ValueError(f"directions must have shape [n, d_model={model.cfg.d_model}], got {tuple(directions.shape)}")
     x = directions.to(model.W_U.device, model.W_U.dtype)
@@ -220,7 +225,7 @@ def _check_k(model: Model, k: int) -> int:
     return k
 
 
-def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through = "unembed") -> Decoded:
+def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through | None = None) -> Decoded:
     """Map one neuron's value vector ``W_out[layer][index]`` into the vocabulary: its top and bottom ``k`` tokens.
 
     The final normalisation is handled, not ignored: the vector goes through the norm immediately before
@@ -234,13 +239,19 @@ def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through = 
     For a ``HookedEncoder`` (BERT), ``through`` chooses the lens: ``"unembed"`` reads the vector straight through
     ``W_U`` with the MLM head's LayerNorm weight folded in (linear, skips the head's dense + GELU);
     ``"mlm_head"`` passes it through the last block's LayerNorm and the whole MLM head (dense + GELU + LayerNorm)
-    first. Causal models only have ``"unembed"``.
+    first. The default (None) is ``"unembed"`` for causal models (the only choice) and ``"mlm_head"`` for
+    encoders: on the trained tiny BERT fixture, the ``"mlm_head"`` reading of a last-layer neuron correlates
+    with its actual direct effect over the vocabulary (mean Pearson r = 0.39 over the 20 most active neurons at
+    the mask of "Paris is the capital of [MASK] ."), while ``"unembed"`` does not (r = -0.04): BERT's dense +
+    GELU transform is far from the identity. For causal models the ``"unembed"`` reading is exactly
+    proportional to the neuron's direct effect on every token (see :func:`direct_effect`).
 
     Args:
         model: a ``HookedTransformer`` or ``HookedEncoder``.
         neuron: ``Neuron``, ``(layer, index)`` or ``"L24N1005"``.
         k: how many tokens on each side.
-        through: ``"unembed"`` (default) or ``"mlm_head"`` (encoders only).
+        through: ``"unembed"``, ``"mlm_head"`` (encoders only) or None (default: ``"mlm_head"`` for encoders,
+            ``"unembed"`` for causal models). The result records which one was used.
 
     Returns:
         A :class:`Decoded` (print it, or ``.to_frame()`` for a DataFrame).
@@ -256,7 +267,7 @@ def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through = 
     check_model(model)
     neuron = to_neuron(model, neuron)
     _check_k(model, k)
-    _check_through(model, through)
+    through = _check_through(model, through)
     scores = direction_logits(model, value_vectors(model, [neuron]), through=through)[0].float().cpu()
     top = scores.topk(k)
     bottom = (-scores).topk(k)
@@ -274,7 +285,7 @@ def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through = 
 
 
 def decode_many(
-    model: Model, neurons: NeuronLike | Iterable[NeuronLike], k: int = 10, *, through: Through = "unembed"
+    model: Model, neurons: NeuronLike | Iterable[NeuronLike], k: int = 10, *, through: Through | None = None
 ) -> pd.DataFrame:
     """:func:`decode` for several neurons, as one long DataFrame (input of :func:`kn_lens.plotting.lens_table`).
 

@@ -346,7 +346,10 @@ def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     through = df["through"].iloc[0] if "through" in df.columns else "unembed"
     if title is None:
         what = "through the MLM head" if through == "mlm_head" else "through the final norm and W_U"
-        title = f"What each neuron writes: value vector {what}"
+        title = (
+            f"What each neuron writes: value vector {what}<br><sup>top rows: promoted when the neuron fires "
+            "positively; a neuron that fires negatively (SiLU / GELU allow it) promotes its bottom rows</sup>"
+        )
     vmax = _symmetric_range(z)
     fig = go.Figure(
         go.Heatmap(
@@ -424,7 +427,7 @@ def activation_highlight(result: Any, *, title: str | None = None, max_tokens: i
             y=[f"#{i + 1} (peak {p:.2f})" for i, p in enumerate(peaks)],
             text=text,
             texttemplate="%{text}",
-            textfont=dict(size=12),
+            textfont=dict(size=11),
             colorscale=DIVERGING,
             zmid=0,
             zmin=-vmax,
@@ -439,7 +442,7 @@ def activation_highlight(result: Any, *, title: str | None = None, max_tokens: i
         title=title or f"Where {result.neuron} fires {how} (mlp_post activation per token)",
         template="plotly_white",
         height=max(250, 45 * len(result.tokens) + 150),
-        width=max(600, 62 * width + 250),
+        width=max(600, 78 * width + 250),
     )
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
     fig.update_xaxes(title_text="token (window position)", showticklabels=False, showgrid=False, zeroline=False)

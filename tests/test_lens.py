@@ -178,3 +178,23 @@ def test_direct_effect_bad_inputs(smollm2):
         direct_effect(smollm2, (29, 1), "The capital of France is")
     with pytest.raises(ValueError, match="out of range"):
         direct_effect(smollm2, (29, 5000), "The capital of France is", " Paris")
+
+
+def test_default_lens_per_model_kind(smollm2, bert):
+    assert decode(smollm2, (29, 1), k=1).through == "unembed"
+    assert decode(bert, (bert.cfg.n_layers - 1, 1), k=1).through == "mlm_head"
+    df = decode_many(bert, [(0, 1)], k=1, through="unembed")
+    assert set(df.through) == {"unembed"}
+
+
+@torch.inference_mode()
+def test_causal_lens_is_proportional_to_direct_effect(smollm2):
+    # decode's scores and the neuron's direct effect differ only by the factor a * rms(v) / scale, for any token
+    text, L, n = "The capital of France is", 29, 100
+    targets = [" Paris", " the", " a", " located"]
+    scores = decode(smollm2, (L, n), k=1).scores
+    effects = torch.cat([direct_effect(smollm2, (L, n), text, t) for t in targets])
+    ids = [kn_lens.make_prompt(smollm2, text, t).target_ids[0] for t in targets]
+    ratios = effects / scores[ids]
+    torch.testing.assert_close(ratios, ratios[:1].expand(len(targets)), rtol=1e-3, atol=1e-7)
+    assert ratios.abs().min() > 0
