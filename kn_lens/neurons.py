@@ -37,7 +37,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
@@ -97,6 +97,16 @@ def coarse_neurons(
     return [Neuron(layers[int(rows[i])], int(cols[i])) for i in order]
 
 
+class Refined(NamedTuple):
+    """What :func:`refine` returns: the neurons, the share used, the number of adjustments, and the fallback
+    taken (``""`` when Dai et al.'s rule landed in range or no range was asked for)."""
+
+    neurons: list[Neuron]
+    share: float
+    adjustments: int
+    fallback: str
+
+
 def refine(
     coarse: Sequence[Sequence[Neuron]],
     share: float = 0.7,
@@ -104,11 +114,19 @@ def refine(
     adaptive: tuple[int, int] | None = (2, 5),
     step: float = ADAPTIVE_STEP,
     max_adjustments: int = ADAPTIVE_MAX,
-) -> tuple[list[Neuron], float, int]:
+    strength: Mapping[Neuron, float] | None = None,
+    fallback: Literal["closest", "none"] = "closest",
+) -> Refined:
     """Keep neurons coarse on more than ``share`` of the prompts; optionally adapt ``share`` to hit a count range.
 
     With ``adaptive=(lo, hi)``: while fewer than ``lo`` neurons remain, lower ``share`` by ``step``; while more
     than ``hi`` remain, raise it; at most ``max_adjustments`` times (Dai et al.: 0.05, 6 times, 2-5 neurons).
+
+    With few prompts the rule can miss the range: with 3 prompts a neuron is shared by 0, 1, 2 or 3 of them, so
+    when 12 neurons are shared by all 3, every ``share`` below 1 keeps 12 and 1.0 keeps none. ``fallback=
+    "closest"`` (default) then takes the non-empty set closest to the range among those tried, and if it is
+    still too large keeps its ``hi`` strongest neurons (by ``strength``, e.g. mean attribution); ``"none"``
+    returns the rule's last set as is.
 
     Args:
         coarse: the coarse neurons of each prompt.
@@ -116,38 +134,58 @@ def refine(
         adaptive: the target count range, or None for a fixed ``share``.
         step: the adjustment of ``share``.
         max_adjustments: the maximum number of adjustments.
+        strength: a score per neuron to rank ties in count (default: order of first appearance).
+        fallback: ``"closest"`` or ``"none"`` (see above).
 
     Returns:
-        ``(neurons, share_used, n_adjustments)``; neurons ordered by how many prompts share them, then by
-        first appearance.
+        A :class:`Refined` ``(neurons, share, adjustments, fallback)``; neurons ordered by how many prompts
+        share them, then by ``strength``.
 
     Example:
         >>> refine([[Neuron(1, 2), Neuron(0, 1)], [Neuron(1, 2)]], 0.7, adaptive=None)
-        ([L1N2], 0.7, 0)
+        Refined(neurons=[L1N2], share=0.7, adjustments=0, fallback='')
     """
     if not coarse:
         raise ValueError("no prompts to refine over")
     _check_fraction("share", share, allow_zero=True)
+    if fallback not in ("closest", "none"):
+        raise ValueError(f"fallback must be 'closest' or 'none', got {fallback!r}")
     if adaptive is not None:
         lo, hi = _check_range(adaptive)
     n = len(coarse)
     counts: Counter[Neuron] = Counter()
     for neurons in coarse:
         counts.update(dict.fromkeys(neurons, 1))
-    ranked = sorted(counts, key=lambda neuron: -counts[neuron])  # stable: ties keep first appearance
+    strength = strength or {}
+    ranked = sorted(counts, key=lambda neuron: (-counts[neuron], -strength.get(neuron, 0.0)))  # stable
 
     def keep(p: float) -> list[Neuron]:
         return [neuron for neuron in ranked if counts[neuron] > p * n + 1e-9]
 
     selected = keep(share)
     adjustments = 0
-    if adaptive is not None:
-        while adjustments < max_adjustments and not lo <= len(selected) <= hi:
-            share = share - step if len(selected) < lo else share + step
-            share = round(min(max(share, 0.0), 1.0), 10)
-            adjustments += 1
-            selected = keep(share)
-    return selected, share, adjustments
+    if adaptive is None:
+        return Refined(selected, share, 0, "")
+    tried = [(share, selected)]
+    while adjustments < max_adjustments and not lo <= len(selected) <= hi:
+        share = share - step if len(selected) < lo else share + step
+        share = round(min(max(share, 0.0), 1.0), 10)
+        adjustments += 1
+        selected = keep(share)
+        tried.append((share, selected))
+    if lo <= len(selected) <= hi or fallback == "none":
+        return Refined(selected, share, adjustments, "")
+
+    def distance(item: tuple[float, list[Neuron]]) -> tuple[bool, int]:
+        size = len(item[1])
+        return (size == 0, lo - size if size < lo else size - hi)
+
+    best_share, best = min(tried, key=distance)  # first of equals: the earliest tried
+    if len(best) > hi:
+        return Refined(best[:hi], best_share, adjustments, f"kept the {hi} strongest of {len(best)}")
+    if not best or best is selected:
+        return Refined(selected, share, adjustments, "")
+    return Refined(best, best_share, adjustments, f"closest set to the range (share {best_share:g})")
 
 
 def _check_fraction(name: str, value: float, *, allow_zero: bool) -> None:
@@ -356,6 +394,7 @@ def find_knowledge_neurons(
     variant: Variant = "dai",
     negatives: Sequence[str | Prompt] | None = None,
     negative_share: float = 0.0,
+    fallback: Literal["closest", "none"] = "closest",
     layers: int | Sequence[int] | None = None,
     scores: Float[Tensor, "prompt layer d_mlp"] | None = None,
     progress: bool = False,
@@ -378,6 +417,9 @@ def find_knowledge_neurons(
         negatives: unrelated prompts (texts use ``target``; Prompts may carry their own): neurons coarse on more
             than ``negative_share`` of them are dropped.
         negative_share: see ``negatives`` (0 = dropped if coarse on any negative prompt).
+        fallback: when the adaptive rule cannot land in range (few prompts), ``"closest"`` keeps the closest
+            non-empty set, cut to the strongest ``max`` neurons; ``"none"`` keeps the rule's result (see
+            :func:`refine`). ``params["fallback_taken"]`` says what happened.
         layers: layers to attribute (None = all).
         scores: precomputed ``[prompt, layer, d_mlp]`` scores (rows = ``layers``) to skip the attribution.
         progress: progress bar over prompts.
@@ -422,7 +464,11 @@ def find_knowledge_neurons(
         scores = scores.detach().float().cpu()
 
     coarse = [coarse_neurons(s, threshold, layers=layer_list) for s in scores]
-    selected, share_used, adjustments = refine(coarse, share, adaptive=adaptive)
+    mean_scores = scores.mean(0)
+    strength = {n: float(mean_scores[layer_list.index(n.layer), n.index]) for c in coarse for n in c}
+    selected, share_used, adjustments, fallback_taken = refine(
+        coarse, share, adaptive=adaptive, strength=strength, fallback=fallback
+    )
     dropped: dict[str, list[Neuron]] = {}
     if negative_prompts:
         negative_scores = _attribute(model, negative_prompts, attribution, layer_list, progress, kwargs)
@@ -438,6 +484,8 @@ def find_knowledge_neurons(
         share_used=share_used,
         adjustments=adjustments,
         adaptive=adaptive,
+        fallback=fallback,
+        fallback_taken=fallback_taken,
         attribution=attribution,
         attribution_kwargs=kwargs,
         negatives=[p.text for p in negative_prompts],
@@ -632,6 +680,7 @@ __all__ = [
     "VARIANTS",
     "FactPrompts",
     "KnowledgeNeurons",
+    "Refined",
     "coarse_neurons",
     "find_knowledge_neurons",
     "find_knowledge_neurons_many",

@@ -51,7 +51,7 @@ def test_refine_fixed_share():
     a, b, c = Neuron(0, 1), Neuron(1, 2), Neuron(2, 3)
     coarse = [[a, b, c], [a, b], [a], [a, b]]
     # counts a=4, b=3, c=1 over 4 prompts; kept if count > share * 4
-    assert refine(coarse, 0.7, adaptive=None) == ([a, b], 0.7, 0)  # > 2.8
+    assert refine(coarse, 0.7, adaptive=None) == ([a, b], 0.7, 0, "")  # > 2.8
     assert refine(coarse, 0.75, adaptive=None)[0] == [a]  # > 3.0
     assert refine(coarse, 0.0, adaptive=None)[0] == [a, b, c]
 
@@ -60,16 +60,34 @@ def test_refine_adaptive_moves_share_by_005():
     neurons = [Neuron(0, i) for i in range(8)]
     # 20 prompts; neuron i is coarse on 10 + i of them (10..17)
     coarse = [[n for i, n in enumerate(neurons) if p < 10 + i] for p in range(20)]
-    selected, share, steps = refine(coarse, 0.7, adaptive=(2, 5))
+    selected, share, steps, _ = refine(coarse, 0.7, adaptive=(2, 5))
     # at 0.70: > 14 -> 15,16,17 = 3 neurons, already in range
     assert (len(selected), share, steps) == (3, 0.7, 0)
-    selected, share, steps = refine(coarse, 0.8, adaptive=(4, 5))
+    selected, share, steps, _ = refine(coarse, 0.8, adaptive=(4, 5))
     # 0.80: >16 -> 1; 0.75: >15 -> 2; 0.70: >14 -> 3; 0.65: >13 -> 4
     assert (len(selected), share, steps) == (4, 0.65, 3)
-    selected, share, steps = refine(coarse, 0.2, adaptive=(1, 1))
+    selected, share, steps, fallback = refine(coarse, 0.2, adaptive=(1, 1), fallback="none")
     # too many at every share reachable in 6 steps (0.5: >10 -> 7): stops after 6 adjustments
-    assert steps == 6 and math.isclose(share, 0.5)
+    assert steps == 6 and math.isclose(share, 0.5) and fallback == ""
     assert len(selected) == 7
+    # fallback: the closest set (7 at share 0.5), cut to the strongest one
+    strength = {n: float(i) for i, n in enumerate(neurons)}
+    selected, share, steps, fallback = refine(coarse, 0.2, adaptive=(1, 1), strength=strength)
+    assert selected == [neurons[7]] and math.isclose(share, 0.5) and "strongest" in fallback
+
+
+def test_refine_fallback_with_few_prompts():
+    """3 prompts, 6 neurons shared by all: every share < 1 keeps 6, share 1.0 keeps none."""
+    neurons = [Neuron(1, i) for i in range(6)]
+    coarse = [neurons, neurons, neurons[::-1]]
+    assert refine(coarse, 0.7, fallback="none").neurons == []  # Dai's rule as written ends empty
+    strength = {n: -float(n.index) for n in neurons}
+    out = refine(coarse, 0.7, strength=strength)
+    assert out.neurons == neurons[:5] and out.share == 0.7 and out.fallback
+    lonely = refine([[neurons[0]], [neurons[1]], []], 0.7)  # 6 steps reach share 0.4 only: nothing kept
+    assert lonely == ([], 0.4, 6, "")
+    pair = [[neurons[0], neurons[1]], [neurons[1]], [neurons[0]]]  # both shared by 2 of 3, too few at 0.7
+    assert refine(pair, 0.7) == ([neurons[0], neurons[1]], 0.65, 1, "")
 
 
 def test_find_with_precomputed_scores_matches_independent_selection(model):
