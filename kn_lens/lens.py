@@ -260,9 +260,10 @@ def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through | 
         ValueError: neuron out of range, bad ``k``, unknown ``through`` or ``"mlm_head"`` on a causal model.
 
     Example:
-        >>> print(decode(model, "L24N1005", k=5))
+        >>> print(decode(model, "L24N1005", k=5))   # fires at about -19 on "The capital of France is"
         L24N1005 (unembed)
-          top:    ...
+          top:    'ocaust' +22.29, 'omia' +22.01, 'alfa' +21.72, 'opards' +20.59, 'unn' +20.45
+          bottom: ' capitals' -15.38, 'Icon' -13.08, ' saint' -12.02, 'runner' -12.00, 'attle' -11.81
     """
     check_model(model)
     neuron = to_neuron(model, neuron)
@@ -357,8 +358,8 @@ def direct_effect(
         One number per prompt, in logit units.
 
     Example:
-        >>> direct_effect(model, "L29N1234", "The capital of France is", " Paris")
-        tensor([0.0312])
+        >>> direct_effect(model, "L29N1066", "The capital of France is", " Paris")   # a knowledge neuron
+        tensor([2.1889])
     """
     check_model(model)
     neuron = to_neuron(model, neuron)
