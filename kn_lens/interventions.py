@@ -365,6 +365,33 @@ def enhance(
     return _scale_helper(model, neurons, prompts, target, factor, "enhance", unrelated, positions)
 
 
+def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = None, seed: int = 0) -> list[Any]:
+    """The control set of unrelated facts: facts of *other* relations than ``fact``'s (anything with a
+    ``.relation``, e.g. :class:`~kn_lens.neurons.FactPrompts` or the fixture's ``Fact``).
+
+    Args:
+        facts: all facts.
+        fact: the fact under study.
+        k: how many to draw (None = all of them), reproducibly with ``seed``.
+        seed: random seed for the draw.
+
+    Returns:
+        The unrelated facts, in their original order.
+
+    Example:
+        >>> others = other_relation_facts(tiny_bert.FACTS, tiny_bert.FACTS[0], k=6)
+    """
+    if not hasattr(fact, "relation"):
+        raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    pool = [f for f in facts if getattr(f, "relation", None) != fact.relation]
+    if k is None or k >= len(pool):
+        return pool
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    picked = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:k].tolist())
+    return [pool[i] for i in picked]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The TransformerLens tutorial's table
 # --------------------------------------------------------------------------------------------------------------
@@ -501,6 +528,7 @@ __all__ = [
     "demo_table",
     "enhance",
     "intervention_effects",
+    "other_relation_facts",
     "summarize_effects",
     "suppress",
 ]

@@ -176,3 +176,81 @@ def test_demo_table_runs(model):
     assert kn_row["neurons"] == " ".join(str(n) for n in kns.neurons)
     assert set(table["intervention"]) == {"suppress", "enhance"}
     assert _no_hooks_left(model)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Acceptance on the tiny trained BERT (kn_lens.fixtures.tiny_bert): Dai et al.'s suppression experiment
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fixture_effects(tiny_bert):
+    """Knowledge neurons of every fixture fact (Dai et al.'s pipeline, relation filter on), then x0 / x2 on
+    the attribution prompts, the held-out paraphrase, a random control (same layers, 3 seeds) and the facts of
+    the other relations (the fact at the same index in each other relation)."""
+    from kn_lens.fixtures import tiny_bert as fx
+    from kn_lens.neurons import FactPrompts, find_knowledge_neurons_many
+
+    facts = fx.FACTS
+    items = [FactPrompts(fx.train_prompts(f), f.answer, f.relation, f"{f.relation}: {f.subject}") for f in facts]
+    results = find_knowledge_neurons_many(tiny_bert, items, n_steps=20, progress=False)
+    frames = []
+    for i, (fact, kns) in enumerate(zip(facts, results, strict=True)):
+        position = i % len(fx.facts_of(fact.relation))
+        others = [(fx.train_prompts(g), g.answer) for g in facts if g.relation != fact.relation]
+        others = [o for j, o in enumerate(others) if j % len(fx.facts_of(fact.relation)) == position]
+        df = intervention_effects(
+            tiny_bert, kns, heldout=fx.heldout_prompts(fact), unrelated=others, random_seeds=(0, 1, 2)
+        )
+        frames.append(df.assign(kn_fact=kns.name))
+    return results, pd.concat(frames, ignore_index=True)
+
+
+def _mean_change(effects, intervention, condition):
+    rows = effects[(effects.intervention == intervention) & (effects.condition == condition)]
+    assert len(rows) > 0, (intervention, condition)
+    return 100 * rows["rel_change"].mean()
+
+
+@pytest.mark.slow
+def test_fixture_suppression_lowers_the_answer(fixture_effects):
+    results, effects = fixture_effects
+    assert sum(len(r.neurons) for r in results) > 0
+    train = _mean_change(effects, "suppress", "knowledge neurons")
+    heldout = _mean_change(effects, "suppress", "knowledge neurons (held-out)")
+    print(f"\nsuppress x0: attribution prompts {train:+.1f}%, held-out paraphrases {heldout:+.1f}%")
+    assert train <= -30.0
+    assert heldout <= -30.0
+
+
+@pytest.mark.slow
+def test_fixture_controls_stay_within_5_percent(fixture_effects):
+    _, effects = fixture_effects
+    for condition in ("random neurons", "random neurons (held-out)", "other facts"):
+        change = _mean_change(effects, "suppress", condition)
+        print(f"\nsuppress x0, {condition}: {change:+.2f}%")
+        assert abs(change) <= 5.0, condition
+
+
+@pytest.mark.slow
+def test_fixture_enhance_is_reported(fixture_effects):
+    """Enhancing is reported (split by base probability, and in log-odds), not asserted to help."""
+    _, effects = fixture_effects
+    table = summarize_effects(effects[effects.intervention == "enhance"], base_split=(0.9,))
+    print("\n" + table.to_string())
+    assert set(table["base"]) <= {"p<0.9", "p>=0.9"}
+    assert table["n"].sum() == (effects.intervention == "enhance").sum()
+    assert table["logodds_change"].notna().all()
+
+
+def test_other_relation_facts():
+    from kn_lens.fixtures import tiny_bert as fx
+    from kn_lens.interventions import other_relation_facts
+
+    fact = fx.FACTS[0]
+    pool = other_relation_facts(fx.FACTS, fact)
+    assert len(pool) == len(fx.FACTS) - len(fx.facts_of(fact.relation))
+    assert all(f.relation != fact.relation for f in pool)
+    drawn = other_relation_facts(fx.FACTS, fact, k=5, seed=1)
+    assert len(drawn) == 5 and drawn == other_relation_facts(fx.FACTS, fact, k=5, seed=1)
+    assert set(drawn) <= set(pool)
