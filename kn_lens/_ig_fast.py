@@ -241,14 +241,40 @@ def _block(block, resid: Tensor, entry, encoder: bool, gated: bool, record: dict
     return post
 
 
-def _bytes_per_row(model: Model, clean: _Clean, layers: list[int], prompt_len: int) -> float:
-    """Rough activation memory kept for backward by one row of every group (one step of each layer)."""
+def _bytes_per_step(model: Model, clean: _Clean, layer: int, prompt_len: int) -> float:
+    """Rough activation memory one row of group ``layer`` keeps for the backward pass."""
     cfg = model.cfg
     q = prompt_len - clean.start
     per_pos_block = 4 * (10 * cfg.d_mlp + 24 * cfg.d_model + 6 * cfg.n_heads * prompt_len)
-    group_blocks = sum(cfg.n_layers - 1 - layer for layer in layers)
-    logits = 4 * 6 * cfg.d_vocab * len(clean.out_prompt.positions) * len(layers)  # ~6 vocab-sized tensors live
-    return per_pos_block * q * group_blocks + logits
+    logits = 4 * 6 * cfg.d_vocab * len(clean.out_prompt.positions)  # ~6 vocab-sized tensors live
+    return per_pos_block * q * (cfg.n_layers - 1 - layer) + logits
+
+
+def _plan(costs: list[float], n_steps: int, budget: float) -> list[list[tuple[int, int, int]]]:
+    """Pack ``(group, first step, end step)`` units into passes of at most ``budget`` bytes, group after group.
+
+    Whole groups (all their steps) are kept together where they fit, so early blocks still see many rows (few rows
+    per matmul make the weights' memory traffic, not arithmetic, the cost); a group is split over passes only
+    when it does not fit.
+    """
+    passes: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    used = 0.0
+    for group, cost in enumerate(costs):
+        step = 0
+        while step < n_steps:
+            room = int((budget - used) // cost)
+            if room < 1 and current:
+                passes.append(current)
+                current, used = [], 0.0
+                continue
+            take = min(max(room, 1), n_steps - step)
+            current.append((group, step, step + take))
+            used += take * cost
+            step += take
+    if current:
+        passes.append(current)
+    return passes
 
 
 def _with_grad(fn):
@@ -280,31 +306,40 @@ def integrated_gradients(
     base = torch.zeros_like(act) if baselines is None else baselines.to(act.dtype)
     diff = act - base
     n_steps = len(alphas)
-    steps = internal_batch_size or max(1, int(MEMORY_BUDGET // _bytes_per_row(model, clean, layers, len(prompt))))
-    steps = min(steps, n_steps)
+    if internal_batch_size:  # that many steps of every layer per pass
+        passes = [
+            [(g, start, min(start + internal_batch_size, n_steps)) for g in range(len(layers))]
+            for start in range(0, n_steps, internal_batch_size)
+        ]
+    else:
+        costs = [_bytes_per_step(model, clean, layer, len(prompt)) for layer in layers]
+        passes = _plan(costs, n_steps, MEMORY_BUDGET)
     total = torch.zeros_like(act, dtype=torch.float64)
-    f_base = None
-    chunks = list(range(0, n_steps, steps))
-    for i, start in enumerate(tqdm(chunks, desc="IG (fast), step batches", disable=not progress, leave=False)):
-        a = alphas[start : start + steps].to(device=act.device, dtype=act.dtype)
-        w = weights[start : start + steps].to(device=act.device)
-        extra = want_delta and i == 0  # one more row per layer at alpha = 0 for F(baseline)
-        if extra:
-            a = torch.cat([a, a.new_zeros(1)])
-        xs = [(base[g] + a[:, None] * diff[g]).detach().requires_grad_(True) for g in range(len(layers))]
-        f = _run(model, clean, layers, hook, xs, objective)
+    f_base = torch.zeros(len(layers), dtype=torch.float64)
+    alphas = alphas.to(device=act.device)
+    weights = weights.to(device=act.device)
+    for units in tqdm(passes, desc="IG (fast), passes", disable=not progress, leave=False):
+        xs, extras = [], []
+        for g, first, end in units:
+            a = alphas[first:end].to(act.dtype)
+            extra = want_delta and first == 0  # one more row at alpha = 0 for F(baseline)
+            if extra:
+                a = torch.cat([a, a.new_zeros(1)])
+            xs.append((base[g] + a[:, None] * diff[g]).detach().requires_grad_(True))
+            extras.append(extra)
+        f = _run(model, clean, [layers[g] for g, _, _ in units], hook, xs, objective)
         grads = torch.autograd.grad(f.sum(), xs)
-        rows = len(a)
-        for g, grad in enumerate(grads):
-            grad = grad[: len(w)]
-            total[g] += (w[:, None] * grad.double()).sum(0)
-        if extra:
-            f_base = f.detach().view(len(layers), rows)[:, -1]
+        offset = 0
+        for (g, first, end), x, grad, extra in zip(units, xs, grads, extras, strict=True):
+            n = end - first
+            total[g] += (weights[first:end, None] * grad[:n].double()).sum(0)
+            if extra:
+                f_base[g] = float(f[offset + n].detach())
+            offset += x.shape[0]
     scores = (diff.double() * total).float().cpu()
     deltas = None
     if want_delta:
-        assert f_base is not None
-        deltas = (scores.double().sum(1) - (clean.f_clean.double().cpu() - f_base.double().cpu())).float()
+        deltas = (scores.double().sum(1) - (clean.f_clean.double().cpu() - f_base)).float()
     return scores, deltas
 
 
@@ -324,7 +359,8 @@ def ablation_effects(
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
     act = clean.acts[kind][layers]  # [G, d]
     d_mlp = act.shape[1]
-    chunk = internal_batch_size or max(1, int(4 * MEMORY_BUDGET // _bytes_per_row(model, clean, layers, len(prompt))))
+    per_row = sum(_bytes_per_step(model, clean, layer, len(prompt)) for layer in layers)
+    chunk = internal_batch_size or max(1, int(4 * MEMORY_BUDGET // per_row))  # no backward: less kept
     chunk = min(chunk, d_mlp)
     out = torch.zeros(len(layers), d_mlp, dtype=torch.float32)
     for start in tqdm(range(0, d_mlp, chunk), desc="ablations (fast)", disable=not progress, leave=False):

@@ -57,7 +57,9 @@ def objective_from_logits(
     if same:
         positions = torch.tensor(prompts[0].positions, device=logits.device)
         ids = torch.tensor(prompts[0].target_ids, device=logits.device)
-        picked = logits[:, positions]  # [batch, k, vocab]
+        # every position in order (e.g. logits computed at the target positions only): no copy, no scatter
+        whole = prompts[0].positions == tuple(range(logits.shape[1]))
+        picked = logits if whole else logits[:, positions]  # [batch, k, vocab]
         ids = ids.expand(batch, -1)
     else:
         k = {len(p.target_ids) for p in prompts}
