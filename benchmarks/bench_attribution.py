@@ -36,8 +36,8 @@ except ImportError:  # run as a script
     from _common import machine, markdown_table, peak_rss_mb, run_isolated, set_threads, write_section
 
 SMOL_PROMPTS = [
-    ("The capital of France is", " Paris"),
     ("The Eiffel Tower is located in the city of", " Paris"),
+    ("The capital of France is", " Paris"),
     ("Rome is a beautiful old city, and it is the capital of", " Italy"),
     ("The official language spoken by most people in Germany is", " German"),
 ]
@@ -100,13 +100,15 @@ def _worker(spec: str, method: str, prompts, n_steps: int, threads: int | None) 
 
     if method != "captum":
         compute(ready[0], steps=2, layers=[0, model.cfg.n_layers - 1])  # warm-up (allocator, lazy imports)
-    times, scores = [], []
+    times, cpu, scores = [], [], []
     for prompt in ready:
-        start = time.perf_counter()
-        scores.append(compute(prompt))
+        start, start_cpu = time.perf_counter(), time.process_time()
+        scores.append(compute(prompt).detach())
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     return {
         "times": times,
+        "cpu": cpu,
         "scores": scores,
         "rss_load": rss_load,
         "rss_peak": peak_rss_mb(),

@@ -88,15 +88,18 @@ def _eleuther_worker(kind: str, folder: str, facts, threads: int | None) -> dict
     kn = KnowledgeNeurons(model, tokenizer, model_type="bert" if kind == "bert" else "gpt2", device="cpu")
     rss_load = peak_rss_mb()
     kn.get_scores(facts[0][1][0], facts[0][0], batch_size=2, steps=2, pbar=False)  # warm-up
-    out = {"refined": [], "refine_s": [], "scores": [], "rss_load": rss_load}
+    out = {"refined": [], "refine_s": [], "cpu_s": [], "scores": [], "rss_load": rss_load}
     for target, prompts in facts:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         refined = kn.get_refined_neurons(
             prompts, target, p=SHARE, batch_size=BATCH, steps=STEPS, coarse_adaptive_threshold=COARSE, quiet=True
         )
         out["refine_s"].append(time.perf_counter() - start)
+        out["cpu_s"].append(time.process_time() - start_cpu)
         out["refined"].append({tuple(n) for n in refined})
-        out["scores"].append(kn.get_scores(prompts[0], target, batch_size=BATCH, steps=STEPS, pbar=False).float())
+        out["scores"].append(
+            kn.get_scores(prompts[0], target, batch_size=BATCH, steps=STEPS, pbar=False).detach().float()
+        )
     out["rss_peak"] = peak_rss_mb()
     return out
 
@@ -114,12 +117,13 @@ def _ours_worker(kind: str, folder: str, facts, threads: int | None) -> dict:
     rss_load = peak_rss_mb()
     kw = dict(n_steps=STEPS, method="eleuther", hook=hook, objective="prob")
     integrated_gradients(model, facts[0][1][0], facts[0][0], layers=[0], **kw)  # warm-up
-    out = {"refined": [], "refine_s": [], "scores": [], "rss_load": rss_load}
+    out = {"refined": [], "refine_s": [], "cpu_s": [], "scores": [], "rss_load": rss_load}
     for target, prompts in facts:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         scores = integrated_gradients_many(model, prompts, target, progress=False, **kw)
         refined = _refine(list(scores))
         out["refine_s"].append(time.perf_counter() - start)
+        out["cpu_s"].append(time.process_time() - start_cpu)
         out["refined"].append(refined)
         out["scores"].append(scores[0])
     out["rss_peak"] = peak_rss_mb()
@@ -166,12 +170,14 @@ def bench(kind: str, facts, threads: int | None) -> list[list[object]]:
                 f"{theirs['refine_s'][i]:.1f}",
                 f"{ours['refine_s'][i]:.1f}",
                 f"{theirs['refine_s'][i] / ours['refine_s'][i]:.1f}x",
+                f"{theirs['cpu_s'][i] / ours['cpu_s'][i]:.1f}x",
                 f"{float((a - b).abs().max() / a.abs().max()):.1e}",
                 f"{len(theirs['refined'][i])} / {len(ours['refined'][i])}",
                 "yes" if theirs["refined"][i] == ours["refined"][i] else "NO",
             ]
         )
     total_theirs, total_ours = sum(theirs["refine_s"]), sum(ours["refine_s"])
+    cpu_ratio = sum(theirs["cpu_s"]) / sum(ours["cpu_s"])
     rows.append(
         [
             kind,
@@ -179,6 +185,7 @@ def bench(kind: str, facts, threads: int | None) -> list[list[object]]:
             f"{total_theirs:.1f}",
             f"{total_ours:.1f}",
             f"**{total_theirs / total_ours:.1f}x**",
+            f"**{cpu_ratio:.1f}x**",
             "",
             f"peak RSS MB: {theirs['rss_peak']:.0f} / {ours['rss_peak']:.0f}",
             "",
@@ -206,7 +213,8 @@ def main() -> None:
         "fact",
         "EleutherAI s",
         "kn_lens s",
-        "speed-up",
+        "speed-up (wall)",
+        "speed-up (CPU time)",
         "max abs score diff / max abs score (1st prompt)",
         "refined neurons (theirs / ours)",
         "identical",
