@@ -62,6 +62,7 @@ __all__ = [
     "attribute_many",
     "attribution_patching",
     "grad_x_activation",
+    "hook_name",
     "integrated_gradients",
     "integrated_gradients_many",
     "mean_activations",
@@ -331,6 +332,8 @@ def integrated_gradients(
             requested layers ride in one batch). None = all steps at once (plain) / an automatic memory budget.
         return_convergence_delta: also return, per layer, ``sum(scores) - (F(clean) - F(baseline))``.
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
+            Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
+            soft-capped logits, mixture-of-experts, ...) silently use the plain reference.
         progress: show a progress bar.
 
     Returns:
