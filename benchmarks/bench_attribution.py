@@ -184,10 +184,12 @@ def main() -> None:
     headers = [
         "model",
         "method",
-        "seconds per prompt",
-        "total s",
-        "time / ours",
-        "max |diff| / max |ours|",
+        "wall s per prompt",
+        "wall s",
+        "wall / ours",
+        "CPU s",
+        "CPU / ours",
+        "max abs diff / max abs score",
         "peak RSS MB (after load)",
     ]
     table = markdown_table(headers, rows)

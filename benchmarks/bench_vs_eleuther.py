@@ -76,6 +76,28 @@ def _refine(scores: list[torch.Tensor]) -> set[tuple[int, int]]:
     return {n for n, c in counts.items() if c > len(scores) * SHARE}
 
 
+class _SingleIdEncode:
+    """The tokenizer, except that ``encode`` of a one-token target returns the id itself.
+
+    The package's GPT path indexes the probabilities with ``tokenizer.encode(target)`` (a list), which gives
+    ``[batch, 1]`` outputs that torch 2.13's ``autograd.grad`` refuses; with an int it takes ``probs[:, id]`` as for
+    BERT. Nothing else changes (the package itself is not modified).
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def encode(self, text, *args, **kwargs):
+        ids = self._tokenizer.encode(text, *args, **kwargs)
+        return ids[0] if len(ids) == 1 else ids
+
+
 def _eleuther_worker(kind: str, folder: str, facts, threads: int | None) -> dict:
     warnings.filterwarnings("ignore")
     set_threads(threads)
@@ -85,6 +107,8 @@ def _eleuther_worker(kind: str, folder: str, facts, threads: int | None) -> dict
     cls = BertForMaskedLM if kind == "bert" else GPT2LMHeadModel
     model = cls.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if kind == "gpt2":
+        tokenizer = _SingleIdEncode(tokenizer)
     kn = KnowledgeNeurons(model, tokenizer, model_type="bert" if kind == "bert" else "gpt2", device="cpu")
     rss_load = peak_rss_mb()
     kn.get_scores(facts[0][1][0], facts[0][0], batch_size=2, steps=2, pbar=False)  # warm-up
@@ -206,6 +230,7 @@ def main() -> None:
     rows = []
     if not args.skip_bert:
         rows += bench("bert", BERT_FACTS[: args.facts], threads)
+        print("\n".join(" | ".join(str(c) for c in r) for r in rows), flush=True)  # in case GPT-2 fails later
     if not args.skip_gpt2:
         rows += bench("gpt2", GPT_FACTS[: args.facts], threads)
     headers = [
