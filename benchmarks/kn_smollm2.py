@@ -6,10 +6,10 @@ Dai et al.'s selection), then scales them at the last prompt position with
 ``kn_lens.interventions.intervention_effects``: x0 (suppress) and x2 (enhance), beside the same number of random
 neurons in the same layers and the facts of the other relation. Two selections are reported: per fact as in
 Dai et al.'s section 3, and with the relation filter (neurons selected for > 10% of a relation's facts
-dropped). It writes its section of ``benchmarks/RESULTS.md`` and the per-prompt rows to
-``benchmarks/results/kn_smollm2.csv``.
+dropped). It writes its section of ``benchmarks/RESULTS.md`` (and, with ``--csv PATH``, the per-prompt rows).
 
-Run: ``python benchmarks/kn_smollm2.py [--steps 20] [--threads 1] [--quick]`` (~10 min on 1 CPU thread).
+Run: ``python benchmarks/kn_smollm2.py [--steps 20] [--threads 1] [--quick] [--csv PATH]`` (~20 min on one busy
+CPU thread: ~9 min of attribution, the rest forward passes).
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ FACTS: list[tuple[str, str, str]] = [
     ("language", "Russia", " Russian"),
     ("language", "Italy", " Italian"),
 ]
-
-CSV = Path(__file__).with_name("results") / "kn_smollm2.csv"
 
 
 def prompts_of(relation: str, subject: str, split: str) -> list[str]:
@@ -179,6 +177,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="integrated-gradients steps")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 facts only, no RESULTS.md (a smoke test)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the per-prompt rows to this CSV file")
     args = parser.parse_args()
     set_threads(args.threads)
     facts = FACTS[:2] + FACTS[-1:] if args.quick else FACTS
@@ -192,10 +191,9 @@ def main() -> None:
     effects = effects_for(model, per_fact, facts, cache)
     effects_filtered = effects_for(model, filtered, facts, cache)
     total_s = time.perf_counter() - start
-    if not args.quick:
-        CSV.parent.mkdir(exist_ok=True)
+    if args.csv:
         both = [effects.assign(selection="per fact"), effects_filtered.assign(selection="relation filter")]
-        pd.concat(both, ignore_index=True).to_csv(CSV, index=False)
+        pd.concat(both, ignore_index=True).to_csv(args.csv, index=False)
 
     n_capital = sum(r == "capital" for r, _, _ in facts)
     n_kn = [len(r.neurons) for r in per_fact]
@@ -230,7 +228,7 @@ Neurons selected for > 10% of a relation's facts (and for at least 2 of them) ar
 
 {summary_markdown(effects_filtered)}
 
-Per-prompt rows: `benchmarks/results/kn_smollm2.csv`.
+Per-prompt rows: `python benchmarks/kn_smollm2.py --csv rows.csv`.
 """
     print(text)
     if not args.quick:

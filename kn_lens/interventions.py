@@ -444,15 +444,18 @@ def compare(
 
 DEMO_PROMPTS: tuple[str, ...] = (
     "The capital of France is",
-    "France's capital city is",
     "The capital city of France is",
-    "The French capital is",
+    "The capital of France is the city of",
+    "The largest city and capital of France is",
 )
 DEMO_TARGET = " Paris"
-DEMO_HELDOUT: tuple[str, ...] = ("The seat of the French government is in the city of",)
+DEMO_HELDOUT: tuple[str, ...] = (
+    "The capital of France is called",
+    "What is the capital of France? The capital is",
+)
 DEMO_UNRELATED: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("The official language of Spain is", "People in Spain speak"), " Spanish"),
     (("The largest planet in the solar system is",), " Jupiter"),
-    (("The chemical symbol for gold is",), " Au"),
 )
 
 
@@ -471,8 +474,9 @@ def demo_table(
 ) -> pd.DataFrame:
     """The main job: find a fact's knowledge neurons, suppress (x0) and enhance (x2) them, beside controls.
 
-    With no arguments it uses "The capital of France is" -> " Paris" and three paraphrases (plus a held-out
-    one) on the given model, with a random-neuron control (same count per layer, ``seed``) and unrelated facts.
+    With no arguments it uses "The capital of France is" -> " Paris" with three more paraphrases (and two
+    held-out ones) on the given model, with a random-neuron control (same count per layer, ``seed``) and
+    unrelated facts.
 
     Args:
         model: the model (e.g. ``kn_lens.load_model()``).
