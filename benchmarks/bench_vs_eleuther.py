@@ -77,11 +77,12 @@ def _refine(scores: list[torch.Tensor]) -> set[tuple[int, int]]:
 
 
 class _SingleIdEncode:
-    """The tokenizer, except that ``encode`` of a one-token target returns the id itself.
+    """The tokenizer as GPT-2's would behave: no BOS added, and ``encode`` of a one-token target gives the id.
 
-    The package's GPT path indexes the probabilities with ``tokenizer.encode(target)`` (a list), which gives
+    SmolLM2's tokenizer prepends a BOS token (GPT-2's does not; kn_lens' prompts for this model have none), and the
+    package's GPT path indexes the probabilities with ``tokenizer.encode(target)`` (a list), which gives
     ``[batch, 1]`` outputs that torch 2.13's ``autograd.grad`` refuses; with an int it takes ``probs[:, id]`` as for
-    BERT. Nothing else changes (the package itself is not modified).
+    BERT. The package itself is not modified.
     """
 
     def __init__(self, tokenizer):
@@ -91,9 +92,11 @@ class _SingleIdEncode:
         return getattr(self._tokenizer, name)
 
     def __call__(self, *args, **kwargs):
+        kwargs.setdefault("add_special_tokens", False)
         return self._tokenizer(*args, **kwargs)
 
     def encode(self, text, *args, **kwargs):
+        kwargs.setdefault("add_special_tokens", False)
         ids = self._tokenizer.encode(text, *args, **kwargs)
         return ids[0] if len(ids) == 1 else ids
 
