@@ -1,10 +1,10 @@
-"""Shared fixtures: the embedded SmolLM2 (loaded once per worker) and small random models for mechanics."""
+"""Shared fixtures: the embedded SmolLM2 (loaded once per worker), the trained tiny BERT, small random models."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
 
 import kn_lens
 
@@ -47,3 +47,39 @@ def random_llama(smollm2) -> HookedTransformer:
 def random_gpt2(smollm2) -> HookedTransformer:
     """A 3-layer random GPT-2-like model with the SmolLM2 tokenizer (mechanics tests)."""
     return _random_causal(smollm2.tokenizer, gated=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> HookedEncoder:
+    """The trained 2-layer BERT fixture (kn_lens.fixtures.tiny_bert), loaded through load_model(path)."""
+    from kn_lens.fixtures import tiny_bert as fixture
+
+    return fixture.load()
+
+
+@pytest.fixture(scope="session")
+def random_bert(tmp_path_factory) -> HookedEncoder:
+    """A 3-layer random BERT (transformers' initialisation, seed 0) with the tiny BERT's tokenizer.
+
+    Built as a transformers ``BertForPreTraining``, saved and converted by ``load_model(path)``, so its weights
+    are properly initialised (``HookedEncoder(cfg)`` alone leaves them uninitialised).
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+
+    from kn_lens.fixtures import tiny_bert as fixture
+
+    tokenizer = AutoTokenizer.from_pretrained(fixture.PATH)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("random_bert")
+    BertForPreTraining(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return kn_lens.load_model(folder)
