@@ -178,3 +178,10 @@ def test_config_without_architecture(tmp_path):
 def test_wrong_argument_type():
     with pytest.raises(TypeError, match="name must be None, a str, a path or a TransformerLens model"):
         kn_lens.load_model(42)
+
+
+def test_random_bert_fixture_is_initialised(random_bert, tiny_bert):
+    assert isinstance(random_bert, HookedEncoder) and random_bert.cfg.n_layers == 3
+    assert all(torch.isfinite(p).all() for p in random_bert.parameters())
+    assert random_bert.W_in.std().item() > 0.01  # transformers' init (std 0.02), not zeros or garbage
+    assert random_bert.tokenizer.get_vocab() == tiny_bert.tokenizer.get_vocab()
