@@ -62,7 +62,7 @@ def _captum_scores(model, prompt, n_steps: int) -> torch.Tensor:
     from kn_lens.attribution import hook_name
     from kn_lens.scoring import objective_from_logits
 
-    names = [hook_name("mlp_post", layer) for layer in range(model.cfg.n_layers)]
+    names = [hook_name(layer) for layer in range(model.cfg.n_layers)]
     tokens = prompt.tokens[None]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)

@@ -11,12 +11,38 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple, TypeAlias
 
+import torch
 from transformer_lens import HookedEncoder, HookedTransformer
+from transformer_lens.utils import get_act_name
 
 Model: TypeAlias = HookedTransformer | HookedEncoder
 """The model types kn_lens works with: causal ``HookedTransformer`` and bidirectional ``HookedEncoder``."""
 
 _NEURON_RE = re.compile(r"^\s*L(\d+)\s*N(\d+)\s*$", re.IGNORECASE)
+
+
+HOOKS: dict[str, str] = {
+    "mlp_post": "post",
+    "mlp_pre": "pre",
+    "mlp_pre_linear": "pre_linear",
+}
+"""The MLP hook points kn_lens can read and write: ``mlp_post`` (the neuron activations, the default),
+``mlp_pre`` (before the non-linearity; where the EleutherAI package hooks GPT models) and ``mlp_pre_linear``
+(the linear branch of a gated MLP)."""
+
+
+def hook_name(layer: int, hook: str = "mlp_post") -> str:
+    """The TransformerLens name of an MLP hook point of block ``layer``.
+
+    Example:
+        >>> hook_name(9)
+        'blocks.9.mlp.hook_post'
+        >>> hook_name(3, "mlp_pre")
+        'blocks.3.mlp.hook_pre'
+    """
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook point {hook!r}; choose one of {', '.join(HOOKS)}")
+    return get_act_name(HOOKS[hook], layer)
 
 
 class Neuron(NamedTuple):
@@ -119,3 +145,17 @@ def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     for neuron in sorted(neurons):
         grouped.setdefault(neuron.layer, []).append(neuron.index)
     return grouped
+
+
+def mlp_w_out(model: Model, layer: int) -> torch.nn.Parameter:
+    """Block ``layer``'s ``W_out`` parameter ``[d_mlp, d_model]``: row ``n`` is neuron ``n``'s value vector.
+
+    Read this rather than ``model.W_out``, which stacks every layer's weights into a new tensor on each access.
+    """
+    weight = getattr(model.blocks[layer].mlp, "W_out", None)
+    if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2:
+        raise TypeError(
+            f"blocks[{layer}].mlp has no dense W_out parameter [d_mlp, d_model] (mixture-of-experts or quantised "
+            "MLP?); kn_lens needs a plain MLP"
+        )
+    return weight

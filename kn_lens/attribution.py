@@ -47,10 +47,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.utilities import get_act_name
 
-from kn_lens._typing import Model, check_layers, check_model
-from kn_lens.prompts import Prompt, TargetLike, as_prompts, make_prompt
+from kn_lens._typing import HOOKS, Model, check_layers, check_model, hook_name
+from kn_lens.prompts import Prompt, TargetLike, make_prompt
 from kn_lens.scoring import Objective, check_objective, objective_from_logits
 
 __all__ = [
@@ -65,7 +64,6 @@ __all__ = [
     "hook_name",
     "integrated_gradients",
     "integrated_gradients_many",
-    "mean_activations",
     "step_alphas",
 ]
 
@@ -85,15 +83,6 @@ METHODS: dict[str, str] = {
 """The integration rules for integrated gradients, like captum's ``method`` argument: name -> how the ``n``
 points ``alpha_k`` on the path and their weights ``w_k`` are chosen. The score is
 ``(a - b) * sum_k w_k * dF/da (b + alpha_k (a - b))``."""
-
-HOOKS: dict[str, str] = {
-    "mlp_post": "post",
-    "mlp_pre": "pre",
-    "mlp_pre_linear": "pre_linear",
-}
-"""MLP hook points that can be attributed: ``mlp_post`` (the neuron activations, default), ``mlp_pre`` (before
-the activation function; where the EleutherAI package hooks GPT models) and ``mlp_pre_linear`` (the linear branch
-of a gated MLP)."""
 
 ATTRIBUTIONS: tuple[str, ...] = ("ig", "grad_x_act", "attribution_patching", "ablation")
 
@@ -157,11 +146,6 @@ def _hook_key(model: Model, hook: str) -> str:
     if hook == "mlp_pre_linear" and not getattr(model.cfg, "gated_mlp", False):
         raise ValueError("mlp_pre_linear exists only in gated MLPs; use 'mlp_post' or 'mlp_pre'")
     return HOOKS[hook]
-
-
-def hook_name(hook: str, layer: int) -> str:
-    """TransformerLens name of an MLP hook point: ``hook_name("mlp_post", 3) == "blocks.3.mlp.hook_post"``."""
-    return get_act_name(HOOKS[hook], layer)
 
 
 def _check_batch(internal_batch_size: int | None) -> None:
@@ -268,7 +252,7 @@ def _ig_plain(
     progress: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Reference IG: per layer, full sequence, one run_with_hooks forward+backward per batch of steps."""
-    names = [hook_name(hook, layer) for layer in layers]
+    names = [hook_name(layer, hook) for layer in layers]
     clean, f_clean = _clean_site(model, prompt, names, objective)
     dtype, device = clean.dtype, clean.device
     scores = torch.zeros(len(layers), clean.shape[-1], dtype=torch.float32)
@@ -468,7 +452,7 @@ def _site_grads(
     def keep(act: Tensor, hook) -> None:
         acts[hook.name] = act
 
-    names = [hook_name(hook, layer) for layer in layers]
+    names = [hook_name(layer, hook) for layer in layers]
     logits = _logits(model, _tokens(model, prompt, 1), [(name, keep) for name in names])
     f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
     tensors = [acts[name] for name in names]
@@ -529,26 +513,37 @@ def grad_x_activation(
 
 
 def _ablated_values(
-    model: Model, mode: str, mean_cache: Tensor | None, layers: list[int], clean: Tensor
+    model: Model, mode: str, mean_cache: dict[int, Tensor] | Tensor | None, layers: list[int], clean: Tensor
 ) -> Float[Tensor, "layer d_mlp"]:
     if mode == "zero":
         return torch.zeros_like(clean)
     if mode != "mean":
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mean_cache is None:
-        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.attribution.mean_activations(model, prompts))")
+        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
+    if isinstance(mean_cache, dict):
+        missing = [layer for layer in layers if layer not in mean_cache]
+        if missing:
+            raise ValueError(f"mean_cache has no means for layers {missing}; compute them for every attributed layer")
+        full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
+        for layer in layers:
+            full[layer] = mean_cache[layer]
+        mean_cache = full
     means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
     assert means is not None
     return means.to(clean.dtype)
 
 
-def _check_mode(mode: str, mean_cache: Tensor | None) -> None:
+def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> None:
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mode == "mean" and mean_cache is None:
-        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.attribution.mean_activations(model, prompts))")
-    if mean_cache is not None and not isinstance(mean_cache, Tensor):
-        raise TypeError(f"mean_cache must be a Tensor [n_layers, d_mlp] or [d_mlp], got {type(mean_cache).__name__}")
+        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
+    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict):
+        raise TypeError(
+            "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
+            f"[d_mlp], got {type(mean_cache).__name__}"
+        )
 
 
 def attribution_patching(
@@ -558,7 +553,7 @@ def attribution_patching(
     *,
     layers: int | Sequence[int] | None = None,
     mode: Literal["zero", "mean"] = "zero",
-    mean_cache: Tensor | None = None,
+    mean_cache: dict[int, Tensor] | Tensor | None = None,
     objective: Objective = "prob",
     hook: str = "mlp_post",
 ) -> Float[Tensor, "layer d_mlp"]:
@@ -574,8 +569,8 @@ def attribution_patching(
         target: the answer.
         layers: blocks to score (None = all), ascending.
         mode: "zero" or "mean".
-        mean_cache: mean activations ``[n_layers, d_mlp]`` or ``[d_mlp]`` for ``mode="mean"``
-            (see :func:`mean_activations`).
+        mean_cache: mean activations for ``mode="mean"``: ``{layer: [d_mlp]}``
+            (:func:`kn_lens.cache.mean_activations`), or a tensor ``[n_layers, d_mlp]`` / ``[d_mlp]``.
         objective: "prob", "logprob" or "logit".
         hook: MLP hook point (see :data:`HOOKS`).
 
@@ -619,7 +614,7 @@ def _ablation_plain(
                 act[rows, site, idx] = ablated[i, idx].to(act.dtype)
                 return act
 
-            logits = _logits(model, _tokens(model, prompt, len(idx)), [(hook_name(hook, layer), set_one)])
+            logits = _logits(model, _tokens(model, prompt, len(idx)), [(hook_name(layer, hook), set_one)])
             f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
             out[i, start : start + len(idx)] = (f - f_clean).float().cpu()
             bar.update(len(idx))
@@ -634,7 +629,7 @@ def ablation_effects(
     *,
     layers: int | Sequence[int] | None = None,
     mode: Literal["zero", "mean"] = "zero",
-    mean_cache: Tensor | None = None,
+    mean_cache: dict[int, Tensor] | Tensor | None = None,
     objective: Objective = "prob",
     hook: str = "mlp_post",
     internal_batch_size: int | None = None,
@@ -653,7 +648,8 @@ def ablation_effects(
         target: the answer.
         layers: blocks to score (None = all), ascending.
         mode: "zero" (set to 0) or "mean" (set to ``mean_cache``).
-        mean_cache: mean activations ``[n_layers, d_mlp]`` or ``[d_mlp]`` for ``mode="mean"``.
+        mean_cache: mean activations for ``mode="mean"``: ``{layer: [d_mlp]}``
+            (:func:`kn_lens.cache.mean_activations`), or a tensor ``[n_layers, d_mlp]`` / ``[d_mlp]``.
         objective: "prob", "logprob" or "logit".
         hook: MLP hook point (see :data:`HOOKS`).
         internal_batch_size: ablated neurons per forward pass (default 64 plain, automatic fast).
@@ -670,7 +666,7 @@ def ablation_effects(
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     _check_mode(mode, mean_cache)
     _check_batch(internal_batch_size)
-    names = [hook_name(hook, layer) for layer in layer_list]
+    names = [hook_name(layer, hook) for layer in layer_list]
     clean, _ = _clean_site(model, prompt, names, objective)
     ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
     if fast:
@@ -681,47 +677,6 @@ def ablation_effects(
                 model, prompt, layer_list, ablated, objective, hook, internal_batch_size, progress
             )
     return _ablation_plain(model, prompt, layer_list, ablated, objective, hook, internal_batch_size or 64, progress)
-
-
-@torch.no_grad()
-def mean_activations(
-    model: Model,
-    prompts: Sequence[str | Prompt] | str | Prompt,
-    *,
-    hook: str = "mlp_post",
-    at_site: bool = True,
-) -> Float[Tensor, "layer d_mlp"]:
-    """Mean activation of every neuron over prompts (at their sites, or over all positions), for mean ablation.
-
-    Args:
-        model: the model.
-        prompts: texts or Prompts (targets are not needed).
-        hook: MLP hook point (see :data:`HOOKS`).
-        at_site: average over the prompts' sites only (default) or over every position.
-
-    Returns:
-        ``Float[Tensor, "layer d_mlp"]`` for all layers of the model, on the model's device.
-
-    Example:
-        >>> means = mean_activations(model, ["The capital of Spain is", "The capital of Italy is"])
-        >>> attribution_patching(model, "The capital of France is", " Paris", mode="mean", mean_cache=means)
-    """
-    check_model(model)
-    _hook_key(model, hook)
-    items = as_prompts(model, prompts)
-    names = [hook_name(hook, layer) for layer in range(model.cfg.n_layers)]
-    total = torch.zeros(len(names), model.cfg.d_mlp, dtype=torch.float64, device=model.cfg.device)
-    count = 0
-    for p in items:
-        _, cache = model.run_with_cache(_tokens(model, p, 1), names_filter=lambda n: n in names)
-        acts = torch.stack([cache[n][0] for n in names])  # [layer, pos, d_mlp]
-        if at_site:
-            total += acts[:, p.site].double()
-            count += 1
-        else:
-            total += acts.double().sum(1)
-            count += acts.shape[1]
-    return (total / count).to(model.cfg.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- dispatchers

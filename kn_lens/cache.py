@@ -29,9 +29,18 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import utils
 
-from kn_lens._typing import Model, Neuron, NeuronLike, check_layers, check_model, is_encoder, to_neuron
+from kn_lens._typing import (
+    HOOKS,
+    Model,
+    Neuron,
+    NeuronLike,
+    check_layers,
+    check_model,
+    hook_name,
+    is_encoder,
+    to_neuron,
+)
 from kn_lens.prompts import Prompt, encode, group_by_length, make_prompt, stack_tokens
 
 PositionsLike = Literal["site", "all"] | int | Sequence[int]
@@ -54,6 +63,7 @@ class MLPPostCache:
     position: Int[Tensor, " rows"]
     token_id: Int[Tensor, " rows"]
     texts: list[str] = field(default_factory=list)
+    hook: str = "mlp_post"
 
     @property
     def layers(self) -> list[int]:
@@ -62,8 +72,8 @@ class MLPPostCache:
 
     @property
     def hook_names(self) -> list[str]:
-        """The hook points stored (``blocks.{L}.mlp.hook_post``)."""
-        return [utils.get_act_name("mlp_post", layer) for layer in self.layers]
+        """The hook points stored (``blocks.{L}.mlp.hook_post`` unless another MLP hook was cached)."""
+        return [hook_name(layer, self.hook) for layer in self.layers]
 
     def __len__(self) -> int:
         return int(self.prompt_index.shape[0])
@@ -150,6 +160,7 @@ def cache_mlp_post(
     positions: PositionsLike = "site",
     batch_size: int = 32,
     progress: bool = True,
+    hook: str = "mlp_post",
 ) -> MLPPostCache:
     """Cache ``mlp_post`` activations of the requested layers at the requested positions, and nothing else.
 
@@ -165,6 +176,7 @@ def cache_mlp_post(
         positions: ``"site"`` (mask / last prompt token), ``"all"``, or explicit positions (negative from the end).
         batch_size: prompts per forward pass.
         progress: show a progress bar.
+        hook: the MLP hook point to cache (``"mlp_post"``, or ``"mlp_pre"`` / ``"mlp_pre_linear"``).
 
     Returns:
         An :class:`MLPPostCache` with one row per (prompt, position), in prompt order then position order.
@@ -179,7 +191,9 @@ def cache_mlp_post(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     items = _as_cache_prompts(model, prompts, positions)
-    wanted = {utils.get_act_name("mlp_post", layer): layer for layer in layers}
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook point {hook!r}; choose one of {', '.join(HOOKS)}")
+    wanted = {hook_name(layer, hook): layer for layer in layers}
     per_prompt: list[dict[int, Tensor] | None] = [None] * len(items)
     pos_lists = [_resolve_positions(p, positions) for p in items]
     batches = [
@@ -196,7 +210,7 @@ def cache_mlp_post(
     prompt_index = torch.cat([torch.full((len(pl),), i) for i, pl in enumerate(pos_lists)])
     position = torch.cat([torch.tensor(pl, dtype=torch.long) for pl in pos_lists])
     token_id = torch.cat([items[i].tokens[torch.tensor(pl)] for i, pl in enumerate(pos_lists)])
-    return MLPPostCache(acts, prompt_index, position, token_id, [p.text for p in items])
+    return MLPPostCache(acts, prompt_index, position, token_id, [p.text for p in items], hook)
 
 
 def mean_activations(
@@ -207,13 +221,14 @@ def mean_activations(
     positions: PositionsLike = "site",
     batch_size: int = 32,
     progress: bool = True,
+    hook: str = "mlp_post",
 ) -> dict[int, Float[Tensor, " d_mlp"]]:
     """Mean ``mlp_post`` activation of every neuron over prompts and positions (for mean ablation).
 
     Each (prompt, position) row counts once, so with ``positions="all"`` longer prompts weigh more.
 
     Args:
-        model, prompts, layers, positions, batch_size, progress: as in :func:`cache_mlp_post`.
+        model, prompts, layers, positions, batch_size, progress, hook: as in :func:`cache_mlp_post`.
 
     Returns:
         ``{layer: Float[Tensor, "d_mlp"]}`` for the requested layers (on the CPU); ``means[L][i]`` is the mean of
@@ -223,7 +238,9 @@ def mean_activations(
         >>> means = mean_activations(model, texts, layers=[24])
         >>> means[24][1005]
     """
-    cache = cache_mlp_post(model, prompts, layers=layers, positions=positions, batch_size=batch_size, progress=progress)
+    cache = cache_mlp_post(
+        model, prompts, layers=layers, positions=positions, batch_size=batch_size, progress=progress, hook=hook
+    )
     return {layer: cache[layer].mean(0) for layer in cache.layers}
 
 

@@ -41,32 +41,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from kn_lens._typing import Model, Neuron, check_model, group_by_layer, to_neurons
+from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out, to_neurons
 from kn_lens.hooks import NeuronsLike, as_neurons
+from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
 
 TokenLike = str | int | Sequence[int]
-
-
-def value_vectors(model: Model, neurons: NeuronsLike) -> Float[Tensor, "n_neurons d_model"]:
-    """The value vectors ``W_out[L][n]`` of ``neurons`` (a copy), in the order given.
-
-    Example:
-        >>> value_vectors(model, ["L9N1094"]).shape
-        torch.Size([1, 768])
-    """
-    check_model(model)
-    neuron_list = to_neurons(model, as_neurons(neurons, model))
-    return torch.stack([_w_out(model, n.layer)[n.index].detach().clone() for n in neuron_list])
-
-
-def _w_out(model: Model, layer: int) -> torch.nn.Parameter:
-    weight = getattr(model.blocks[layer].mlp, "W_out", None)
-    if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2:
-        raise TypeError(
-            f"blocks[{layer}].mlp has no dense W_out parameter [d_mlp, d_model] (mixture-of-experts or quantised "
-            "MLP?); weight edits need a plain MLP"
-        )
-    return weight
 
 
 class WeightEdit:
@@ -96,13 +75,13 @@ class WeightEdit:
         grouped = group_by_layer(self.neurons)
         # Save everything first, so a failure while writing leaves nothing half-edited.
         for layer, indices in grouped.items():
-            weight = _w_out(model, layer)
+            weight = mlp_w_out(model, layer)
             index = torch.tensor(indices, device=weight.device)
             self._saved[layer] = (index, weight.detach()[index].clone())
         try:
             with torch.no_grad():
                 for layer, (index, _) in self._saved.items():
-                    weight = _w_out(model, layer)
+                    weight = mlp_w_out(model, layer)
                     rows = torch.stack([new_rows[Neuron(layer, i)] for i in grouped[layer]])
                     weight[index] = rows.to(device=weight.device, dtype=weight.dtype)
         except BaseException:
@@ -113,7 +92,7 @@ class WeightEdit:
     def _write_back(self) -> None:
         with torch.no_grad():
             for layer, (index, rows) in self._saved.items():
-                _w_out(self.model, layer)[index] = rows
+                mlp_w_out(self.model, layer)[index] = rows
 
     def restore(self) -> None:
         """Put the original value vectors back (bit for bit). Calling it twice is harmless."""
@@ -261,7 +240,7 @@ def edit_fact(
     neuron_list = _check_neurons(model, neurons)
     delta = -lambda1 * token_embedding(model, old) + lambda2 * token_embedding(model, new)
     rows = {
-        n: _w_out(model, n.layer).detach()[n.index].float() + delta.to(_w_out(model, n.layer).device)
+        n: mlp_w_out(model, n.layer).detach()[n.index].float() + delta.to(mlp_w_out(model, n.layer).device)
         for n in neuron_list
     }
     return WeightEdit(model, rows, f"edit {old!r} -> {new!r} (lambda1={lambda1}, lambda2={lambda2})")

@@ -49,10 +49,10 @@ from typing import Any, Literal, TypeAlias
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import ActivationCache, utils
+from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from kn_lens._typing import Model, Neuron, NeuronLike, group_by_layer, to_neurons
+from kn_lens._typing import Model, Neuron, NeuronLike, group_by_layer, hook_name, to_neurons
 from kn_lens.cache import mean_activations  # re-exported: the means for ablate(mode='mean')
 from kn_lens.prompts import Prompt
 
@@ -65,16 +65,6 @@ NeuronsLike: TypeAlias = Iterable[NeuronLike] | NeuronLike | Any
 
 HOOK = "mlp_post"
 _POSITION_WORDS = ("all", "site", "last")
-
-
-def hook_name(layer: int) -> str:
-    """The TransformerLens name of the MLP activation hook of block ``layer`` (``blocks.{L}.mlp.hook_post``).
-
-    Example:
-        >>> hook_name(9)
-        'blocks.9.mlp.hook_post'
-    """
-    return utils.get_act_name(HOOK, layer)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -354,7 +344,7 @@ def ablate(
         neurons: the neurons.
         mode: ``"zero"`` or ``"mean"``.
         mean: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, or a
-            ``[n_layers, d_mlp]`` tensor (:func:`kn_lens.attribution.mean_activations`), or a TransformerLens
+            ``[n_layers, d_mlp]`` tensor, or a TransformerLens
             ``ActivationCache`` holding the layers' ``mlp_post`` (averaged over batch and positions).
         positions: where to intervene (see the module docstring).
         prompts: the prompts of the batch, needed by ``positions="site"``.

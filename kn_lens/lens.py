@@ -48,7 +48,8 @@ from torch import Tensor
 from transformer_lens import utils
 from transformer_lens.components import LayerNorm, LayerNormPre
 
-from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, to_neuron, to_neurons
+from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out, to_neuron, to_neurons
+from kn_lens.hooks import NeuronsLike, as_neurons
 from kn_lens.prompts import Prompt, TargetLike, as_prompts, group_by_length, stack_tokens
 
 Through = Literal["unembed", "mlm_head"]
@@ -116,7 +117,7 @@ def _check_through(model: Model, through: str | None) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def value_vectors(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> Float[Tensor, "n d_model"]:
+def value_vectors(model: Model, neurons: NeuronsLike) -> Float[Tensor, "n d_model"]:
     """The value vectors ``W_out[layer][index]`` of some neurons, stacked (a copy, safe to modify).
 
     Example:
@@ -124,8 +125,8 @@ def value_vectors(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> F
         torch.Size([1, 576])
     """
     check_model(model)
-    neurons = to_neurons(model, neurons)
-    return torch.stack([model.W_out[n.layer, n.index].detach().clone() for n in neurons])
+    neurons = to_neurons(model, as_neurons(neurons, model))
+    return torch.stack([mlp_w_out(model, n.layer)[n.index].detach().clone() for n in neurons])
 
 
 @torch.inference_mode()
@@ -369,7 +370,7 @@ def direct_effect(
     layer, index = neuron
     act_name = utils.get_act_name("mlp_post", layer)
     scale_names = _scale_hooks(model, layer)
-    value = model.W_out[layer, index]
+    value = mlp_w_out(model, layer)[index]
     out = torch.empty(len(prompts))
     for indices in group_by_length(prompts).values():
         for start in range(0, len(indices), batch_size):

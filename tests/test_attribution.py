@@ -12,6 +12,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from kn_lens import attribution as A
+from kn_lens.cache import mean_activations
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import objective_from_logits, target_scores
 
@@ -61,7 +62,7 @@ def test_step_alphas_known_values():
 
 def _captum_ig(model, prompt, layer, method, n_steps, objective, hook="mlp_post"):
     """captum IG over the site activation of one layer (an independent implementation of the same integral)."""
-    name = A.hook_name(hook, layer)
+    name = A.hook_name(layer, hook)
     _, cache = model.run_with_cache(prompt.tokens[None], names_filter=name)
     clean = cache[name][0, prompt.site][None].detach()
 
@@ -104,7 +105,7 @@ def test_eleuther_rule_is_linspace_with_weights_one_over_n(random_llama):
     prompt = make_prompt(random_llama, PROMPT, " Paris")
     n = 5
     ours = A.integrated_gradients(random_llama, prompt, layers=[2], n_steps=n, method="eleuther", fast=False)
-    name = A.hook_name("mlp_post", 2)
+    name = A.hook_name(2, "mlp_post")
     _, cache = random_llama.run_with_cache(prompt.tokens[None], names_filter=name)
     clean = cache[name][0, prompt.site]
     total = torch.zeros_like(clean)
@@ -135,7 +136,7 @@ def test_completeness_gauss_legendre_fixture(tiny_bert):
     prompt = make_prompt(tiny_bert, "France has its capital in [MASK].", "Paris")
     f_clean = target_scores(tiny_bert, [prompt])[0]
     for i, layer in enumerate(range(tiny_bert.cfg.n_layers)):
-        zero = [(A.hook_name("mlp_post", layer), lambda act, hook: _zero_site(act, prompt.site))]
+        zero = [(A.hook_name(layer, "mlp_post"), lambda act, hook: _zero_site(act, prompt.site))]
         f_base = target_scores(tiny_bert, [prompt], fwd_hooks=zero)[0]
         diff = float(f_clean - f_base)
         assert abs(diff) > 1e-3
@@ -158,7 +159,7 @@ def test_completeness_gauss_legendre_smollm2(smollm2):
     prompt = make_prompt(smollm2, PROMPT, " Paris")
     f_clean = target_scores(smollm2, [prompt])[0]
     for i, layer in enumerate(layers):
-        zero = [(A.hook_name("mlp_post", layer), lambda act, hook: _zero_site(act, prompt.site))]
+        zero = [(A.hook_name(layer, "mlp_post"), lambda act, hook: _zero_site(act, prompt.site))]
         diff = float(f_clean - target_scores(smollm2, [prompt], fwd_hooks=zero)[0])
         assert float(scores[i].sum()) - diff == pytest.approx(float(delta[i]), abs=1e-4)
         assert abs(float(delta[i])) < 0.01 * abs(diff)
@@ -239,11 +240,11 @@ def test_grad_x_act_is_one_step_ig_and_patching_is_its_negative(random_llama):
 
 
 def test_attribution_patching_mean(random_gpt2):
-    means = A.mean_activations(random_gpt2, ["The capital of Spain is", "The capital of Italy is"])
-    assert means.shape == (random_gpt2.cfg.n_layers, random_gpt2.cfg.d_mlp)
+    means = mean_activations(random_gpt2, ["The capital of Spain is", "The capital of Italy is"], progress=False)
+    assert sorted(means) == list(range(random_gpt2.cfg.n_layers))
     prompt = make_prompt(random_gpt2, PROMPT, " Paris")
     ap = A.attribution_patching(random_gpt2, prompt, layers=[1], mode="mean", mean_cache=means)
-    name = A.hook_name("mlp_post", 1)
+    name = A.hook_name(1, "mlp_post")
     _, cache = random_gpt2.run_with_cache(prompt.tokens[None], names_filter=name)
     act = cache[name][0, prompt.site]
     gxa = A.grad_x_activation(random_gpt2, prompt, layers=[1])  # = act * grad
@@ -258,7 +259,9 @@ def test_ablation_effects_match_direct_runs(request, model_name, mode):
     model = request.getfixturevalue(model_name)
     text, target = (PROMPT, " Paris") if model_name == "random_llama" else (BERT_PROMPT, "Paris")
     prompt = make_prompt(model, text, target)
-    means = A.mean_activations(model, [prompt]) * 0.5 if mode == "mean" else None
+    means = (
+        {k: v * 0.5 for k, v in mean_activations(model, [prompt], progress=False).items()} if mode == "mean" else None
+    )
     plain = A.ablation_effects(
         model, prompt, layers=[1], mode=mode, mean_cache=means, fast=False, internal_batch_size=50
     )
@@ -268,14 +271,14 @@ def test_ablation_effects_match_direct_runs(request, model_name, mode):
     assert _rel_err(fast, plain) < 1e-4 or torch.allclose(fast, plain, atol=5e-6, rtol=0)
     f_clean = target_scores(model, [prompt])[0]
     for index in [0, 7, int(plain[0].abs().argmax())]:
-        value = 0.0 if means is None else float(means[1, index])
+        value = 0.0 if means is None else float(means[1][index])
 
         def set_one(act, hook, index=index, value=value):
             act = act.clone()
             act[:, prompt.site, index] = value
             return act
 
-        direct = target_scores(model, [prompt], fwd_hooks=[(A.hook_name("mlp_post", 1), set_one)])[0] - f_clean
+        direct = target_scores(model, [prompt], fwd_hooks=[(A.hook_name(1, "mlp_post"), set_one)])[0] - f_clean
         assert float(plain[0, index]) == pytest.approx(float(direct), abs=1e-6)
 
 
