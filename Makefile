@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # The stamp is rebuilt when the dependency list changes; otherwise repeated runs reuse the venv.
 STAMP := $(VENV)/.kn-lens-installed
 
-.PHONY: demo test lint format bench fixture clean setup
+.PHONY: demo test lint format bench fixture tutorials clean setup
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_vs_eleuther.py
+
+tutorials: $(STAMP)
+	for f in tutorials/src/*.py; do $(VENV)/bin/jupytext -q --to notebook --output tutorials/$$(basename $$f .py).ipynb $$f; done
 
 fixture: $(STAMP)
 	$(PY) -m kn_lens.fixtures.train_tiny_bert

@@ -606,16 +606,19 @@ def find_knowledge_neurons_many(
 def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> list[KnowledgeNeurons]:
     """Drop neurons selected for more than ``share`` of a relation's facts (and at least 2 of them).
 
-    Results without a relation are returned unchanged. Returns new result objects (the inputs are not modified).
+    Results are grouped by their ``relation``; results without one (``relation=None``) form one group, so a
+    plain list of facts of one relation can be filtered as it is. Returns new result objects (the inputs are
+    not modified).
 
     Example:
         >>> filtered = relation_filter(results, 0.1)
         >>> filtered[0].dropped["relation"]
     """
-    by_relation: dict[str, list[int]] = {}
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be in [0, 1), got {share!r}")
+    by_relation: dict[str | None, list[int]] = {}
     for i, result in enumerate(results):
-        if result.relation is not None:
-            by_relation.setdefault(result.relation, []).append(i)
+        by_relation.setdefault(result.relation, []).append(i)
     out = list(results)
     for indices in by_relation.values():
         counts: Counter[Neuron] = Counter(n for i in indices for n in results[i].neurons)

@@ -161,6 +161,10 @@ def test_relation_filter():
     assert small[0].dropped["relation"] == [shared, a]
     assert small[3].neurons == [shared]
     assert results[0].neurons == [shared, a]  # inputs untouched
+    unlabelled = relation_filter([result([shared, a], None), result([shared], None), result([b], None)], 0.1)
+    assert [r.neurons for r in unlabelled] == [[a], [], [b]]  # no relation label: one group, not skipped
+    with pytest.raises(ValueError, match="share"):
+        relation_filter(results, 1.5)
 
 
 def test_find_many_with_relations(model):

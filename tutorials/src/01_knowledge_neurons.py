@@ -1,0 +1,150 @@
+# %% [markdown]
+# # 1. Knowledge neurons in a tiny BERT
+#
+# Dai et al. (ACL 2022) asked: when BERT completes *"The capital of France is [MASK]."* with *Paris*, which
+# neurons of its MLPs carry that fact? Their recipe, which kn_lens implements as TransformerLens hooks:
+#
+# 1. **Attribute**: for each MLP neuron, scale its activation at the `[MASK]` position from 0 up to its real
+#    value and integrate the gradient of p(answer) along the way (integrated gradients, IG);
+# 2. **Select**: keep neurons with a high score on most paraphrases of the fact (*knowledge neurons*);
+# 3. **Test**: switch them off (x0) or amplify them (x2) and watch p(answer), next to controls: random neurons
+#    and other facts must barely move.
+#
+# We use the tiny BERT that ships with kn_lens (2 layers, 1024 neurons per layer, trained on 48 synthetic facts),
+# so everything runs in seconds on a laptop. Quizzes along the way check your answers against the live model.
+
+# %%
+import torch
+
+import kn_lens
+from kn_lens import hooks
+from kn_lens.fixtures import tiny_bert
+from kn_lens.quiz import Question, close_to, equals
+
+torch.manual_seed(0)
+model = tiny_bert.load()
+print(type(model).__name__, model.cfg.n_layers, "layers x", model.cfg.d_mlp, "neurons")
+
+# %% [markdown]
+# ## What does the model know?
+# `make_prompt` finds the `[MASK]` (the *site*) and the answer's token id; `target_scores` reads p(answer).
+
+# %%
+fact = tiny_bert.FACTS[0]
+prompts = tiny_bert.train_prompts(fact)
+print(fact)
+for text in prompts:
+    print(f"{text:45s} p({fact.answer}) = {kn_lens.target_scores(model, [kn_lens.make_prompt(model, text, fact.answer)]).item():.3f}")
+
+# %%
+from kn_lens.cli import top_predictions
+
+top_predictions(model, prompts[0], k=5)
+
+# %%
+q1 = Question(
+    "top-token",
+    f"Which token does the model rank first for {prompts[0]!r}?",
+    equals(top_predictions(model, prompts[0], k=1)["token"].iloc[0].strip("'")),
+    hint="look at the first row of the table above",
+)
+q1.check("Paris")
+
+# %% [markdown]
+# ## Attribution: integrated gradients on `mlp_post`
+# One row per layer, one column per neuron. `return_convergence_delta=True` also returns the completeness
+# gap: the scores of a layer should add up to p(answer) minus p(answer with that layer's neurons at 0).
+
+# %%
+scores, delta = kn_lens.integrated_gradients(
+    model, prompts[0], fact.answer, n_steps=50, method="gausslegendre", return_convergence_delta=True
+)
+print(scores.shape, "convergence delta per layer:", delta)
+
+# %%
+from kn_lens import plotting
+
+plotting.attribution_heatmap(scores, top_k=20, title=f"IG attribution for {fact.answer!r}")
+
+# %%
+best = divmod(int(scores.argmax()), model.cfg.d_mlp)
+q2 = Question(
+    "best-neuron",
+    "Which neuron has the highest attribution? Answer as kn_lens.Neuron(layer, index).",
+    equals(kn_lens.Neuron(*best)),
+    hint="scores.argmax() gives a flat index; divmod it by d_mlp",
+)
+q2.check(kn_lens.Neuron(*divmod(int(scores.argmax()), model.cfg.d_mlp)))
+
+# %% [markdown]
+# ## Selecting knowledge neurons
+# Dai et al.'s rule: per prompt keep neurons scoring above 0.2 x that prompt's maximum; keep the ones shared by
+# more than 70% of the prompts; nudge that share by 0.05 until 2 to 5 neurons remain.
+
+# %%
+kns = kn_lens.find_knowledge_neurons(model, prompts, fact.answer)
+print(kns)
+kns.to_dataframe()
+
+# %%
+q3 = Question(
+    "count",
+    "How many knowledge neurons did the selection keep?",
+    equals(len(kns.neurons)),
+    hint="len(kns.neurons)",
+)
+q3.check(len(kns.neurons))
+
+# %% [markdown]
+# ## Testing them: suppress and enhance, with controls
+# The hooks are plain TransformerLens `(hook_name, fn)` lists; `positions="site"` acts on the `[MASK]` only.
+# `suppress` reports before/after probabilities for the fact and, as a control, for facts of other relations.
+
+# %%
+other = [f for f in tiny_bert.FACTS if f.relation != fact.relation][:6]
+unrelated = [(tiny_bert.train_prompts(f), f.answer) for f in other]
+table = kn_lens.suppress(model, kns, unrelated=unrelated)
+table.groupby("condition")[["before", "after", "rel_change"]].mean()
+
+# %%
+control = kn_lens.random_neurons(model, like=kns.neurons, seed=0)
+random_table = kn_lens.suppress(model, control, prompts, fact.answer)
+print("knowledge neurons:", round(table[table.condition == table.condition.iloc[0]].rel_change.mean(), 3))
+print("random neurons:   ", round(random_table.rel_change.mean(), 3))
+
+# %%
+drop = -table[table.condition == table.condition.iloc[0]].rel_change.mean()
+q4 = Question(
+    "drop",
+    "By what fraction does suppressing the knowledge neurons lower p(answer) on average? (e.g. 0.5 for -50%)",
+    close_to(drop, rel=0.05, abs_=0.02),
+)
+q4.check(round(drop, 2))
+
+# %% [markdown]
+# ## Using the hooks directly
+# Everything above is built from hooks you can use yourself, with `run_with_hooks` or `model.hooks(...)`.
+
+# %%
+prompt = kn_lens.make_prompt(model, prompts[0], fact.answer)
+fwd_hooks = hooks.scale(kns.neurons, 0.0, positions="site", prompts=[prompt])
+with model.hooks(fwd_hooks=fwd_hooks):
+    logits = model(prompt.tokens[None])
+print("p with hooks:", logits[0, prompt.site].softmax(-1)[prompt.target_ids[0]].item())
+print("hooks left on the model afterwards:", sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()))
+
+# %% [markdown]
+# ## Erasing a fact in the weights, reversibly
+# `kn_lens.edit.erase` sets the knowledge neurons' value vectors (`W_out[layer][index]`) to zero. As a context
+# manager it restores the weights bit for bit on exit, even if the body raises.
+
+# %%
+before = kn_lens.target_scores(model, [prompt]).item()
+with kn_lens.edit.erase(model, kns.neurons):
+    during = kn_lens.target_scores(model, [prompt]).item()
+after = kn_lens.target_scores(model, [prompt]).item()
+print(f"before {before:.3f}  erased {during:.3f}  restored {after:.3f}")
+assert after == before
+
+# %% [markdown]
+# **Next**: tutorial 2 finds the *plural neuron* of the TransformerLens tutorial in the same tiny BERT.
