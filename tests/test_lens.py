@@ -26,7 +26,7 @@ def _by_hand_unembed(model, layer, index, *, centre: bool, weight, eps):
     return v @ model.W_U.detach().double()
 
 
-def _check_decoded(d: Decoded, expected: torch.Tensor, k: int):
+def _assert_decoded(d: Decoded, expected: torch.Tensor, k: int):
     top = expected.topk(k)
     bottom = (-expected).topk(k)
     assert d.top_ids == top.indices.tolist()
@@ -41,7 +41,7 @@ def test_decode_smollm2_equals_rmsnorm_by_hand(smollm2):
     # SmolLM2: RMSNorm (no centring) with a learned weight, then W_U.
     expected = _by_hand_unembed(smollm2, 24, 1005, centre=False, weight=smollm2.ln_final.w, eps=0.0)
     d = decode(smollm2, "L24N1005", k=7)
-    _check_decoded(d, expected, 7)
+    _assert_decoded(d, expected, 7)
     assert d.top_tokens[0] == smollm2.tokenizer.decode([d.top_ids[0]])
     # Forgetting the norm weight gives a different ranking: the test above can fail.
     naive = smollm2.W_out[24, 1005].detach().double() @ smollm2.W_U.detach().double()
@@ -54,7 +54,7 @@ def test_decode_layernorm_model_centres_and_folds_weight(random_gpt2):
         random_gpt2.ln_final.w.copy_(1 + 0.5 * torch.randn_like(saved))
     try:
         expected = _by_hand_unembed(random_gpt2, 2, 5, centre=True, weight=random_gpt2.ln_final.w, eps=0.0)
-        _check_decoded(decode(random_gpt2, (2, 5), k=5), expected, 5)
+        _assert_decoded(decode(random_gpt2, (2, 5), k=5), expected, 5)
     finally:
         with torch.no_grad():
             random_gpt2.ln_final.w.copy_(saved)
@@ -65,7 +65,7 @@ def test_decode_bert_both_lenses_by_hand(bert):
     head = bert.mlm_head
     # "unembed": centred, unit RMS, times the MLM head's LayerNorm weight, then W_U.
     expected = _by_hand_unembed(bert, L, n, centre=True, weight=head.ln.w, eps=0.0)
-    _check_decoded(decode(bert, (L, n), k=5, through="unembed"), expected, 5)
+    _assert_decoded(decode(bert, (L, n), k=5, through="unembed"), expected, 5)
     # "mlm_head": last block's LayerNorm (with bias), dense, GELU, LayerNorm (with bias), W_U (no b_U).
     ln2 = bert.blocks[-1].ln2
     v = bert.W_out[L, n].detach().double()
@@ -76,7 +76,7 @@ def test_decode_bert_both_lenses_by_hand(bert):
     h = h - h.mean()
     h = h / torch.sqrt((h**2).mean() + bert.cfg.eps) * head.ln.w.double() + head.ln.b.double()
     expected_head = (h @ bert.W_U.double()).detach()
-    _check_decoded(decode(bert, (L, n), k=5, through="mlm_head"), expected_head, 5)
+    _assert_decoded(decode(bert, (L, n), k=5, through="mlm_head"), expected_head, 5)
 
 
 def test_direction_logits_scale_free(smollm2):

@@ -34,7 +34,8 @@ fact = tiny_bert.FACTS[0]
 prompts = tiny_bert.train_prompts(fact)
 print(fact)
 for text in prompts:
-    print(f"{text:45s} p({fact.answer}) = {kn_lens.target_scores(model, [kn_lens.make_prompt(model, text, fact.answer)]).item():.3f}")
+    p = kn_lens.target_scores(model, [kn_lens.make_prompt(model, text, fact.answer)]).item()
+    print(f"{text:45s} p({fact.answer}) = {p:.3f}")
 
 # %%
 from kn_lens.cli import top_predictions

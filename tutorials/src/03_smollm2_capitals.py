@@ -13,7 +13,7 @@
 import pandas as pd
 
 import kn_lens
-from kn_lens import lens, plotting
+from kn_lens import lens
 from kn_lens.quiz import Question, close_to, equals
 
 model = kn_lens.load_model()
@@ -24,7 +24,10 @@ facts = {
     " Madrid": ["The capital of Spain is", "Spain's capital city is", "The Spanish capital is"],
 }
 pd.DataFrame(
-    {answer: kn_lens.target_scores(model, kn_lens.make_prompts(model, texts, answer)).tolist() for answer, texts in facts.items()}
+    {
+        answer: kn_lens.target_scores(model, kn_lens.make_prompts(model, texts, answer)).tolist()
+        for answer, texts in facts.items()
+    }
 )
 
 # %% [markdown]
@@ -87,7 +90,7 @@ q2.check(round(float(own), 2))
 
 # %%
 filtered = kn_lens.relation_filter(list(results.values()), share=0.1)
-for answer, kns in zip(results, filtered):
+for answer, kns in zip(results, filtered, strict=True):
     print(f"{answer!r:10}", kns.neurons)
 
 # %% [markdown]
