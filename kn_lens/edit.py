@@ -44,6 +44,7 @@ from torch import Tensor
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out, to_neurons
 from kn_lens.hooks import NeuronsLike, as_neurons
 from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
+from kn_lens.prompts import token_ids
 
 TokenLike = str | int | Sequence[int]
 
@@ -129,31 +130,10 @@ def token_embedding(model: Model, token: TokenLike) -> Float[Tensor, " d_model"]
         >>> token_embedding(model, " Paris").shape
         torch.Size([576])
     """
-    ids = _token_ids(model, token)
+    if token is None:
+        raise ValueError("token is None; pass a word such as ' Paris' or a token id")
+    ids = token_ids(model, token)
     return model.W_E.detach()[torch.tensor(ids, device=model.W_E.device)].float().mean(0)
-
-
-def _token_ids(model: Model, token: TokenLike) -> list[int]:
-    d_vocab = model.cfg.d_vocab
-    if isinstance(token, str):
-        if not token:
-            raise ValueError("token is an empty string; pass a word such as ' Paris'")
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise ValueError("this model has no tokenizer; pass token ids instead of text")
-        ids = list(tokenizer(token, add_special_tokens=False)["input_ids"])
-        if not ids:
-            raise ValueError(f"{token!r} tokenizes to nothing")
-        return ids
-    ids = [token] if isinstance(token, int) else list(token)
-    if not ids:
-        raise ValueError("empty list of token ids")
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"token ids must be ints, got {i!r}")
-        if not 0 <= i < d_vocab:
-            raise ValueError(f"token id {i} is not in the vocabulary (d_vocab={d_vocab})")
-    return ids
 
 
 def _check_neurons(model: Model, neurons: NeuronsLike) -> list[Neuron]:

@@ -82,7 +82,15 @@ def encode(model: Model, text: str) -> list[int]:
     return model.to_tokens(text, prepend_bos=model.cfg.default_prepend_bos, truncate=False)[0].tolist()
 
 
-def _target_ids(model: Model, target: TargetLike) -> list[int]:
+def token_ids(model: Model, target: TargetLike) -> list[int]:
+    """Validated token ids of a target: text (no special tokens), a token id or a list of ids; ``[]`` for None.
+
+    Raises a clear error for an empty target, ids out of the vocabulary, or text the tokenizer does not know.
+
+    Example:
+        >>> token_ids(model, " Paris")
+        [7042]
+    """
     if target is None:
         return []
     d_vocab = model.cfg.d_vocab
@@ -157,7 +165,7 @@ def make_prompt(
         raise TypeError(f"prompt must be a str, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("prompt is empty; pass some text")
-    ids = _target_ids(model, target)
+    ids = token_ids(model, target)
     encoder = is_encoder(model)
 
     if position is not None:
