@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _bert import bert_fixture
 from transformer_lens import utils
 
 import kn_lens
@@ -12,8 +11,9 @@ from kn_lens.lens import Decoded, decode, decode_many, direct_effect, direction_
 
 
 @pytest.fixture(scope="module")
-def bert(request, tmp_path_factory):
-    return bert_fixture(request, tmp_path_factory)
+def bert(tiny_bert):
+    """The trained tiny BERT: non-trivial LayerNorm weights and biases, a real word-level tokenizer."""
+    return tiny_bert
 
 
 def _by_hand_unembed(model, layer, index, *, centre: bool, weight, eps):
