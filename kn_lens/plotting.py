@@ -56,6 +56,12 @@ def _symmetric_range(z: np.ndarray) -> float:
     return peak if peak > 0 else 1.0
 
 
+def _centred(z: np.ndarray) -> dict:
+    """Heatmap colour settings for signed values: diverging RdBu, white at 0, range symmetric around 0."""
+    vmax = _symmetric_range(z)
+    return dict(colorscale=DIVERGING, zmid=0, zmin=-vmax, zmax=vmax)
+
+
 def _row_layers(n_rows: int, layers: Sequence[int] | None) -> list[int]:
     if layers is None:
         return list(range(n_rows))
@@ -98,7 +104,7 @@ def attribution_heatmap(
     rows = _row_layers(arr.shape[0], layers)
     sub = arr[rows]
     d_mlp = arr.shape[1]
-    vmax = _symmetric_range(sub)
+    colours = _centred(sub)
     y = [f"L{layer}" for layer in rows]
     marked = [(int(layer), int(index)) for layer, index in (neurons or [])]
     fig = go.Figure()
@@ -110,10 +116,7 @@ def attribution_heatmap(
                 x=list(range(d_mlp)),
                 y=y,
                 customdata=labels,
-                colorscale=DIVERGING,
-                zmid=0,
-                zmin=-vmax,
-                zmax=vmax,
+                **colours,
                 colorbar=dict(title="score"),
                 hovertemplate="%{customdata}<br>score %{z:.4g}<extra></extra>",
             )
@@ -154,10 +157,7 @@ def attribution_heatmap(
                 text=text,
                 texttemplate="%{text}" if top_k <= 30 and len(rows) <= 60 else None,
                 textfont=dict(size=9),
-                colorscale=DIVERGING,
-                zmid=0,
-                zmin=-vmax,
-                zmax=vmax,
+                **colours,
                 colorbar=dict(title="score"),
                 hovertemplate="%{customdata}<br>score %{z:.4g}<br>rank %{x} in its layer<extra></extra>",
             )
@@ -350,7 +350,7 @@ def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
             f"What each neuron writes: value vector {what}<br><sup>top rows: promoted when the neuron fires "
             "positively; a neuron that fires negatively (SiLU / GELU allow it) promotes its bottom rows</sup>"
         )
-    vmax = _symmetric_range(z)
+    colours = _centred(z)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -359,10 +359,7 @@ def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
             text=text,
             texttemplate="%{text}",
             textfont=dict(size=11),
-            colorscale=DIVERGING,
-            zmid=0,
-            zmin=-vmax,
-            zmax=vmax,
+            **colours,
             xgap=2,
             ygap=1,
             colorbar=dict(title="logit<br>(unit RMS)"),
@@ -418,7 +415,7 @@ def activation_highlight(result: Any, *, title: str | None = None, max_tokens: i
     peaks = [
         float(_to_numpy(a, "activations")[p]) for a, p in zip(result.activations, result.max_positions, strict=True)
     ]
-    vmax = _symmetric_range(z)
+    colours = _centred(z)
     how = "most" if getattr(result, "largest", True) else "most negatively"
     fig = go.Figure(
         go.Heatmap(
@@ -428,10 +425,7 @@ def activation_highlight(result: Any, *, title: str | None = None, max_tokens: i
             text=text,
             texttemplate="%{text}",
             textfont=dict(size=11),
-            colorscale=DIVERGING,
-            zmid=0,
-            zmin=-vmax,
-            zmax=vmax,
+            **colours,
             xgap=1,
             ygap=3,
             colorbar=dict(title="activation"),
