@@ -77,12 +77,21 @@ NeuronLike: TypeAlias = Neuron | tuple[int, int] | str
 
 
 def is_encoder(model: Model) -> bool:
-    """True for bidirectional (BERT-style) models, whose prompts carry a ``[MASK]``."""
+    """True for bidirectional (BERT-style) models, whose prompts carry a ``[MASK]``.
+
+    Example:
+        >>> is_encoder(kn_lens.load_model())
+        False
+    """
     return isinstance(model, HookedEncoder)
 
 
 def check_model(model: object) -> Model:
-    """Raise a clear ``TypeError`` unless ``model`` is a ``HookedTransformer`` or ``HookedEncoder``."""
+    """Raise a clear ``TypeError`` unless ``model`` is a ``HookedTransformer`` or ``HookedEncoder``.
+
+    Example:
+        >>> check_model(kn_lens.load_model())  # returns the model, or raises TypeError
+    """
     if not isinstance(model, HookedTransformer | HookedEncoder):
         raise TypeError(
             f"expected a transformer_lens HookedTransformer or HookedEncoder, got {type(model).__name__}; "
@@ -94,7 +103,12 @@ def check_model(model: object) -> Model:
 
 
 def check_layer(model: Model, layer: int) -> int:
-    """Validate a block index (negative indices count from the end, like Python lists)."""
+    """Validate a block index (negative indices count from the end, like Python lists).
+
+    Example:
+        >>> check_layer(model, -1)  # SmolLM2
+        29
+    """
     n_layers = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise TypeError(f"layer must be an int, got {type(layer).__name__}")
@@ -104,7 +118,12 @@ def check_layer(model: Model, layer: int) -> int:
 
 
 def check_layers(model: Model, layers: int | Iterable[int] | None) -> list[int]:
-    """Normalise ``layers`` (None = all, an int, or an iterable) to a sorted list of distinct block indices."""
+    """Normalise ``layers`` (None = all, an int, or an iterable) to a sorted list of distinct block indices.
+
+    Example:
+        >>> check_layers(model, [29, 3, 3])
+        [3, 29]
+    """
     if layers is None:
         return list(range(model.cfg.n_layers))
     if isinstance(layers, int):
@@ -116,7 +135,12 @@ def check_layers(model: Model, layers: int | Iterable[int] | None) -> list[int]:
 
 
 def to_neuron(model: Model, neuron: NeuronLike) -> Neuron:
-    """Convert ``Neuron``/``(layer, index)``/``"L9N1094"`` to a validated :class:`Neuron` of ``model``."""
+    """Convert ``Neuron``/``(layer, index)``/``"L9N1094"`` to a validated :class:`Neuron` of ``model``.
+
+    Example:
+        >>> to_neuron(model, "L24N1005")
+        L24N1005
+    """
     if isinstance(neuron, str):
         neuron = Neuron.parse(neuron)
     if not isinstance(neuron, tuple) or len(neuron) != 2:
@@ -130,7 +154,12 @@ def to_neuron(model: Model, neuron: NeuronLike) -> Neuron:
 
 
 def to_neurons(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> list[Neuron]:
-    """Validate one or several neurons; keeps order and drops duplicates."""
+    """Validate one or several neurons; keeps order and drops duplicates.
+
+    Example:
+        >>> to_neurons(model, ["L24N1005", (29, 7), "L24N1005"])
+        [L24N1005, L29N7]
+    """
     if isinstance(neurons, str) or (
         isinstance(neurons, tuple) and len(neurons) == 2 and all(isinstance(x, int) for x in neurons)
     ):
@@ -140,7 +169,12 @@ def to_neurons(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> list
 
 
 def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
-    """``{layer: [index, ...]}`` in ascending layer order."""
+    """``{layer: [index, ...]}`` in ascending layer order.
+
+    Example:
+        >>> group_by_layer([Neuron(29, 7), Neuron(3, 1), Neuron(29, 2)])
+        {3: [1], 29: [2, 7]}
+    """
     grouped: dict[int, list[int]] = {}
     for neuron in sorted(neurons):
         grouped.setdefault(neuron.layer, []).append(neuron.index)
@@ -151,6 +185,10 @@ def mlp_w_out(model: Model, layer: int) -> torch.nn.Parameter:
     """Block ``layer``'s ``W_out`` parameter ``[d_mlp, d_model]``: row ``n`` is neuron ``n``'s value vector.
 
     Read this rather than ``model.W_out``, which stacks every layer's weights into a new tensor on each access.
+
+    Example:
+        >>> mlp_w_out(model, 24)[1005].shape  # SmolLM2
+        torch.Size([576])
     """
     weight = getattr(model.blocks[layer].mlp, "W_out", None)
     if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2:

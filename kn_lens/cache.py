@@ -56,6 +56,10 @@ class MLPPostCache:
         position: for each row, the token position inside its prompt.
         token_id: for each row, the token at that position.
         texts: the prompt texts, in input order.
+
+    Example:
+        >>> c = cache_mlp_post(model, ["The capital of France is"], layers=[24])
+        >>> c[24].shape, c.neuron("L24N1005")
     """
 
     acts: dict[int, Float[Tensor, "rows d_mlp"]]
@@ -144,6 +148,7 @@ def _as_cache_prompts(model: Model, prompts, positions: PositionsLike) -> list[P
                         target_ids=(),
                         positions=(),
                         causal=False,
+                        explicit_site=True,
                     )
                 )
         else:
@@ -255,6 +260,10 @@ class TopActivating:
         activations: each text's per-token activations (1-D tensors, same lengths as ``tokens``).
         max_positions: for each text, the position of its peak activation.
         largest: True if the search was for the most positive activations, False for the most negative.
+
+    Example:
+        >>> top = top_activating(model, "L24N1005", texts, k=3)
+        >>> top.to_frame()
     """
 
     neuron: Neuron

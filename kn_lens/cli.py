@@ -39,7 +39,11 @@ def _print_frame(frame: pd.DataFrame) -> None:
 
 
 def top_predictions(model, text: str, k: int = 10) -> pd.DataFrame:
-    """The model's ``k`` most likely tokens at the prompt's site (mask or next token), as a DataFrame."""
+    """The model's ``k`` most likely tokens at the prompt's site (mask or next token), as a DataFrame.
+
+    Example:
+        >>> top_predictions(model, "The capital of France is", k=3)
+    """
     from kn_lens.prompts import make_prompt
 
     prompt = make_prompt(model, text)
@@ -52,11 +56,13 @@ def top_predictions(model, text: str, k: int = 10) -> pd.DataFrame:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
     model = _load(args.model)
     _print_frame(top_predictions(model, args.prompt, args.k))
 
 
 def cmd_attribute(args: argparse.Namespace) -> None:
+    """``kn-lens attribute PROMPT TARGET``: the neurons with the largest integrated-gradient scores."""
     from kn_lens.attribution import integrated_gradients
 
     model = _load(args.model)
@@ -71,6 +77,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 
 def cmd_find(args: argparse.Namespace) -> None:
+    """``kn-lens find TARGET PROMPT...``: knowledge neurons of a fact from its paraphrases."""
     from kn_lens.neurons import find_knowledge_neurons
 
     model = _load(args.model)
@@ -80,6 +87,7 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
+    """``kn-lens decode L24N1005``: the tokens a neuron's value vector promotes and suppresses."""
     from kn_lens.lens import decode
 
     model = _load(args.model)
@@ -87,6 +95,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """``kn-lens demo``: the main job on the embedded model (predictions, cache, knowledge neurons, table)."""
     from kn_lens.cache import cache_mlp_post
     from kn_lens.interventions import demo_table
 
@@ -115,6 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kn-lens`` argument parser, one sub-command per job."""
     parser = argparse.ArgumentParser(prog="kn-lens", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
         "--model",

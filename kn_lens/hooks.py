@@ -73,7 +73,12 @@ _POSITION_WORDS = ("all", "site", "last")
 
 
 def as_neurons(neurons: NeuronsLike, model: Model | None = None) -> list[Neuron]:
-    """Normalise neurons; validate against ``model`` when given (else check types; ranges checked in the hook)."""
+    """Normalise neurons; validate against ``model`` when given (else check types; ranges checked in the hook).
+
+    Example:
+        >>> as_neurons(["L9N1094", (10, 2096)])
+        [L9N1094, L10N2096]
+    """
     if hasattr(neurons, "neurons") and not isinstance(neurons, tuple | str):
         neurons = neurons.neurons
     if isinstance(neurons, Tensor):

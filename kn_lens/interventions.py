@@ -180,9 +180,10 @@ def intervention_effects(
     if positions not in ("site", "all", "last"):
         raise ValueError(f"positions must be 'site', 'all' or 'last', got {positions!r}")
 
-    neuron_list = list(result.neurons) if result is not None else as_neurons(neurons, model)
-    if neuron_list:
-        neuron_list = as_neurons(neuron_list, model)
+    if result is not None:  # a result may legitimately have selected nothing
+        neuron_list = as_neurons(result.neurons, model) if result.neurons else []
+    else:
+        neuron_list = as_neurons(neurons, model)
     controls = [(seed, random_neurons(model, neuron_list, seed=seed)) for seed in random_seeds] if neuron_list else []
 
     groups: list[tuple[str, str, list[Neuron], str, list[Prompt]]] = [

@@ -89,6 +89,9 @@ def final_norm(model: Model) -> torch.nn.Module | None:
 
     ``model.ln_final`` for a ``HookedTransformer`` (None if the model has no normalisation); for a post-LN
     ``HookedEncoder``, the last block's output LayerNorm ``blocks[-1].ln2``.
+
+    Example:
+        >>> final_norm(model)  # SmolLM2: its final RMSNorm
     """
     if is_encoder(model):
         return model.blocks[-1].ln2
@@ -171,6 +174,10 @@ class Decoded:
         through: the lens used ("unembed" or "mlm_head").
         top_tokens / top_ids / top_scores: the ``k`` tokens it promotes most, best first.
         bottom_tokens / bottom_ids / bottom_scores: the ``k`` tokens it suppresses most, most negative first.
+
+    Example:
+        >>> d = decode(model, "L24N1005", k=5)
+        >>> d.bottom_tokens, d.to_frame()
     """
 
     neuron: Neuron

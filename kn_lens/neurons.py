@@ -230,6 +230,11 @@ class KnowledgeNeurons:
         dropped: neurons removed by the filters: ``{"negatives": [...], "relation": [...]}``.
         relation: the fact's relation, when known (set by :func:`find_knowledge_neurons_many`).
         name: a label for the fact (e.g. ``"capital: France"``).
+
+    Example:
+        >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
+        >>> kns.neurons, kns.counts
+        >>> kns.to_dataframe().head()
     """
 
     neurons: list[Neuron]

@@ -42,6 +42,12 @@ class Prompt:
         positions: for each target token, the position whose logits predict it.
         target: the target as text (decoded from ``target_ids``).
         causal: True for next-token prompts, False for masked-LM prompts.
+        explicit_site: True when the site was given as ``position=`` rather than found (mask / last token).
+
+    Example:
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> p.site, p.target_ids, p.positions
+        (4, (7042,), (4,))
     """
 
     text: str
@@ -51,6 +57,7 @@ class Prompt:
     positions: tuple[int, ...]
     target: str = ""
     causal: bool = True
+    explicit_site: bool = False
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -61,10 +68,7 @@ class Prompt:
 
     def with_target(self, model: Model, target: TargetLike) -> Prompt:
         """The same prompt text with another target (e.g. a counterfactual answer)."""
-        return make_prompt(model, self.text, target, position=None if self._natural_site(model) else self.site)
-
-    def _natural_site(self, model: Model) -> bool:
-        return make_prompt(model, self.text).site == self.site
+        return make_prompt(model, self.text, target, position=self.site if self.explicit_site else None)
 
 
 def _tokenizer(model: Model):
@@ -75,7 +79,12 @@ def _tokenizer(model: Model):
 
 
 def encode(model: Model, text: str) -> list[int]:
-    """Token ids of ``text`` as the model sees it (encoders: with [CLS]/[SEP]; causal: BOS per model cfg)."""
+    """Token ids of ``text`` as the model sees it (encoders: with [CLS]/[SEP]; causal: BOS per model cfg).
+
+    Example:
+        >>> encode(model, "The capital of France is")
+        [504, 3575, 282, 4649, 314]
+    """
     tokenizer = _tokenizer(model)
     if is_encoder(model):
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -192,6 +201,7 @@ def make_prompt(
         positions=tuple(positions),
         target=_decode(model, ids),
         causal=not encoder,
+        explicit_site=position is not None,
     )
 
 
@@ -269,7 +279,11 @@ def make_prompts(
 
 
 def as_prompts(model: Model, prompts, target: TargetLike = None) -> list[Prompt]:
-    """Accept a :class:`Prompt`, a list of them, a str or a list of str (with ``target``), return Prompts."""
+    """Accept a :class:`Prompt`, a list of them, a str or a list of str (with ``target``), return Prompts.
+
+    Example:
+        >>> as_prompts(model, ["The capital of France is", "France's capital is"], " Paris")
+    """
     if isinstance(prompts, Prompt):
         return [prompts]
     if isinstance(prompts, str):
@@ -283,7 +297,12 @@ def as_prompts(model: Model, prompts, target: TargetLike = None) -> list[Prompt]
 
 
 def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:
-    """Indices of ``prompts`` grouped by token length, so each group stacks into a batch without padding."""
+    """Indices of ``prompts`` grouped by token length, so each group stacks into a batch without padding.
+
+    Example:
+        >>> for length, indices in group_by_length(prompts).items():
+        ...     tokens = stack_tokens([prompts[i] for i in indices])
+    """
     groups: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(len(prompt), []).append(i)
@@ -291,7 +310,12 @@ def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:
 
 
 def stack_tokens(prompts: Sequence[Prompt], device: torch.device | str | None = None) -> Int[Tensor, "batch pos"]:
-    """Stack equal-length prompts into a batch (see :func:`group_by_length`)."""
+    """Stack equal-length prompts into a batch (see :func:`group_by_length`).
+
+    Example:
+        >>> stack_tokens(make_prompts(model, ["The capital of France is", "The capital of Spain is"])).shape
+        torch.Size([2, 5])
+    """
     lengths = {len(p) for p in prompts}
     if len(lengths) != 1:
         raise ValueError(f"prompts have different lengths {sorted(lengths)}; group them with group_by_length")

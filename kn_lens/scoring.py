@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from kn_lens._typing import Model, check_model, is_encoder
+from kn_lens._typing import Model, check_model
 from kn_lens.prompts import Prompt, group_by_length, stack_tokens
 
 Objective = Literal["prob", "logprob", "logit"]
@@ -29,7 +29,12 @@ OBJECTIVES: tuple[str, ...] = ("prob", "logprob", "logit")
 
 
 def check_objective(objective: str) -> str:
-    """Raise a clear error for an unknown objective."""
+    """Raise a clear error for an unknown objective.
+
+    Example:
+        >>> check_objective("logit")
+        'logit'
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     return objective
@@ -44,6 +49,11 @@ def objective_from_logits(
 
     ``prompts`` is one prompt shared by every row (e.g. the steps of an integrated-gradients path) or one prompt
     per row. Differentiable.
+
+    Example:
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> objective_from_logits(model(p.tokens[None]), p, "logprob")
+        tensor([-0.2581])
     """
     check_objective(objective)
     batch = logits.shape[0]
@@ -76,7 +86,11 @@ def objective_from_logits(
 
 
 def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of a token batch, for both model kinds, with optional ``(hook_name, fn)`` forward hooks."""
+    """Logits of a token batch, for both model kinds, with optional ``(hook_name, fn)`` forward hooks.
+
+    Example:
+        >>> forward_logits(model, tokens, kn_lens.hooks.scale(["L24N1005"], 0.0)).shape
+    """
     if fwd_hooks:
         return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
     return model(tokens, return_type="logits")
@@ -113,8 +127,3 @@ def target_scores(
             logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
             out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
     return out
-
-
-def uses_mask(model: Model) -> bool:
-    """Whether prompts for ``model`` carry a ``[MASK]`` (encoders) rather than predicting the next token."""
-    return is_encoder(model)

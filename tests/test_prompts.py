@@ -173,3 +173,13 @@ def test_prompt_must_be_text(tiny_bert):
 def test_make_prompts_counts_must_match(tiny_bert):
     with pytest.raises(ValueError, match="got 2 prompts but 3 targets"):
         make_prompts(tiny_bert, ["[MASK] a.", "[MASK] b."], ["Paris", "Rome", "Oslo"])
+
+
+def test_with_target_keeps_an_explicit_site_and_finds_a_natural_one(smollm2):
+    natural = make_prompt(smollm2, "The capital of France is", " Paris")
+    explicit = make_prompt(smollm2, "The capital of France is", " Paris", position=2)
+    assert not natural.explicit_site and explicit.explicit_site
+    rome = smollm2.to_single_token(" Rome")
+    assert natural.with_target(smollm2, " Rome").site == natural.site == 4
+    moved = explicit.with_target(smollm2, " Rome")
+    assert moved.site == 2 and moved.explicit_site and moved.target_ids == (rome,)
