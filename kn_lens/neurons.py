@@ -233,7 +233,7 @@ class KnowledgeNeurons:
 
     Example:
         >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
-        >>> kns.neurons, kns.counts
+        >>> kns.neurons, kns.counts()
         >>> kns.to_dataframe().head()
     """
 
