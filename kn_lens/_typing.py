@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import torch
-from transformer_lens.utils import get_act_name
 
 from kn_lens import backends
+from kn_lens.backends import get_act_name
 
 
 @runtime_checkable

@@ -27,6 +27,11 @@ import torch
 from torch import Tensor, nn
 
 try:  # TransformerLens 3.x
+    from transformer_lens.utils import get_act_name
+except ImportError:  # 4.x moved it
+    from transformer_lens.utilities import get_act_name
+
+try:  # TransformerLens 3.x
     from transformer_lens import HookedEncoder, HookedTransformer
 except ImportError:  # TransformerLens 4.x has only the bridge
     HookedEncoder = HookedTransformer = None  # type: ignore[assignment,misc]
@@ -272,6 +277,7 @@ __all__ = [
     "bridge_problem",
     "embed",
     "final_norm",
+    "get_act_name",
     "is_bridge",
     "is_encoder",
     "is_hooked",

@@ -23,14 +23,14 @@ import torch
 TINY_BERT = "tiny-bert"
 
 
-def _load(name: str | None):
+def _load(name: str | None, backend: str | None = None):
     from kn_lens.models import load_model
 
     if name == TINY_BERT:
         from kn_lens.fixtures import tiny_bert
 
-        return tiny_bert.load()
-    return load_model(name)
+        return tiny_bert.load(backend)
+    return load_model(name, backend=backend)
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -57,7 +57,7 @@ def top_predictions(model, text: str, k: int = 10) -> pd.DataFrame:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     _print_frame(top_predictions(model, args.prompt, args.k))
 
 
@@ -65,7 +65,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     """``kn-lens attribute PROMPT TARGET``: the neurons with the largest integrated-gradient scores."""
     from kn_lens.attribution import integrated_gradients
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=True)
     values, flat = scores.flatten().topk(args.top)
     d_mlp = model.cfg.d_mlp
@@ -80,7 +80,7 @@ def cmd_find(args: argparse.Namespace) -> None:
     """``kn-lens find TARGET PROMPT...``: knowledge neurons of a fact from its paraphrases."""
     from kn_lens.neurons import find_knowledge_neurons
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     result = find_knowledge_neurons(model, args.prompts, args.target, progress=True)
     print(result)
     _print_frame(result.to_dataframe())
@@ -90,7 +90,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     """``kn-lens decode L24N1005``: the tokens a neuron's value vector promotes and suppresses."""
     from kn_lens.lens import decode
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     _print_frame(decode(model, args.neuron, k=args.k).to_frame())
 
 
@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from kn_lens.interventions import demo_table
 
     start = time.perf_counter()
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     print(
         f"Loaded {model.cfg.model_name}: {model.cfg.n_layers} layers x {model.cfg.d_mlp} MLP neurons "
         f"({time.perf_counter() - start:.1f} s)\n"
@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model: default the embedded SmolLM2-135M; 'tiny-bert' for the trained test BERT; a checkpoint "
         "folder; or an official TransformerLens name (needs the hub)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["hooked", "bridge"],
+        default=None,
+        help="TransformerLens backend: HookedTransformer/HookedEncoder ('hooked', the default on TransformerLens "
+        "3.x) or TransformerBridge ('bridge', the only one on 4.x)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -45,7 +45,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import utils
 
 from kn_lens import backends
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out, to_neuron, to_neurons
@@ -370,7 +369,7 @@ def direct_effect(
     if not all(p.target_ids for p in prompts):
         raise ValueError("direct_effect needs a target for every prompt: pass target=' Paris' or Prompt objects")
     layer, index = neuron
-    act_name = utils.get_act_name("mlp_post", layer)
+    act_name = backends.get_act_name("mlp_post", layer)
     scale_names = _scale_hooks(model, layer)
     value = mlp_w_out(model, layer)[index]
     w_u, _ = backends.unembed(model)

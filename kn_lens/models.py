@@ -28,6 +28,7 @@ Sources, in the order ``load_model`` tries them:
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import importlib.metadata
 import json
@@ -484,7 +485,14 @@ def embedded_checkpoint() -> Path:
         return folder
     with _quiet():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a model it loaded from GGUF; copy the (de-quantised) weights into a plain one.
+        config = copy.deepcopy(quantised.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        hf_model = type(quantised)(config).to(torch.float32)
+        hf_model.load_state_dict(quantised.state_dict())
+        del quantised
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
         try:
