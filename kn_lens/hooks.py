@@ -16,9 +16,10 @@ The hook names are ``utils.get_act_name("mlp_post", layer)`` (``blocks.{L}.mlp.h
 
 Positions:
     * ``"all"`` (default): every position of every row;
-    * ``"site"``: the position where each prompt's answer is predicted (the ``[MASK]`` for an encoder, the last
-      prompt token for a causal model), resolved per row from ``prompts=[Prompt, ...]``, which must be the rows
-      of the batch the hooks run on;
+    * ``"site"``: the positions where each prompt's answer is predicted (the ``[MASK]`` for an encoder, the last
+      prompt token for a causal model; every target position for a multi-token target: each widened ``[MASK]``,
+      or the last prompt token and the teacher-forced positions after it), resolved per row from
+      ``prompts=[Prompt, ...]``, which must be the rows of the batch the hooks run on;
     * ``"last"``: the last position of every row (the site of an unpadded causal batch without teacher forcing);
     * an ``int`` or a list of ints: those positions in every row (negative values count from the end);
     * a 1-D integer tensor with one position per row.
@@ -121,7 +122,8 @@ def _check_finite(name: str, value: float | Tensor) -> None:
 
 
 def _resolve_positions(positions: PositionsLike, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
-    """Return ``(kind, index)``: kind "all" (index None), "fixed" (1-D positions for every row) or "rows"."""
+    """Return ``(kind, index)``: kind "all" (index None), "fixed" (1-D positions for every row) or "rows"
+    (``[batch, k]``: k positions per row)."""
     if isinstance(positions, str):
         if positions not in _POSITION_WORDS:
             raise ValueError(f"unknown positions {positions!r}; use 'all', 'site', 'last', an int or a list of ints")
@@ -138,7 +140,10 @@ def _resolve_positions(positions: PositionsLike, prompts: Sequence[Prompt] | Non
             raise ValueError("prompts is empty; positions='site' needs one prompt per row of the batch")
         if not all(isinstance(p, Prompt) for p in prompts):
             raise TypeError("prompts must be kn_lens Prompt objects (make them with kn_lens.make_prompts)")
-        return "rows", torch.tensor([p.site for p in prompts], dtype=torch.long)
+        # every target position of each row (one for a single-token target); short rows repeat their first
+        width = max(len(p.positions) for p in prompts)
+        rows = [list(p.positions) + [p.positions[0]] * (width - len(p.positions)) for p in prompts]
+        return "rows", torch.tensor(rows, dtype=torch.long)
     if isinstance(positions, Tensor):
         if positions.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
             raise TypeError("a positions tensor must hold integer positions, one per row")
@@ -146,7 +151,7 @@ def _resolve_positions(positions: PositionsLike, prompts: Sequence[Prompt] | Non
             raise ValueError(
                 f"a positions tensor must be 1-D (one position per row), got shape {tuple(positions.shape)}"
             )
-        return "rows", positions.detach().long().cpu()
+        return "rows", positions.detach().long().cpu()[:, None]
     if isinstance(positions, bool):
         raise TypeError("positions must be 'all', 'site', 'last', an int or a list of ints, not a bool")
     if isinstance(positions, int):
@@ -176,7 +181,7 @@ def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, devi
             f"{batch} rows; build the hooks for the prompts of this batch (kn_lens.hooks.Intervention does that)"
         )
     mask = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
-    mask[torch.arange(batch, device=device), index] = True
+    mask[torch.arange(batch, device=device)[:, None], index] = True  # index: [batch, positions per row]
     return mask[:, :, None]
 
 
