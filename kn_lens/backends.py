@@ -236,6 +236,12 @@ def pre_unembed_norm(model: Any) -> Norm | None:
     return norm(model.mlm_head.ln, model)
 
 
+def encoder_output_hook(model: Any) -> str:
+    """The hook on a post-LN encoder's last residual stream (after the last block's ``ln2``), the MLM head's input."""
+    last = model.cfg.n_layers - 1
+    return f"blocks.{last}.ln2.hook_out" if is_bridge(model) else f"blocks.{last}.hook_normalized_resid_post"
+
+
 def mlm_head(model: Any, x: Tensor) -> Tensor:
     """An encoder's MLM head transform (dense + activation + LayerNorm), applied to ``x [..., d_model]``.
 
@@ -276,6 +282,7 @@ __all__ = [
     "Norm",
     "bridge_problem",
     "embed",
+    "encoder_output_hook",
     "final_norm",
     "get_act_name",
     "is_bridge",

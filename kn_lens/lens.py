@@ -381,7 +381,7 @@ def direct_effect(
             tokens = stack_tokens(batch, model.cfg.device)
             wanted = {act_name, *scale_names}
             if is_encoder(model):
-                wanted.add(f"blocks.{model.cfg.n_layers - 1}.hook_normalized_resid_post")
+                wanted.add(backends.encoder_output_hook(model))
             _, cache = model.run_with_cache(tokens, names_filter=lambda name, w=wanted: name in w)
             acts = cache[act_name][..., index]  # [batch, pos]
             contribution = acts[..., None] * value  # [batch, pos, d_model]
@@ -391,7 +391,7 @@ def direct_effect(
                 for later in range(layer + 1, model.cfg.n_layers):
                     c = _norm_linear(block_norm(model.blocks[later].ln1), c, cache[f"blocks.{later}.ln1.hook_scale"])
                     c = _norm_linear(block_norm(model.blocks[later].ln2), c, cache[f"blocks.{later}.ln2.hook_scale"])
-                resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_normalized_resid_post"]
+                resid = cache[backends.encoder_output_hook(model)]
                 clean = backends.mlm_head(model, resid) @ w_u
                 ablated = backends.mlm_head(model, resid - c) @ w_u
                 delta = clean - ablated  # [batch, pos, d_vocab]

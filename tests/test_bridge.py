@@ -300,6 +300,40 @@ def test_lens_decodings_equal(pair):
             assert kn_lens.decode(pair.hooked, (1, 5), k=5, through="unembed").top_ids == unembed.top_ids
 
 
+def _hf_direct_effect(pair, prompt, layer: int, index: int) -> float:
+    """A causal model's direct effect, by hand: activation x norm_lin(value vector) / frozen scale @ W_U[:, t]."""
+    hf = pair.hf
+    norm = hf.transformer.ln_f if pair.family == "gpt2" else hf.model.norm
+    seen = {}
+    with torch.no_grad(), _replace_input(norm, lambda x: seen.setdefault("resid", x)):
+        _hf_logits(pair, prompt.tokens[None])
+    resid = seen["resid"][0, prompt.site].double()
+    eps = norm.eps if pair.family == "gpt2" else norm.variance_epsilon
+    if pair.family == "gpt2":
+        resid = resid - resid.mean()
+    scale = (resid.pow(2).mean() + eps).sqrt()
+    down = _down(pair, layer)
+    value = (down.weight[:, index] if isinstance(down, torch.nn.Linear) else down.weight[index]).detach().double()
+    if pair.family == "gpt2":
+        value = value - value.mean()
+    activation = _hf_mlp_post(pair, prompt, layer)[prompt.site, index].double()
+    w_u = hf.get_output_embeddings().weight.detach().double()
+    return (activation * value / scale * norm.weight.detach().double() @ w_u[prompt.target_ids[0]]).item()
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_direct_effect_equal(pair, layer):
+    prompts = _prompts(pair, pair.bridge)
+    effect = kn_lens.direct_effect(pair.bridge, (layer, 5), prompts)
+    assert effect.shape == (len(prompts),) and torch.isfinite(effect).all()
+    if pair.family not in ENCODERS:
+        expected = [_hf_direct_effect(pair, p, layer, 5) for p in prompts]
+        assert effect.tolist() == pytest.approx(expected, abs=1e-6, rel=1e-4)
+    if pair.hooked is not None:  # encoders: a difference of two close logits, so float32 noise of ~1e-7 remains
+        hooked = kn_lens.direct_effect(pair.hooked, (layer, 5), _prompts(pair, pair.hooked))
+        torch.testing.assert_close(effect, hooked, atol=1e-6, rtol=1e-4)
+
+
 def _state(model) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.original_model.state_dict().items()}
 
