@@ -225,16 +225,57 @@ def test_mlp_post_cache_equal(pair):
 
 def test_ig_equal(pair):
     prompt = _prompts(pair, pair.bridge)[0]
-    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=6)
+    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=6)  # the batched bridge path
     expected = torch.stack([_hf_ig(pair, prompt, layer, 6) for layer in range(2)])
     tolerance = 1e-4 * expected.abs().max().item()
     assert expected.abs().max() > 0
     torch.testing.assert_close(scores, expected, atol=tolerance, rtol=0)
+    plain = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=6, fast=False)
+    torch.testing.assert_close(plain, expected, atol=tolerance, rtol=0)
     if pair.hooked is not None:
         hooked_prompt = _prompts(pair, pair.hooked)[0]
         for fast in (True, False):
             hooked = kn_lens.integrated_gradients(pair.hooked, hooked_prompt, n_steps=6, fast=fast)
             torch.testing.assert_close(scores, hooked, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(baseline="random"),
+        dict(objective="logit", method="gausslegendre"),
+        dict(internal_batch_size=2),
+        dict(hook="mlp_pre", layers=[1]),
+    ],
+    ids=["baseline", "logit-gausslegendre", "batch2", "mlp_pre"],
+)
+def test_batched_bridge_ig_equals_plain(pair, options):
+    """The bridge's batched path (all layers' steps per pass) against its plain path, deltas included."""
+    prompt = _prompts(pair, pair.bridge)[0]
+    if options.get("baseline") == "random":
+        options = dict(
+            options, baseline=torch.rand(2, pair.bridge.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
+        )
+    fast, fast_delta = kn_lens.integrated_gradients(
+        pair.bridge, prompt, n_steps=5, return_convergence_delta=True, **options
+    )
+    plain, plain_delta = kn_lens.integrated_gradients(
+        pair.bridge, prompt, n_steps=5, return_convergence_delta=True, fast=False, **options
+    )
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(fast, plain, atol=1e-4 * plain.abs().max().item(), rtol=0)
+    torch.testing.assert_close(fast_delta, plain_delta, atol=1e-6, rtol=1e-4)
+
+
+def test_batched_bridge_ig_honours_user_hooks(pair):
+    prompt = _prompts(pair, pair.bridge)[0]
+    user = [("blocks.0.mlp.hook_post", lambda act, hook: act * 3.0)]
+    with pair.bridge.hooks(fwd_hooks=user):
+        fast = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1])
+        plain = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1], fast=False)
+    free = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1])
+    torch.testing.assert_close(fast, plain, atol=1e-4 * plain.abs().max().item(), rtol=0)
+    assert (fast - free).abs().max() > 1e-3 * free.abs().max()  # the user's hook changed the model
 
 
 def test_knowledge_neurons_same(pair):
