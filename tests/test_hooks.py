@@ -48,14 +48,14 @@ def test_scale_matches_manual_edit(model, tokens):
         return act
 
     expected = _manual(model, tokens, {0: edit0, 2: edit2})
-    got = model.run_with_hooks(tokens, fwd_hooks=hooks.scale(neurons, 0.5))
+    got = model.run_with_hooks(tokens, fwd_hooks=hooks.scale(neurons, 0.5, positions="all"))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert not torch.allclose(got, model(tokens))  # the intervention does something
     assert _no_hooks_left(model)
 
 
 def test_one_hook_per_layer_with_tl_names():
-    built = hooks.scale(["L2N1", "L0N4", "L2N7"], 0.0)
+    built = hooks.scale(["L2N1", "L0N4", "L2N7"], 0.0, positions="all")
     assert [name for name, _ in built] == ["blocks.0.mlp.hook_post", "blocks.2.mlp.hook_post"]
     assert built[1][1].keywords["indices"] == (1, 7)  # inspectable partial
 
@@ -114,15 +114,17 @@ def test_mean_ablation_from_means_and_cache(model, tokens):
         return act
 
     expected = _manual(model, tokens, {1: edit})
-    got = model.run_with_hooks(tokens, fwd_hooks=hooks.ablate(["L1N11"], "mean", mean=means))
+    got = model.run_with_hooks(tokens, fwd_hooks=hooks.ablate(["L1N11"], "mean", mean_cache=means, positions="all"))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     _, cache = model.run_with_cache(torch.stack([p.tokens for p in reference[:1]]))
-    from_cache = model.run_with_hooks(tokens, fwd_hooks=hooks.ablate(["L1N11"], "mean", mean=cache))
+    from_cache = model.run_with_hooks(
+        tokens, fwd_hooks=hooks.ablate(["L1N11"], "mean", mean_cache=cache, positions="all")
+    )
     assert from_cache.shape == got.shape
-    with pytest.raises(ValueError, match="mean="):
-        hooks.ablate(["L1N11"], "mean")
-    with pytest.raises(ValueError, match="no mean activation for layer 2"):
-        hooks.ablate(["L2N11"], "mean", mean=means)
+    with pytest.raises(ValueError, match="mean_cache="):
+        hooks.ablate(["L1N11"], "mean", positions="all")
+    with pytest.raises(ValueError, match="no means for layer 2"):
+        hooks.ablate(["L2N11"], "mean", mean_cache=means, positions="all")
 
 
 def test_site_mean_activations(model):
@@ -139,19 +141,19 @@ def test_patch_restores_clean_run(model):
     d_mlp = model.cfg.d_mlp
     _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("mlp.hook_post"))
     everything = [Neuron(layer, i) for layer in range(model.cfg.n_layers) for i in range(d_mlp)]
-    patched = model.run_with_hooks(corrupt, fwd_hooks=hooks.patch(everything, cache))
+    patched = model.run_with_hooks(corrupt, fwd_hooks=hooks.patch(everything, cache, positions="all"))
     # patching every neuron at every layer only leaves the residual path from the corrupted embedding
     manual = _manual(
         model, corrupt, {layer: (lambda act, L=layer: cache[f"blocks.{L}.mlp.hook_post"].clone()) for layer in range(3)}
     )
     torch.testing.assert_close(patched, manual, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"has no blocks\.1"):
-        hooks.patch(["L1N0"], {"blocks.0.mlp.hook_post": cache["blocks.0.mlp.hook_post"]})
+        hooks.patch(["L1N0"], {"blocks.0.mlp.hook_post": cache["blocks.0.mlp.hook_post"]}, positions="all")
 
 
 def test_hooks_compose_in_order(model, tokens):
     neurons = ["L1N2"]
-    both = hooks.set(neurons, 3.0) + hooks.scale(neurons, 2.0)  # set then scale -> 6
+    both = hooks.set(neurons, 3.0, positions="all") + hooks.scale(neurons, 2.0, positions="all")  # set then scale -> 6
 
     def edit(act):
         act[..., 2] = 6.0
@@ -190,7 +192,7 @@ def test_intervention_object_builds_per_batch(model):
         ]
     )
     torch.testing.assert_close(got, expected)
-    combined = hooks.compose(intervention, hooks.set(["L1N1"], 0.0))
+    combined = hooks.compose(intervention, hooks.set(["L1N1"], 0.0, positions="all"))
     assert len(combined(prompts[:1])) == 3
     assert _no_hooks_left(model)
 
@@ -203,7 +205,7 @@ def test_grad_flows_through_hooks(model, tokens):
         act.retain_grad()
         leaf["act"] = act
 
-    fwd = [("blocks.1.mlp.hook_post", capture), *hooks.scale(["L1N4"], 3.0)]
+    fwd = [("blocks.1.mlp.hook_post", capture), *hooks.scale(["L1N4"], 3.0, positions="all")]
     model.run_with_hooks(tokens, fwd_hooks=fwd)[0, -1, 5].backward()
     grad = leaf["act"].grad
     assert grad is not None and grad.abs().sum() > 0
@@ -212,34 +214,34 @@ def test_grad_flows_through_hooks(model, tokens):
 @pytest.mark.parametrize("factor", [math.nan, math.inf, -math.inf])
 def test_bad_factor(factor):
     with pytest.raises(ValueError, match="finite"):
-        hooks.scale(["L0N1"], factor)
+        hooks.scale(["L0N1"], factor, positions="all")
 
 
 def test_bad_inputs(model, tokens):
     with pytest.raises(ValueError, match="out of range"):
-        hooks.scale(["L0N9999"], 0.0, model=model)
+        hooks.scale(["L0N9999"], 0.0, model=model, positions="all")
     with pytest.raises(ValueError, match="out of range"):
-        hooks.scale(["L7N1"], 0.0, model=model)
+        hooks.scale(["L7N1"], 0.0, model=model, positions="all")
     with pytest.raises(ValueError, match="out of range"):  # no model: caught when the hook runs
-        model.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N9999"], 0.0))
+        model.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N9999"], 0.0, positions="all"))
     assert _no_hooks_left(model)
     with pytest.raises(ValueError, match="no neurons"):
-        hooks.scale([], 0.0)
+        hooks.scale([], 0.0, positions="all")
     with pytest.raises(TypeError):
-        hooks.scale(["L0N1"], "2")
+        hooks.scale(["L0N1"], "2", positions="all")
     with pytest.raises(ValueError, match="unknown positions"):
         hooks.scale(["L0N1"], 0.0, positions="mask")
     with pytest.raises(ValueError, match="2 values for 1 neurons"):
-        hooks.set(["L0N1"], [1.0, 2.0])
+        hooks.set(["L0N1"], [1.0, 2.0], positions="all")  # one neuron, two values
     with pytest.raises(ValueError, match="outside"):
         model.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N1"], 0.0, positions=40))
     with pytest.raises(ValueError, match="unknown ablation mode"):
-        hooks.ablate(["L0N1"], "noise")
+        hooks.ablate(["L0N1"], "noise", positions="all")
     assert _no_hooks_left(model)
 
 
 def test_works_on_gpt2_style_model(random_gpt2):
     tokens = kn_lens.make_prompt(random_gpt2, "The capital of France is").tokens[None]
     base = random_gpt2(tokens)
-    same = random_gpt2.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N1", "L2N3"], 1.0))
+    same = random_gpt2.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N1", "L2N3"], 1.0, positions="all"))
     torch.testing.assert_close(same, base)

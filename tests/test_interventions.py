@@ -113,7 +113,7 @@ def test_suppress_enhance_helpers(model):
         _prob(model, PARAPHRASES[0], " Paris", _scaled_at_last(NEURONS, 2.0)), rel=1e-4
     )
     all_positions = suppress(model, NEURONS, PARAPHRASES, " Paris", positions="all")
-    expected = _prob(model, PARAPHRASES[0], " Paris", hooks.scale(NEURONS, 0.0))
+    expected = _prob(model, PARAPHRASES[0], " Paris", hooks.scale(NEURONS, 0.0, positions="all"))
     assert all_positions.loc[0, "after"] == pytest.approx(expected, rel=1e-4)
     assert _no_hooks_left(model)
 
@@ -143,7 +143,7 @@ def test_no_hook_left_after_error(model):
             model,
             "The capital of France is",
             [" Paris"],
-            {"bad": [*hooks.scale(NEURONS, 0.0), ("blocks.2.mlp.hook_post", broken)]},
+            {"bad": [*hooks.scale(NEURONS, 0.0, positions="all"), ("blocks.2.mlp.hook_post", broken)]},
         )
     assert _no_hooks_left(model)
     with pytest.raises(ValueError, match="finite"):
