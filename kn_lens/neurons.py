@@ -97,6 +97,40 @@ def coarse_neurons(
     return [Neuron(layers[int(rows[i])], int(cols[i])) for i in order]
 
 
+def top_neurons(
+    scores: Float[Tensor, "layer d_mlp"], k: int = 10, *, layers: Sequence[int] | None = None, largest: bool = True
+) -> list[Neuron]:
+    """The ``k`` neurons with the largest scores (``largest=False``: the smallest), strongest first.
+
+    Use it instead of turning flat ``topk`` indices into neurons by hand: with ``layers=`` a subset, row ``i`` of
+    ``scores`` is layer ``layers[i]``, not layer ``i``.
+
+    Args:
+        scores: one prompt's scores ``[layer, d_mlp]`` (e.g. :func:`~kn_lens.attribution.integrated_gradients`).
+        k: how many neurons (1 to the number of scores).
+        layers: the layer of each row (default ``0..rows-1``), as passed to the attribution.
+        largest: True for the top scores, False for the bottom ones.
+
+    Example:
+        >>> top_neurons(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 2, layers=[20, 24])
+        [L20N1, L24N0]
+    """
+    from kn_lens.inputs import check_int
+
+    if not isinstance(scores, Tensor) or scores.ndim != 2:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a [layer, d_mlp] tensor for one prompt, got {shape}")
+    k = check_int(k, "k")
+    if not 1 <= k <= scores.numel():
+        raise ValueError(f"k must be between 1 and the number of scores ({scores.numel()}), got {k}")
+    rows = list(range(scores.shape[0])) if layers is None else [check_int(x, "layer") for x in layers]
+    if len(rows) != scores.shape[0]:
+        raise ValueError(f"{len(rows)} layers for {scores.shape[0]} rows of scores; pass one layer per row")
+    flat = scores.detach().float().flatten().topk(k, largest=largest).indices.tolist()
+    d_mlp = scores.shape[1]
+    return [Neuron(rows[i // d_mlp], i % d_mlp) for i in flat]
+
+
 class Refined(NamedTuple):
     """What :func:`refine` returns: the neurons, the share used, the number of adjustments, and the fallback
     taken (``""`` when Dai et al.'s rule landed in range or no range was asked for)."""
@@ -686,4 +720,5 @@ __all__ = [
     "random_neurons",
     "refine",
     "relation_filter",
+    "top_neurons",
 ]
