@@ -15,9 +15,11 @@ The hook names are ``utils.get_act_name("mlp_post", layer)`` (``blocks.{L}.mlp.h
 ``functools.partial`` objects of one module-level function, so printing them shows exactly what they do.
 
 Positions (the same values, and the same default, as everywhere in kn_lens; see :mod:`kn_lens.inputs`):
-    * ``"site"`` (default): the position where each prompt's answer is predicted (the ``[MASK]`` for an
-      encoder, the last prompt token for a causal model), resolved per row from ``prompts=[Prompt, ...]``,
-      which must be the rows of the batch the hooks run on (without them the factory asks for them);
+    * ``"site"`` (default): the positions where each prompt's answer is predicted (the ``[MASK]`` for an
+      encoder, the last prompt token for a causal model; every target position for a multi-token target: each
+      widened ``[MASK]``, or the last prompt token and the teacher-forced positions after it), resolved per row
+      from ``prompts=[Prompt, ...]``, which must be the rows of the batch the hooks run on (without them the
+      factory asks for them);
     * ``"all"``: every position of every row;
     * ``"last"``: the last position of every row (the site of an unpadded causal batch without teacher forcing);
     * an ``int`` or a list of ints: those positions in every row (negative values count from the end);
@@ -86,7 +88,7 @@ def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, devi
             f"{batch} rows; build the hooks for the prompts of this batch (kn_lens.hooks.Intervention does that)"
         )
     mask = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
-    mask[torch.arange(batch, device=device), index] = True
+    mask[torch.arange(batch, device=device)[:, None], index] = True  # index: [batch, positions per row]
     return mask[:, :, None]
 
 

@@ -417,7 +417,8 @@ def prompt_positions(prompt: Prompt, positions: Any) -> list[int]:
 
 def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
     """Resolve positions for a batch: ``("all", None)``, ``("fixed", idx)`` (same for every row) or
-    ``("rows", idx)`` (one per row; ``"site"`` takes each row's own site from ``prompts``).
+    ``("rows", idx)`` with ``idx`` of shape ``[batch, k]`` (``"site"``: each row's own target positions, from
+    ``prompts``; a 1-D tensor: one position per row).
 
     Example:
         >>> batch_positions("last", None)
@@ -425,7 +426,7 @@ def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[s
     """
     positions = check_positions(positions)
     if isinstance(positions, Tensor):
-        return "rows", positions
+        return "rows", positions[:, None]
     if positions == "all":
         return "all", None
     if positions == "last":
@@ -442,7 +443,10 @@ def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[s
             raise ValueError("prompts is empty; positions='site' needs one prompt per row of the batch")
         if not all(isinstance(p, Prompt) for p in prompts):
             raise TypeError("prompts must be kn_lens Prompt objects (make them with kn_lens.make_prompts)")
-        return "rows", torch.tensor([p.site for p in prompts], dtype=torch.long)
+        # every target position of each row (one for a single-token target); short rows repeat their first
+        width = max(len(p.positions) for p in prompts)
+        rows = [list(p.positions) + [p.positions[0]] * (width - len(p.positions)) for p in prompts]
+        return "rows", torch.tensor(rows, dtype=torch.long)
     return "fixed", torch.tensor(positions, dtype=torch.long)
 
 

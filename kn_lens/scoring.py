@@ -1,11 +1,16 @@
 """What "the model's belief in the target" means, in one place: objectives computed from logits.
 
 Every attribution, intervention and evaluation in kn_lens scores a :class:`~kn_lens.prompts.Prompt` by one of
-three objectives of its target:
+three preset objectives of its target:
 
 * ``"prob"``: the probability of the target (papers' choice; multi-token targets: the product over tokens);
 * ``"logprob"``: its log-probability (sum over tokens);
-* ``"logit"``: its raw logit (sum over tokens).
+* ``"logit"``: its raw logit (sum over tokens);
+
+or by a metric of your own, as in TransformerLens' ``patching.py``: any callable
+``metric(logits, prompts) -> Float[Tensor, "batch"]`` that receives the full logits ``[batch, pos, d_vocab]`` and
+one :class:`~kn_lens.prompts.Prompt` per row, and returns one differentiable number per row ("larger = more of
+what you measure"). :func:`logit_diff` builds the most common one.
 
 Example:
     >>> probs = target_scores(model, prompts)                    # Float[Tensor, "n_prompts"]
@@ -14,8 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeAlias
 
 import pandas as pd
 import torch
@@ -23,22 +28,55 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, check_model
-from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens
+from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
 
-Objective = Literal["prob", "logprob", "logit"]
+Metric: TypeAlias = Callable[[Tensor, Sequence[Prompt]], Tensor]
+"""A user metric: ``metric(logits [batch, pos, d_vocab], prompts (one per row)) -> [batch]``, differentiable."""
+Objective: TypeAlias = Literal["prob", "logprob", "logit"] | Metric
 OBJECTIVES: tuple[str, ...] = ("prob", "logprob", "logit")
 
 
-def check_objective(objective: str) -> str:
-    """Raise a clear error for an unknown objective.
+def check_objective(objective: Objective) -> Objective:
+    """Raise a clear error for an unknown objective (a preset name or a callable metric).
 
     Example:
         >>> check_objective("logit")
         'logit'
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if callable(objective):
+        return objective
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)} or pass a callable "
+            "metric(logits, prompts) -> Tensor[batch]"
+        )
     return objective
+
+
+def logit_diff(model: Model, correct: TargetLike, wrong: TargetLike) -> Metric:
+    """A metric: logit of ``correct`` minus logit of ``wrong`` at each prompt's (first) target position.
+
+    The usual contrastive metric of activation patching; pass it as ``objective=`` anywhere an objective is taken.
+
+    Example:
+        >>> metric = logit_diff(model, " Paris", " Rome")
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> float(metric(model(p.tokens[None]), [p])[0]) > 0
+        True
+    """
+    check_model(model)
+    good, bad = token_ids(model, correct), token_ids(model, wrong)
+    if len(good) != 1 or len(bad) != 1:
+        raise ValueError("logit_diff compares single tokens; pass one-token answers (or token ids)")
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"], prompts: Sequence[Prompt]) -> Float[Tensor, " batch"]:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.tensor([p.positions[0] for p in prompts], device=logits.device)
+        picked = logits[rows, pos]
+        return picked[:, good[0]] - picked[:, bad[0]]
+
+    metric.__name__ = f"logit_diff({correct!r}, {wrong!r})"
+    return metric
 
 
 def objective_from_logits(
@@ -49,7 +87,8 @@ def objective_from_logits(
     """The objective of each row's target, read at the target positions of its prompt.
 
     ``prompts`` is one prompt shared by every row (e.g. the steps of an integrated-gradients path) or one prompt
-    per row. Differentiable.
+    per row. Differentiable. A callable ``objective`` is called as ``objective(logits, prompts)`` (one prompt per
+    row) and must return one number per row.
 
     Example:
         >>> p = make_prompt(model, "The capital of France is", " Paris")
@@ -62,6 +101,8 @@ def objective_from_logits(
         prompts = [prompts] * batch
     if len(prompts) != batch:
         raise ValueError(f"{len(prompts)} prompts for {batch} rows of logits")
+    if callable(objective):
+        return _call_metric(objective, logits, list(prompts))
     if not all(p.target_ids for p in prompts):
         raise ValueError("a prompt has no target; make it with make_prompt(model, text, target)")
     same = all(p.positions == prompts[0].positions and p.target_ids == prompts[0].target_ids for p in prompts)
@@ -84,6 +125,17 @@ def objective_from_logits(
         return picked.gather(-1, ids[..., None])[..., 0].sum(-1)
     logprobs = picked.log_softmax(-1).gather(-1, ids[..., None])[..., 0].sum(-1)
     return logprobs if objective == "logprob" else logprobs.exp()
+
+
+def _call_metric(metric: Metric, logits: Tensor, prompts: list[Prompt]) -> Tensor:
+    out = metric(logits, prompts)
+    if not isinstance(out, Tensor) or out.shape != (logits.shape[0],):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the metric {getattr(metric, '__name__', metric)!r} returned {shape}; a metric must return a tensor with "
+            f"one number per row of the batch, shape ({logits.shape[0]},)"
+        )
+    return out
 
 
 def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, "batch pos d_vocab"]:
