@@ -245,3 +245,116 @@ def test_works_on_gpt2_style_model(random_gpt2):
     base = random_gpt2(tokens)
     same = random_gpt2.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N1", "L2N3"], 1.0, positions="all"))
     torch.testing.assert_close(same, base)
+
+
+# ----------------------------------------------------------------------------------------- HookedEncoder (BERT)
+
+
+@pytest.fixture(scope="module")
+def mixed_site_batch(tiny_bert):
+    """Encoder prompts of one length whose [MASK] sits at different positions: one batch, several sites."""
+    from kn_lens.fixtures import tiny_bert as fx
+
+    prompts = [kn_lens.make_prompt(tiny_bert, p, f.answer) for f in fx.FACTS[:12] for p in fx.train_prompts(f)]
+    for indices in kn_lens.prompts.group_by_length(prompts).values():
+        batch = [prompts[i] for i in indices]
+        if len({p.site for p in batch}) >= 2:
+            by_site = {p.site: p for p in batch}  # one prompt per site, the first site twice
+            chosen = list(by_site.values())
+            return [*chosen, chosen[0]]
+    raise AssertionError("the fixture has no equal-length prompts with different mask positions")
+
+
+def test_every_row_uses_its_own_site(tiny_bert, mixed_site_batch):
+    """A bug that gave every row the first row's site passed every test while all rows of a batch shared one."""
+    batch = mixed_site_batch
+    sites = [p.site for p in batch]
+    assert len(set(sites)) >= 2
+    tokens = torch.stack([p.tokens for p in batch])
+
+    def edit(act):
+        for row, site in enumerate(sites):
+            act[row, site, 7] = 0.0
+        return act
+
+    expected = _manual(tiny_bert, tokens, {1: edit})
+    got = tiny_bert.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L1N7"], 0.0, prompts=batch))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    neurons = ["L1N7", "L0N3", "L1N100", "L1N253", "L1N292"]
+    push = hooks.Intervention("set", neurons, 5.0)  # a strong push at each row's site
+    together = kn_lens.target_scores(tiny_bert, batch, fwd_hooks=push, objective="logit")
+    alone = torch.cat([kn_lens.target_scores(tiny_bert, [p], fwd_hooks=push, objective="logit") for p in batch])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    clean = kn_lens.target_scores(tiny_bert, batch, objective="logit")
+    assert (together - clean).abs().min() > 0.1  # the push moves every row's answer
+
+    cached = kn_lens.cache_mlp_post(tiny_bert, batch, layers=[1], positions="site", progress=False)
+    one_by_one = torch.cat([kn_lens.cache_mlp_post(tiny_bert, [p], layers=[1], progress=False)[1] for p in batch])
+    torch.testing.assert_close(cached[1], one_by_one, rtol=1e-5, atol=1e-6)
+    assert cached.position.tolist() == sites
+
+    direct = kn_lens.direct_effect(tiny_bert, "L1N253", batch)
+    direct_alone = torch.cat([kn_lens.direct_effect(tiny_bert, "L1N253", [p]) for p in batch])
+    torch.testing.assert_close(direct, direct_alone, rtol=1e-3, atol=1e-5)
+    assert _no_hooks_left(tiny_bert)
+
+
+def test_factories_on_an_encoder_match_manual_edits(tiny_bert, mixed_site_batch):
+    tokens = torch.stack([p.tokens for p in mixed_site_batch])
+    means = hooks.mean_activations(tiny_bert, mixed_site_batch, layers=[0], positions="all", progress=False)
+    _, clean = tiny_bert.run_with_cache(tokens.roll(1, 0), names_filter=lambda n: n.endswith("mlp.hook_post"))
+
+    def scale_edit(act):
+        act[..., [3, 9]] *= 2.0
+        return act
+
+    def set_edit(act):
+        act[:, -2, 5] = 1.5
+        return act
+
+    def mean_edit(act):
+        act[..., 11] = means[0][11]
+        return act
+
+    def patch_edit(act):
+        act[..., :32] = clean["blocks.0.mlp.hook_post"][..., :32]
+        return act
+
+    cases = [
+        (hooks.scale(["L1N3", "L1N9"], 2.0, positions="all"), {1: scale_edit}),
+        (hooks.set(["L0N5"], 1.5, positions=-2, model=tiny_bert), {0: set_edit}),
+        (hooks.ablate(["L0N11"], "mean", mean_cache=means, positions="all", model=tiny_bert), {0: mean_edit}),
+        (hooks.patch([(0, i) for i in range(32)], clean, positions="all"), {0: patch_edit}),
+    ]
+    base = tiny_bert(tokens)
+    for fwd, edits in cases:
+        expected = _manual(tiny_bert, tokens, edits)
+        got = tiny_bert.run_with_hooks(tokens, fwd_hooks=fwd)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(got, base, atol=1e-4)
+    assert _no_hooks_left(tiny_bert)
+
+
+def test_interventions_on_an_encoder_match_direct_forward_passes(tiny_bert):
+    from kn_lens.fixtures import tiny_bert as fx
+
+    fact = fx.FACTS[0]
+    prompts = kn_lens.make_prompts(tiny_bert, fx.train_prompts(fact), fact.answer)
+    neurons = [*kn_lens.find_knowledge_neurons(tiny_bert, prompts).neurons, Neuron(0, 8)]
+    table = kn_lens.suppress(tiny_bert, neurons, prompts)
+    for row, prompt in zip(table.itertuples(), prompts, strict=True):
+        edits = {}
+        for layer in (0, 1):
+            idx = [n.index for n in neurons if n.layer == layer]
+
+            def edit(act, idx=idx, site=prompt.site):
+                act[:, site, idx] = 0.0
+                return act
+
+            edits[layer] = edit
+        logits = _manual(tiny_bert, prompt.tokens[None], edits)
+        expected = logits[0, prompt.site].softmax(-1)[prompt.target_ids[0]]
+        assert row.after == pytest.approx(float(expected), rel=1e-5)
+        assert row.after != pytest.approx(row.before, rel=1e-3)
+    assert _no_hooks_left(tiny_bert)
