@@ -70,8 +70,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kn_lens import _ig_bridge
-from kn_lens._typing import HOOKS, Model, check_layers, check_model, hook_name
-from kn_lens.prompts import Prompt, TargetLike, make_prompt
+from kn_lens._typing import HOOKS, Model, check_model, hook_name
+from kn_lens.inputs import check_finite, to_means, to_prompt
+from kn_lens.inputs import to_layers as check_layers
+from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits
 
 __all__ = [
@@ -182,16 +184,7 @@ def _check_batch(internal_batch_size: int | None) -> None:
 
 
 def _one_prompt(model: Model, prompt: str | Prompt, target: TargetLike) -> Prompt:
-    if isinstance(prompt, Prompt):
-        if target is not None:
-            prompt = prompt.with_target(model, target)
-    elif isinstance(prompt, str):
-        prompt = make_prompt(model, prompt, target)
-    else:
-        raise TypeError(f"prompt must be a str (with target) or a kn_lens Prompt, got {type(prompt).__name__}")
-    if not prompt.target_ids:
-        raise ValueError("no target given: pass target=' Paris' (or a Prompt made with a target)")
-    return prompt
+    return to_prompt(model, prompt, target)
 
 
 def _baselines(
@@ -206,6 +199,7 @@ def _baselines(
         return None
     if not isinstance(baseline, Tensor):
         raise TypeError(f"baseline must be 'zero' or a Tensor, got {type(baseline).__name__}")
+    check_finite(baseline, "baseline")
     baseline = baseline.detach().to(device=device, dtype=model.cfg.dtype)
     if baseline.shape == (d_mlp,):
         return baseline.expand(len(layers), d_mlp)
@@ -648,13 +642,11 @@ def _ablated_values(
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if isinstance(mean_cache, dict):
-        missing = [layer for layer in layers if layer not in mean_cache]
-        if missing:
-            raise ValueError(f"mean_cache has no means for layers {missing}; compute them for every attributed layer")
+    if not isinstance(mean_cache, Tensor):  # {layer: means}, MLPPostCache, ActivationCache: checked by to_means
+        means = to_means(mean_cache, layers, model.cfg.d_mlp, n_layers=model.cfg.n_layers)
         full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
         for layer in layers:
-            full[layer] = mean_cache[layer]
+            full[layer] = means[layer]
         mean_cache = full
     means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
     assert means is not None
@@ -666,7 +658,9 @@ def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> Non
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mode == "mean" and mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict):
+    from kn_lens.cache import MLPPostCache
+
+    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict | MLPPostCache):
         raise TypeError(
             "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
             f"[d_mlp], got {type(mean_cache).__name__}"

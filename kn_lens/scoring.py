@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, check_model
-from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens, token_ids
+from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
 
 Metric: TypeAlias = Callable[[Tensor, Sequence[Prompt]], Tensor]
 """A user metric: ``metric(logits [batch, pos, d_vocab], prompts (one per row)) -> [batch]``, differentiable."""
@@ -148,10 +149,37 @@ def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, 
     return model(tokens, return_type="logits")
 
 
+def check_hooks(model: Model, fwd_hooks) -> None:
+    """Raise a clear error, before anything runs, for hooks on hook points the model lacks or on neurons
+    outside it (hooks from :mod:`kn_lens.hooks` built without ``model=``).
+
+    Example:
+        >>> check_hooks(model, kn_lens.hooks.scale(["L99N0"], 0.0, positions="all"))
+        Traceback (most recent call last):
+        ...
+        ValueError: a hook is on blocks.99.mlp.hook_post, which this model does not have (30 layers: 0..29); ...
+    """
+    for item in fwd_hooks:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and callable(item[1])):
+            raise TypeError(f"fwd_hooks must be (hook_name, fn) pairs, got {item!r}")
+        name, fn = item
+        if isinstance(name, str) and name not in model.hook_dict:
+            raise ValueError(
+                f"a hook is on {name}, which this model does not have ({model.cfg.n_layers} layers: "
+                f"0..{model.cfg.n_layers - 1}); check the neurons' layers (or build the hooks with model=...)"
+            )
+        indices = getattr(fn, "keywords", {}).get("indices") if hasattr(fn, "keywords") else None
+        if indices and max(indices) >= model.cfg.d_mlp:
+            raise ValueError(
+                f"a hook on {name} changes neuron {max(indices)}, but the layer has d_mlp={model.cfg.d_mlp} neurons"
+            )
+
+
 @torch.inference_mode()
 def target_scores(
     model: Model,
-    prompts: Sequence[Prompt],
+    prompts: str | Prompt | Sequence[str | Prompt],
+    target: TargetLike = None,
     *,
     objective: Objective = "prob",
     fwd_hooks=(),
@@ -162,20 +190,66 @@ def target_scores(
     Hooks given as a callable ``hooks_for(prompts_in_batch) -> [(name, fn), ...]`` are built per batch, for
     interventions whose positions depend on the prompts (e.g. the mask position).
 
+    Args:
+        model: the model.
+        prompts: Prompts with targets, or texts (with ``target``), like every function of kn_lens.
+        target: the answer of text prompts (one for all, or one per prompt).
+        objective: ``"prob"``, ``"logprob"`` or ``"logit"``.
+        fwd_hooks: ``[(hook_name, fn), ...]`` or a per-batch builder (e.g. an ``Intervention``).
+        batch_size: prompts per forward pass (a positive int).
+
     Example:
-        >>> target_scores(model, make_prompts(model, ["The capital of France is"], " Paris"))
-        tensor([0.7725])
+        >>> target_scores(model, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"])
+        tensor([0.7725, 0.6...])
     """
+    from kn_lens.inputs import check_batch_size, to_prompts
+
     check_model(model)
     check_objective(objective)
-    if not prompts:
-        raise ValueError("no prompts given")
+    batch_size = check_batch_size(batch_size)
+    prompts = to_prompts(model, prompts, target, need_target=True)
+    if not callable(fwd_hooks):
+        check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts))
     for indices in group_by_length(prompts).values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             batch = [prompts[i] for i in chunk]
             hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
+            if callable(fwd_hooks):
+                check_hooks(model, hooks)
             logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
             out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
     return out
+
+
+def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataFrame:
+    """The model's ``k`` most likely tokens at the prompt's site (the mask, or the next token), as a DataFrame.
+
+    Args:
+        model: the model.
+        prompt: a text (encoders: with its ``[MASK]``) or a :class:`~kn_lens.prompts.Prompt`.
+        k: how many tokens (1 to the vocabulary size).
+
+    Returns:
+        Columns ``rank`` (1 = most likely), ``token`` (its ``repr``, so leading spaces show) and ``prob``.
+
+    Example:
+        >>> top_predictions(model, "The capital of France is", k=3)
+           rank     token      prob
+        0     1  ' Paris'  0.77...
+        ...
+    """
+    from kn_lens.inputs import check_int
+
+    check_model(model)
+    k = check_int(k, "k")
+    if not 1 <= k <= model.cfg.d_vocab:
+        raise ValueError(f"k must be between 1 and the vocabulary size {model.cfg.d_vocab}, got {k}")
+    if not isinstance(prompt, Prompt):
+        prompt = make_prompt(model, prompt)
+    with torch.inference_mode():
+        logits = model(prompt.tokens[None].to(model.cfg.device), return_type="logits")[0, prompt.site]
+    top = logits.float().softmax(-1).topk(k)
+    tokens = [model.tokenizer.decode([i]) for i in top.indices.tolist()]
+    return pd.DataFrame({"rank": range(1, k + 1), "token": [repr(t) for t in tokens], "prob": top.values.tolist()})
