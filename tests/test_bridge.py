@@ -441,6 +441,24 @@ def test_cli_on_a_bridge(pair, capsys):
         assert token.strip() in out
 
 
+def test_processed_bridge_gives_the_same_science(pair):
+    """A bridge in the default compatibility mode (layer norms folded, weights centred): logits move by a constant
+    per position, so probabilities, IG scores and the lens's token rankings stay the same."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    processed = TransformerBridge.boot_transformers(str(pair.folder), device="cpu")
+    processed.enable_compatibility_mode(disable_warnings=True)
+    prompt, again = _prompts(pair, pair.bridge)[0], _prompts(pair, processed)[0]
+    with torch.no_grad():
+        probs = pair.bridge(prompt.tokens[None]).softmax(-1)
+        torch.testing.assert_close(processed(again.tokens[None]).softmax(-1), probs, atol=1e-6, rtol=0)
+    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=5)
+    torch.testing.assert_close(
+        kn_lens.integrated_gradients(processed, again, n_steps=5), scores, atol=1e-4 * scores.abs().max().item(), rtol=0
+    )
+    assert kn_lens.decode(processed, (1, 5), k=5).top_ids == kn_lens.decode(pair.bridge, (1, 5), k=5).top_ids
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The embedded model and the trained tiny BERT on the bridge
 # ---------------------------------------------------------------------------------------------------------------
