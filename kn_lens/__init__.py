@@ -11,7 +11,10 @@ Example:
     >>> import kn_lens
     >>> model = kn_lens.load_model()      # embedded SmolLM2-135M, offline
     >>> kns = kn_lens.find_knowledge_neurons(model, ["The capital of France is", "France's capital is"], " Paris")
-    >>> kn_lens.suppress(model, kns)
+    >>> kn_lens.suppress(model, kns)[["prompt", "before", "after"]]  # p(" Paris") before/after
+                         prompt    before     after
+    0  The capital of France is  0.772540  0.219911
+    1       France's capital is  0.032425  0.007107
 """
 
 import importlib

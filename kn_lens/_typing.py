@@ -90,7 +90,12 @@ def check_model(model: object) -> Model:
     """Raise a clear ``TypeError`` unless ``model`` is a ``HookedTransformer`` or ``HookedEncoder``.
 
     Example:
-        >>> check_model(kn_lens.load_model())  # returns the model, or raises TypeError
+        >>> check_model(model) is model  # returns the model, or raises TypeError
+        True
+        >>> check_model("gpt2")
+        Traceback (most recent call last):
+        ...
+        TypeError: expected a transformer_lens HookedTransformer or HookedEncoder, got str; ...
     """
     if not isinstance(model, HookedTransformer | HookedEncoder):
         raise TypeError(

@@ -37,7 +37,8 @@ Caveats:
 Example:
     >>> prompts = kn_lens.make_prompts(model, ["The capital of France is"], " Paris")
     >>> hooks = kn_lens.hooks.scale(["L24N1005"], 0.0, positions="site", prompts=prompts)
-    >>> kn_lens.target_scores(model, prompts, fwd_hooks=hooks)
+    >>> kn_lens.target_scores(model, prompts, fwd_hooks=hooks)  # p(" Paris") was 0.7725
+    tensor([0.4744])
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def neuron_hook(
 
     Example:
         >>> fn = functools.partial(neuron_hook, op="scale", indices=(1094,), value=0.0)
-        >>> model.run_with_hooks(tokens, fwd_hooks=[(hook_name(9), fn)])
+        >>> model.run_with_hooks(tokens, fwd_hooks=[(hook_name(9), fn)]).shape
+        torch.Size([1, 5, 49152])
     """
     d_mlp = activation.shape[-1]
     if max(indices) >= d_mlp:
@@ -198,7 +200,8 @@ def scale(
         ValueError: NaN/infinite factor, no neurons, a neuron out of range, unknown positions.
 
     Example:
-        >>> model.run_with_hooks(tokens, fwd_hooks=scale(["L9N1094", "L10N2096"], 0.0))
+        >>> model.run_with_hooks(tokens, fwd_hooks=scale(["L9N1094", "L10N1096"], 0.0, positions="all")).shape
+        torch.Size([1, 5, 49152])
     """
     check_finite(factor, "factor")
     return _build("scale", neurons, lambda layer, idx: float(factor), positions, prompts, model)
@@ -225,7 +228,8 @@ def set(  # shadows the builtin inside this module on purpose: kn_lens.hooks.set
         ``[(hook_name, fn), ...]``.
 
     Example:
-        >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.set(["L9N1094"], 3.0, positions="last"))
+        >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.set(["L9N1094"], 3.0, positions="last")).shape
+        torch.Size([1, 5, 49152])
     """
     if isinstance(value, Tensor | list | tuple):
         neuron_list = to_neurons(neurons, model, unique=False)
@@ -322,8 +326,11 @@ def patch(
         ``[(hook_name, fn), ...]``.
 
     Example:
+        >>> clean_tokens = kn_lens.make_prompt(model, "The capital of France is").tokens[None]
+        >>> corrupt = kn_lens.make_prompt(model, "The capital of Spain is", " Madrid")
         >>> _, clean = model.run_with_cache(clean_tokens, names_filter=lambda n: n.endswith("mlp.hook_post"))
-        >>> model.run_with_hooks(corrupt_tokens, fwd_hooks=patch(neurons, clean, positions="last"))
+        >>> kn_lens.target_scores(model, [corrupt], fwd_hooks=patch(["L24N1005"], clean, positions="last"))
+        tensor([...])
     """
 
     def cached(layer: int, idx: list[int]) -> Tensor:
@@ -360,8 +367,10 @@ class Intervention:
 
     Example:
         >>> suppress = Intervention("scale", kns.neurons, 0.0, positions="site")
-        >>> kn_lens.target_scores(model, prompts, fwd_hooks=suppress)
-        >>> model.run_with_hooks(tokens, fwd_hooks=suppress.hooks(prompts))
+        >>> kn_lens.target_scores(model, prompts, fwd_hooks=suppress)  # p(" Paris") on each paraphrase
+        tensor([...])
+        >>> [name for name, fn in suppress.hooks(prompts)]  # the hook list of one batch
+        ['blocks...mlp.hook_post', ...]
     """
 
     op: Literal["scale", "set"]
@@ -406,8 +415,13 @@ def compose(*parts: HookList | Intervention | Callable[[Sequence[Prompt]], HookL
     The hooks run in the order given (TransformerLens runs several hooks on one hook point in order).
 
     Example:
-        >>> both = compose(Intervention("scale", kns.neurons, 0.0), my_hooks)
-        >>> kn_lens.target_scores(model, prompts, fwd_hooks=both)
+        >>> seen = []
+        >>> my_hooks = [("blocks.24.mlp.hook_post", lambda act, hook: seen.append(act[0, -1, 1005].item()))]
+        >>> both = compose(Intervention("scale", ["L24N1005"], 0.0), my_hooks)
+        >>> kn_lens.target_scores(model, prompts[:1], fwd_hooks=both)
+        tensor([0.4744])
+        >>> seen  # my hook ran after the intervention, on the suppressed activation
+        [0.0]
     """
     for part in parts:
         if not (isinstance(part, list | tuple) or callable(part)):

@@ -31,8 +31,10 @@ Caveats:
 
 Example:
     >>> model = kn_lens.load_model()
-    >>> decode(model, "L24N1005", k=5)            # top / bottom tokens of one value vector
-    >>> decode_many(model, ["L24N1005", "L29N7"])  # a long DataFrame, one row per (neuron, side, rank)
+    >>> decode(model, "L24N1005", k=5).bottom_tokens  # the tokens its value vector suppresses most
+    [' capitals', 'Icon', ' saint', 'runner', 'attle']
+    >>> decode_many(model, ["L24N1005", "L29N7"]).shape  # a long DataFrame, one row per (neuron, side, rank)
+    (40, 9)
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def final_norm(model: Model) -> torch.nn.Module | None:
     ``HookedEncoder``, the last block's output LayerNorm ``blocks[-1].ln2``.
 
     Example:
-        >>> final_norm(model)  # SmolLM2: its final RMSNorm
+        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm
+        'RMSNorm'
     """
     if is_encoder(model):
         return model.blocks[-1].ln2
@@ -150,7 +153,8 @@ def direction_logits(
     they cannot be separated from the non-linearity.
 
     Example:
-        >>> direction_logits(model, model.W_out[24, [1005]]).topk(5)
+        >>> direction_logits(model, model.W_out[24, [1005]]).topk(5).indices
+        tensor([[12539, 49148, 33180, 39549, 33606]])
     """
     check_model(model)
     through = _check_through(model, through)
@@ -177,7 +181,10 @@ class Decoded:
 
     Example:
         >>> d = decode(model, "L24N1005", k=5)
-        >>> d.bottom_tokens, d.to_frame()
+        >>> d.bottom_tokens
+        [' capitals', 'Icon', ' saint', 'runner', 'attle']
+        >>> d.to_frame().shape
+        (10, 9)
     """
 
     neuron: Neuron
@@ -304,6 +311,13 @@ def decode_many(
     Example:
         >>> df = decode_many(model, ["L24N1005", "L29N7"], k=5)
         >>> df[df.side == "top"].pivot(index="rank", columns="neuron", values="token")
+        neuron L24N1005     L29N7
+        rank
+        0        ocaust      work
+        1          omia      work
+        2          alfa     works
+        3        opards      Work
+        4           unn   working
     """
     check_model(model)
     neurons = to_neurons(neurons, model)

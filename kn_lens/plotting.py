@@ -9,9 +9,10 @@ Figures are ordinary plotly figures: ``fig.show()`` in a notebook, :func:`save` 
 standalone HTML file that opens in any browser without a server or internet.
 
 Example:
-    >>> scores = kn_lens.integrated_gradients(model, "The capital of France is", " Paris")
-    >>> attribution_heatmap(scores, top_k=20).show()
-    >>> lens_table(kn_lens.lens.decode_many(model, ["L24N1005", "L29N100"], k=8))
+    >>> scores = kn_lens.integrated_gradients(model, "The capital of France is", " Paris", layers=[24, 29])
+    >>> fig = attribution_heatmap(scores, top_k=20, row_layers=[24, 29])
+    >>> fig.show()  # doctest: +SKIP
+    >>> fig = lens_table(kn_lens.lens.decode_many(model, ["L24N1005", "L29N100"], k=8))
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def attribution_heatmap(
         is given, one ``Scatter`` trace of markers.
 
     Example:
-        >>> attribution_heatmap(scores, top_k=20, title="IG, France -> Paris")
+        >>> fig = attribution_heatmap(scores, top_k=20, title="IG, France -> Paris")
+        >>> list(fig.data[0].y[:3])  # one row per layer
+        ['L0', 'L1', 'L2']
     """
     arr = _scores_2d(scores)
     picked, rows = _row_layers(arr.shape[0], layers, row_layers)
@@ -198,7 +201,8 @@ def layer_mass(scores: Float[Tensor, "layer d_mlp"], *, title: str = "Attributio
         scores < 0), x = layer.
 
     Example:
-        >>> layer_mass(scores)
+        >>> [trace.name for trace in layer_mass(scores).data]
+        ['positive', 'negative']
     """
     arr = _scores_2d(scores)
     pos = np.clip(arr, 0, None).sum(1)
@@ -253,7 +257,7 @@ def intervention_bars(
     Example:
         >>> df = pd.DataFrame(dict(condition=["knowledge neurons", "random neurons"], intervention="suppress",
         ...                        before=[0.6, 0.6], after=[0.2, 0.58]))
-        >>> intervention_bars(df)
+        >>> fig = intervention_bars(df)
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"intervention_bars takes a pandas DataFrame, got {type(df).__name__}")
@@ -335,7 +339,7 @@ def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
         its score (``RdBu`` centred on 0), rows ``top 1..k`` then ``bottom 1..k``.
 
     Example:
-        >>> lens_table(decode_many(model, ["L24N1005", "L29N100"], k=8))
+        >>> fig = lens_table(kn_lens.lens.decode_many(model, ["L24N1005", "L29N100"], k=8))
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"lens_table takes the DataFrame of decode_many, got {type(df).__name__}")
@@ -401,7 +405,8 @@ def activation_highlight(result: Any, *, title: str | None = None, max_tokens: i
         the token, colour = the activation (``RdBu`` centred on 0); the peak token of each row is bold.
 
     Example:
-        >>> activation_highlight(top_activating(model, "L24N1005", texts, k=5))
+        >>> top = kn_lens.top_activating(model, "L24N1005", ["Paris is nice.", "I like tea."], k=2, progress=False)
+        >>> fig = activation_highlight(top)
     """
     for attr in ("neuron", "tokens", "activations", "max_positions"):
         if not hasattr(result, attr):
@@ -483,8 +488,8 @@ def knowledge_neurons(
         A figure with two ``Heatmap`` traces (per-prompt scores of the selected neurons; sparse layer view).
 
     Example:
-        >>> knowledge_neurons(kns)
-        >>> knowledge_neurons(scores=ig_scores, neurons=[(24, 1005)])
+        >>> fig = knowledge_neurons(kns)
+        >>> fig = knowledge_neurons(scores=scores, neurons=[(24, 1005)])
     """
     if result is not None:
         neurons = list(getattr(result, "neurons", neurons) or [])
@@ -553,7 +558,7 @@ def save(fig: go.Figure, path: str | Path) -> Path:
     """Write a figure to a standalone ``.html`` (plotly.js embedded, opens offline) or, with kaleido, an image.
 
     Example:
-        >>> save(lens_table(df), "lens.html")
+        >>> save(lens_table(kn_lens.lens.decode_many(model, ["L24N1005"])), "lens.html")  # doctest: +SKIP
     """
     path = Path(path)
     if path.suffix.lower() in (".html", ".htm"):
