@@ -13,7 +13,7 @@ Metrics, per prompt, then averaged:
       p = 0.98 has little probability left to gain, but its log-odds can still move.
 
 Example:
-    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")
+    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")  # doctest: +SKIP
     >>> other_facts = [(["The capital of Italy is"], " Rome"), (["People in Spain speak"], " Spanish")]
     >>> effects = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=other_facts)
     >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]]
