@@ -13,8 +13,8 @@ Example:
     >>> kns = kn_lens.find_knowledge_neurons(model, ["The capital of France is", "France's capital is"], " Paris")
     >>> kn_lens.suppress(model, kns)[["prompt", "before", "after"]]  # p(" Paris") before/after
                          prompt    before     after
-    0  The capital of France is  0.772540  0.219911
-    1       France's capital is  0.032425  0.007107
+    0  The capital of France is  0.7725  0.2199
+    1       France's capital is  0.0324  0.0071
 """
 
 import importlib

@@ -13,11 +13,19 @@ Metrics, per prompt, then averaged:
       p = 0.98 has little probability left to gain, but its log-odds can still move.
 
 Example:
-    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")
-    >>> effects = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=other_facts)
-    >>> summarize_effects(effects)
-    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": hooks.Intervention(
+    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")  # doctest: +SKIP
+    >>> other_facts = [(["The capital of Italy is"], " Rome"), (["People in Spain speak"], " Spanish")]
+    >>> effects = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=other_facts)
+    >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]]
+      intervention                     condition  n  rel_change_%
+    0     suppress             knowledge neurons  3  ...
+    ...
+    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": kn_lens.hooks.Intervention(
     ...     "scale", kns.neurons, 0.0)})
+               clean  suppress
+    candidate
+    Paris     0.7725    0.1389
+    Lyon      0.0008    0.0002
 """
 
 from __future__ import annotations
@@ -131,8 +139,11 @@ def intervention_effects(
         takes).
 
     Example:
-        >>> df = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=[rome_fact])
-        >>> summarize_effects(df)
+        >>> rome_fact = (["The capital of Italy is"], " Rome")
+        >>> df = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=[rome_fact])
+        >>> sorted(set(df["condition"]))  # doctest: +NORMALIZE_WHITESPACE
+        ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
+         'random neurons (held-out)']
     """
     check_model(model)
     result = neurons if isinstance(neurons, KnowledgeNeurons) else None
@@ -228,7 +239,13 @@ def summarize_effects(
         changes, x100, Dai et al.'s number), ``logodds_change`` (mean).
 
     Example:
-        >>> summarize_effects(df, base_split=(0.9,))
+        >>> df = intervention_effects(model, kns)
+        >>> summarize_effects(df, base_split=(0.9,))[["intervention", "condition", "base", "n"]]
+          intervention          condition   base  n
+        0     suppress  knowledge neurons  p<0.9  3
+        1     suppress     random neurons  p<0.9  3
+        2      enhance  knowledge neurons  p<0.9  3
+        3      enhance     random neurons  p<0.9  3
     """
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
@@ -305,7 +322,12 @@ def suppress(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])[["condition", "before", "after"]]
+                   condition  before   after
+        0  knowledge neurons  0.7725  0.1389
+        1  knowledge neurons  0.0157  0.0011
+        2  knowledge neurons  0.4078  0.0449
+        3        other facts  0.3803  0.0042
     """
     return _scale_helper(model, neurons, prompts, target, factor, "suppress", unrelated, positions)
 
@@ -331,7 +353,8 @@ def enhance(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])["condition"].tolist()
+        ['knowledge neurons', 'knowledge neurons', 'knowledge neurons', 'other facts']
     """
     return _scale_helper(model, neurons, prompts, target, factor, "enhance", unrelated, positions)
 
@@ -350,7 +373,10 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
         The unrelated facts, in their original order.
 
     Example:
+        >>> from kn_lens.fixtures import tiny_bert
         >>> others = other_relation_facts(tiny_bert.FACTS, tiny_bert.FACTS[0], k=6)
+        >>> sorted({fact.relation for fact in others}) != ["capital"]
+        True
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
@@ -391,7 +417,8 @@ def compare(
 
     Example:
         >>> compare(bert, "Raymond is selling [MASK] sketches.", ["these", "this"],
-        ...         {"L9N1094 x0": kn_lens.hooks.Intervention("scale", ["L9N1094"], 0.0)})
+        ...         {"L1N3 x0": kn_lens.hooks.Intervention("scale", ["L1N3"], 0.0)}).columns.tolist()
+        ['clean', 'L1N3 x0']
     """
     check_model(model)
     text = prompt.text if isinstance(prompt, Prompt) else prompt
@@ -468,7 +495,13 @@ def demo_table(
         ``table.attrs["effects"]``.
 
     Example:
-        >>> print(demo_table(kn_lens.load_model()))
+        >>> fact = kn_lens.fixtures.tiny_bert.FACTS[0]
+        >>> table = demo_table(bert, kn_lens.fixtures.tiny_bert.train_prompts(fact), fact.answer, progress=False)
+        >>> table[["intervention", "condition"]].head(3)
+          intervention          condition
+        0     suppress  knowledge neurons
+        1     suppress     random neurons
+        2      enhance  knowledge neurons
     """
     check_model(model)
     default_fact = prompts is None
