@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import torch
+from transformer_lens.hook_points import HookPoint
 
 from kn_lens import backends
 from kn_lens.backends import get_act_name
@@ -148,11 +149,11 @@ def check_model(model: object) -> Model:
     cfg = model.cfg  # type: ignore[attr-defined]
     if cfg.d_mlp is None or getattr(cfg, "attn_only", False):
         raise ValueError("this model has no MLP layers, so it has no MLP neurons to study")
-    hook_points = model.hook_dict  # type: ignore[attr-defined]
     for layer in range(cfg.n_layers):
         name = get_act_name("post", layer)
         why = backends._moe_reason(model, layer)
-        if why is not None or name not in hook_points:
+        # the attribute, not model.hook_dict: a bridge rebuilds hook_dict on every access (~70 ms for SmolLM2)
+        if why is not None or not isinstance(getattr(model.blocks[layer].mlp, "hook_post", None), HookPoint):  # type: ignore[attr-defined]
             why = why or f"block {layer}'s MLP has no {name} hook point"
             raise TypeError(
                 f"{why}: kn_lens studies single neurons of a dense MLP (one hook_post activation and one W_out "

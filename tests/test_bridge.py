@@ -418,9 +418,11 @@ def test_hooks_compose_on_a_bridge(pair):
     # the bridge keeps permanent hooks of its own (BERT's on TransformerLens 4); ours must be gone afterwards
     before = {name: len(point.fwd_hooks) for name, point in pair.bridge.hook_dict.items()}
     with torch.no_grad():
-        logits = pair.bridge.run_with_hooks(prompt.tokens[None], fwd_hooks=kn_lens.hooks.scale(neurons, 0.0))
+        logits = pair.bridge.run_with_hooks(
+            prompt.tokens[None], fwd_hooks=kn_lens.hooks.scale(neurons, 0.0, positions="all")
+        )
     prob = logits[0, prompt.site].softmax(-1)[prompt.target_ids[0]].item()
-    # kn_lens.hooks.scale acts at every position by default
+    # positions="all": every position
     with contextlib.ExitStack() as stack, torch.no_grad():
         stack.enter_context(
             _replace_input(_down(pair, 1), lambda x: torch.cat([x[..., :5], 0 * x[..., 5:6], x[..., 6:]], -1))
