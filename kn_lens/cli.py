@@ -97,7 +97,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """``kn-lens demo``: the main job on the embedded model (predictions, cache, knowledge neurons, table)."""
     from kn_lens.cache import cache_mlp_post
-    from kn_lens.interventions import demo_table
+    from kn_lens.evaluate import demo_table
 
     start = time.perf_counter()
     model = _load(args.model)
