@@ -1,11 +1,12 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
-The submodules, bottom to top: ``prompts`` and ``models`` (inputs), ``hooks`` (interventions as
-``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and friends), ``cache`` (activations),
-``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible weight edits), ``lens`` (what a
-neuron writes), ``evaluate`` (effect tables with controls; PARAREL metrics), ``datasets`` (PARAREL), ``sweeps``
-(resumable, sharded runs), ``plotting`` (plotly figures, imported on first use), ``report`` (HTML page of a run),
-``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
+The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
+``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
+friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
+weight edits), ``lens`` (what a neuron writes), ``evaluate`` (effect tables with controls; PARAREL metrics),
+``datasets`` (PARAREL), ``sweeps`` (resumable, sharded runs), ``demo`` (the main job, told with its controls),
+``plotting`` (plotly figures, imported on first use), ``report`` (HTML page of a run), ``quiz`` (tutorial
+exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -17,7 +18,7 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, evaluate, hooks, lens, neurons, prompts
+from kn_lens import attribution, cache, edit, evaluate, hooks, inputs, lens, neurons, prompts
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -39,9 +40,10 @@ from kn_lens.neurons import (
     find_knowledge_neurons_many,
     random_neurons,
     relation_filter,
+    top_neurons,
 )
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import target_scores, top_predictions
 
 __all__ = [
     "KnowledgeNeurons",
@@ -68,6 +70,7 @@ __all__ = [
     "find_knowledge_neurons_many",
     "grad_x_activation",
     "hooks",
+    "inputs",
     "integrated_gradients",
     "integrated_gradients_many",
     "intervention_effects",
@@ -83,6 +86,8 @@ __all__ = [
     "suppress",
     "target_scores",
     "top_activating",
+    "top_neurons",
+    "top_predictions",
 ]
 
 __version__ = "0.1.0"

@@ -69,9 +69,9 @@ def _neurons(model, args: argparse.Namespace, prompts: list[str], target: str):
     from kn_lens.neurons import find_knowledge_neurons
 
     if args.neurons:
-        from kn_lens.hooks import as_neurons
+        from kn_lens.inputs import to_neurons
 
-        return as_neurons([n.strip() for n in args.neurons.split(",") if n.strip()], model)
+        return to_neurons([n.strip() for n in args.neurons.split(",") if n.strip()], model)
     if len(prompts) < 2:
         raise ValueError("give at least 2 paraphrases to find knowledge neurons, or pass --neurons L{l}N{i},...")
     kns = find_knowledge_neurons(model, prompts, target, n_steps=args.steps, progress=not args.json)
