@@ -238,18 +238,23 @@ def _select_known(
     by_relation: dict[str, list[Bag]] = {}
     for bag in bags:
         by_relation.setdefault(bag.relation, []).append(bag)
+    chunk = 16  # facts measured per step (their prompts share forward passes); fixed, so runs are reproducible
     for rid in relations:
-        found = 0
-        for bag in _bar(by_relation.get(rid, []), progress, f"known facts {rid}"):
+        found, pending = 0, by_relation.get(rid, [])
+        for start in _bar(range(0, len(pending), chunk), progress, f"known facts {rid} ({chunk} per step)"):
             if facts_per_relation is not None and found >= facts_per_relation:
                 break
-            row = cached.get((rid, bag.uuid))
-            if row is None:
-                _, table = known_facts(model, [bag], threshold=threshold)
-                row = {k: _py(v) for k, v in table.iloc[0].to_dict().items()}
-                append_jsonl(path, row)
-            rows.append(row)
-            found += bool(row["known"])
+            part = pending[start : start + chunk]
+            todo = [b for b in part if (rid, b.uuid) not in cached]
+            if todo:
+                _, table = known_facts(model, todo, threshold=threshold)
+                for row in table.to_dict("records"):
+                    row = {k: _py(v) for k, v in row.items()}
+                    append_jsonl(path, row)
+                    cached[(rid, row["uuid"])] = row
+            for bag in part:
+                rows.append(cached[(rid, bag.uuid)])
+                found += bool(cached[(rid, bag.uuid)]["known"])
     return rows
 
 

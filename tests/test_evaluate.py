@@ -415,3 +415,39 @@ def test_knowledge_neurons_json_round_trip(tiny_bert, bags):
     assert light.neurons == kns.neurons and light.scores.shape == kns.scores.shape
     with pytest.raises(ValueError, match="missing"):
         KnowledgeNeurons.from_json(tiny_bert, {"neurons": []})
+
+
+def test_measure_pads_causal_prompts_without_changing_results(model):
+    from kn_lens.evaluate import measure
+    from kn_lens.prompts import make_prompt
+    from kn_lens.scoring import target_scores
+
+    texts = ["The capital of France is", "Paris", "What is the capital city of the French Republic? It is"]
+    prompts = [make_prompt(model, t, " Paris") for t in texts] + [make_prompt(model, texts[0], " New York")]
+    assert len({len(p) for p in prompts}) == 4
+    suppress_hook = hooks.Intervention("scale", NEURONS, 0.0, positions="site")
+    for fwd in ((), suppress_hook):
+        m = measure(model, prompts, fwd_hooks=fwd)
+        one_by_one = torch.cat([target_scores(model, [p], fwd_hooks=fwd) for p in prompts])
+        assert torch.allclose(m.prob, one_by_one, rtol=1e-4, atol=1e-7)
+    last = hooks.Intervention("scale", NEURONS, 0.0, positions="last")  # padding would move "last": not padded
+    m = measure(model, prompts[:3], fwd_hooks=last)
+    assert torch.allclose(m.prob, torch.cat([target_scores(model, [p], fwd_hooks=last) for p in prompts[:3]]))
+    assert _no_hooks_left(model)
+
+
+def test_relation_effects_figure(tiny_bert, bags):
+    from kn_lens import plotting
+    from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
+
+    records = [evaluate_fact(tiny_bert, b, same_relation=bags[1:3], other_relations=bags[12:14]) for b in bags[:2]]
+    records.append(evaluate_fact(tiny_bert, bags[12], same_relation=bags[13:15], other_relations=bags[:2]))
+    table = relation_table(records_frame(records))
+    fig = plotting.relation_effects(table)
+    assert {t.name for t in fig.data} == set(table["condition"])
+    own = next(t for t in fig.data if t.name == "knowledge neurons" and t.xaxis == "x")
+    expected = table[(table.intervention == fig.layout.annotations[0].text) & (table.condition == "knowledge neurons")]
+    assert list(own.x) == ["P36", "P37", "all"]
+    assert list(own.y) == pytest.approx(list(expected.set_index("relation").loc[list(own.x), "rel_change_%"]))
+    with pytest.raises(ValueError, match="relation_table"):
+        plotting.relation_effects(table.drop(columns="condition"))

@@ -495,16 +495,25 @@ def known_facts(
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share!r}")
     rows, known = [], []
-    for bag in _progress(bags, progress, "known facts"):
-        prompts = [make_prompt(model, p, bag.target) for p in bag.prompts]
-        prob, top1 = measure(model, prompts, batch_size=batch_size)[:2]
-        right = top1 if threshold is None else prob >= threshold
-        ok = bool(right.float().mean() >= share - 1e-9)
-        rows.append(dict(relation=bag.relation, uuid=bag.uuid, subject=bag.subject, answer=bag.answer,
-                         n_prompts=len(prompts), top1_share=float(top1.float().mean()),
-                         mean_prob=float(prob.mean()), known=ok))  # fmt: skip
-        if ok:
-            known.append(bag)
+    # Prompts of many bags share a forward pass (a forward costs about the same for 1 or 32 short prompts).
+    chunk = max(1, 4 * batch_size // 8)
+    starts = range(0, len(bags), chunk)
+    for start in _progress(starts, progress, f"known facts ({chunk} per step)"):
+        part = bags[start : start + chunk]
+        prompts = [make_prompt(model, p, bag.target) for bag in part for p in bag.prompts]
+        prob_all, top1_all = measure(model, prompts, batch_size=batch_size)[:2]
+        offset = 0
+        for bag in part:
+            n = len(bag.prompts)
+            prob, top1 = prob_all[offset : offset + n], top1_all[offset : offset + n]
+            offset += n
+            right = top1 if threshold is None else prob >= threshold
+            ok = bool(right.float().mean() >= share - 1e-9)
+            rows.append(dict(relation=bag.relation, uuid=bag.uuid, subject=bag.subject, answer=bag.answer,
+                             n_prompts=n, top1_share=float(top1.float().mean()), mean_prob=float(prob.mean()),
+                             known=ok))  # fmt: skip
+            if ok:
+                known.append(bag)
     table = pd.DataFrame(rows, columns=["relation", "uuid", "subject", "answer", "n_prompts", "top1_share",
                                         "mean_prob", "known"])  # fmt: skip
     table.attrs["rule"] = f"top-1 on >= {share:g} of prompts" if threshold is None else f"p >= {threshold:g}"
