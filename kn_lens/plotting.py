@@ -321,6 +321,84 @@ def intervention_bars(
     return fig
 
 
+#: Colours of the conditions in :func:`relation_effects`: the fact's own neurons first, controls after.
+CONDITION_COLOURS = {
+    "knowledge neurons": "#2166ac",
+    "knowledge neurons (held-out)": "#67a9cf",
+    "same relation": "#ef8a62",
+    "other facts": "#b2182b",
+    "random neurons": "#9e9e9e",
+    "random neurons (held-out)": "#cccccc",
+}
+
+
+def relation_effects(
+    table: pd.DataFrame,
+    *,
+    metric: str = "rel_change_%",
+    title: str = "Effect of intervening on knowledge neurons, per relation, beside the controls",
+) -> go.Figure:
+    """Dai et al. Fig. 3/4-style bars: per relation, the fact's own effect with every control beside it.
+
+    Args:
+        table: :func:`kn_lens.evaluate.relation_table` (columns ``relation, intervention, condition`` and
+            ``metric``; ``facts`` and ``specificity`` shown on hover).
+        metric: the column to draw (``"rel_change_%"``, ``"rel_of_means_%"``, ``"acc_after"``, ...).
+        title: figure title.
+
+    Returns:
+        One panel per intervention (suppress, enhance, ...), relations on the x axis, one bar per condition.
+
+    Example:
+        >>> relation_effects(kn_lens.evaluate.relation_table(records_frame(records))).show()
+    """
+    missing = [c for c in ("relation", "intervention", "condition", metric) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; make it with kn_lens.evaluate.relation_table")
+    if table.empty:
+        raise ValueError("the table is empty: no facts were evaluated")
+    interventions = list(dict.fromkeys(table["intervention"]))
+    fig = make_subplots(rows=len(interventions), cols=1, subplot_titles=interventions, shared_xaxes=True)
+    relations = list(dict.fromkeys(table["relation"]))
+    for row, intervention in enumerate(interventions, start=1):
+        part = table[table["intervention"] == intervention]
+        for condition in dict.fromkeys(part["condition"]):
+            rows = part[part["condition"] == condition].set_index("relation").reindex(relations)
+            hover = [
+                f"{rel}: {condition}<br>{metric} = {v:.3g}<br>facts = {n}<br>specificity = {s:.2f}"
+                for rel, v, n, s in zip(
+                    relations,
+                    rows[metric],
+                    rows.get("facts", pd.Series([np.nan] * len(rows))),
+                    rows.get("specificity", pd.Series([np.nan] * len(rows))),
+                    strict=True,
+                )
+            ]
+            fig.add_trace(
+                go.Bar(
+                    x=relations,
+                    y=rows[metric],
+                    name=condition,
+                    legendgroup=condition,
+                    showlegend=row == 1,
+                    marker_color=CONDITION_COLOURS.get(condition),
+                    hovertext=hover,
+                    hoverinfo="text",
+                ),
+                row=row,
+                col=1,
+            )
+        fig.update_yaxes(title_text=metric, zeroline=True, row=row, col=1)
+    fig.update_layout(
+        title=title,
+        barmode="group",
+        template="plotly_white",
+        height=320 * len(interventions) + 80,
+        width=max(700, 110 * len(relations) + 300),
+    )
+    return fig
+
+
 def _show_token(token: str) -> str:
     shown = token.replace("\n", "\\n")
     return f"'{shown}'"
@@ -569,11 +647,13 @@ def save(fig: go.Figure, path: str | Path) -> Path:
 
 
 __all__ = [
+    "CONDITION_COLOURS",
     "activation_highlight",
     "attribution_heatmap",
     "intervention_bars",
     "knowledge_neurons",
     "layer_mass",
     "lens_table",
+    "relation_effects",
     "save",
 ]
