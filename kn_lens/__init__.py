@@ -3,8 +3,9 @@
 The submodules, bottom to top: ``prompts`` and ``models`` (inputs), ``hooks`` (interventions as
 ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and friends), ``cache`` (activations),
 ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible weight edits), ``lens`` (what a
-neuron writes), ``interventions`` (before/after tables with controls), ``plotting`` (plotly figures, imported on
-first use), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
+neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation, pruning), ``interventions``
+(before/after tables with controls), ``plotting`` (plotly figures, imported on first use), ``quiz`` (tutorial
+exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -16,7 +17,7 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, hooks, lens, neurons, prompts
+from kn_lens import attribution, cache, edit, hooks, lens, neurons, prompts, skill
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -41,12 +42,16 @@ from kn_lens.neurons import (
 )
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
 from kn_lens.scoring import target_scores
+from kn_lens.skill import Predictivity, SoftPrompt, Task, predictivity, train_soft_prompt
 
 __all__ = [
     "KnowledgeNeurons",
     "Model",
     "Neuron",
+    "Predictivity",
     "Prompt",
+    "SoftPrompt",
+    "Task",
     "ablation_effects",
     "attribute",
     "attribute_many",
@@ -75,12 +80,15 @@ __all__ = [
     "make_prompts",
     "mean_activations",
     "neurons",
+    "predictivity",
     "prompts",
     "random_neurons",
     "relation_filter",
+    "skill",
     "suppress",
     "target_scores",
     "top_activating",
+    "train_soft_prompt",
 ]
 
 __version__ = "0.1.0"
