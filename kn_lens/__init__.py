@@ -1,11 +1,12 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
-The submodules, bottom to top: ``prompts`` and ``models`` (inputs), ``hooks`` (interventions as
-``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and friends), ``cache`` (activations),
-``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible weight edits), ``lens`` (what a
-neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation, pruning), ``interventions``
-(before/after tables with controls), ``plotting`` (plotly figures, imported on first use), ``quiz`` (tutorial
-exercises), ``cli`` (the ``kn-lens`` command).
+The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
+``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
+friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
+weight edits), ``lens`` (what a neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation,
+pruning), ``interventions`` (before/after tables with controls), ``demo`` (the main job, told with its
+controls), ``plotting`` (plotly figures, imported on first use), ``quiz`` (tutorial exercises), ``cli`` (the
+``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -17,7 +18,7 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, hooks, lens, neurons, prompts, skill
+from kn_lens import attribution, cache, edit, hooks, inputs, lens, neurons, prompts, skill
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -39,9 +40,10 @@ from kn_lens.neurons import (
     find_knowledge_neurons_many,
     random_neurons,
     relation_filter,
+    top_neurons,
 )
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import target_scores, top_predictions
 from kn_lens.skill import Predictivity, SoftPrompt, Task, predictivity, train_soft_prompt
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "find_knowledge_neurons_many",
     "grad_x_activation",
     "hooks",
+    "inputs",
     "integrated_gradients",
     "integrated_gradients_many",
     "intervention_effects",
@@ -88,6 +91,8 @@ __all__ = [
     "suppress",
     "target_scores",
     "top_activating",
+    "top_neurons",
+    "top_predictions",
     "train_soft_prompt",
 ]
 

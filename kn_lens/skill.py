@@ -64,7 +64,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens._typing import Model, Neuron, check_layers, check_model, hook_name, is_encoder
+from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
+from kn_lens.inputs import check_batch_size, to_layers
 
 Aggregate = Literal["mean", "min"]
 
@@ -847,8 +848,7 @@ def _encode(model: Model, layout: Layout, texts: Sequence[str]) -> list[list[int
 
 
 def _batches(token_lists: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size)
     groups: dict[int, list[int]] = {}
     for i, tokens in enumerate(token_lists):
         groups.setdefault(len(tokens), []).append(i)
@@ -1299,7 +1299,7 @@ def predictivity(
         if any(not -len(all_positions) <= i < len(all_positions) for i in chosen):
             raise ValueError(f"positions {chosen} index a prompt with {len(all_positions)} positions")
         chosen = [i % len(all_positions) for i in chosen]
-    layer_list = check_layers(model, layers)
+    layer_list = to_layers(model, layers)
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
 
     sums = torch.zeros(len(all_positions), len(layer_list), d_mlp, dtype=torch.float64)
@@ -1422,7 +1422,7 @@ def perturbation_curve(
     if not seeds:
         raise ValueError("seeds is empty; pass at least one seed")
     allowed = torch.zeros(skill.n_layers, skill.d_mlp, dtype=torch.bool)
-    allowed[check_layers(model, layers) if layers is not None else skill.layers] = True
+    allowed[to_layers(model, layers) if layers is not None else skill.layers] = True
     scores = torch.nan_to_num(skill.scores.float(), nan=-math.inf).masked_fill(~allowed, -math.inf)
     pool = int(allowed.sum())
     rows = [dict(fraction=0.0, n_neurons=0, selection="none", seed=-1)]
@@ -1435,7 +1435,7 @@ def perturbation_curve(
         chosen = top if selection == "skill" else random_mask(top, seed=seed)
         hooks = hooks_module.perturb(
             chosen, kind, std=std, seed=seed, positions=list(skill.positions),
-            mean=skill.thresholds if kind == "mean" else None,
+            mean_cache=skill.thresholds if kind == "mean" else None,
         )  # fmt: skip
         acc = accuracy(model, task, prompt=prompt, split=split, fwd_hooks=hooks, batch_size=batch_size, progress=False)
         rows.append(dict(fraction=float(fraction), n_neurons=k, selection=selection, seed=seed, accuracy=acc))

@@ -332,7 +332,7 @@ def test_perturb_changes_exactly_the_chosen_neurons_at_the_chosen_positions(rand
     mask[0, [1, 5]] = True
     mask[2, 7] = True
     mean = torch.randn(2, 3, 64)  # per position
-    built = hooks.perturb(mask, kind, std=0.5, seed=1, positions=[1, -1], mean=mean)
+    built = hooks.perturb(mask, kind, std=0.5, seed=1, positions=[1, -1], mean_cache=mean)
     names = [utils.get_act_name("post", layer) for layer in range(3)]
     seen = {}
 
@@ -378,10 +378,10 @@ def test_perturb_rejects_bad_arguments():
         hooks.perturb(["L0N1"], "scramble")
     with pytest.raises(ValueError, match="std"):
         hooks.perturb(["L0N1"], std=-1.0)
-    with pytest.raises(ValueError, match="mean="):
+    with pytest.raises(ValueError, match="mean_cache="):
         hooks.perturb(["L0N1"], "mean")
     with pytest.raises(ValueError, match="positions with 2"):
-        hooks.perturb(["L0N1"], "mean", mean=torch.zeros(2, 3, 64), positions=[0])
+        hooks.perturb(["L0N1"], "mean", mean_cache=torch.zeros(2, 3, 64), positions=[0])
     with pytest.raises(ValueError, match="none of the neurons"):
         hooks.perturb(["L0N1"], layers=[2])
 
@@ -431,7 +431,7 @@ def test_prune_equals_fixing_dropped_neurons_at_their_means(fixture, request):
     assert pruned.cfg.d_mlp == int(keep.sum(1).max()) < d_mlp and model.cfg.d_mlp == d_mlp
     assert _same_state(model, before), "prune changed the original model"
     dropped = [Neuron(layer, int(i)) for layer in range(n_layers) for i in (~keep[layer]).nonzero().flatten()]
-    fixed = hooks.set(dropped, torch.stack([means[n.layer, n.index] for n in dropped]))
+    fixed = hooks.set(dropped, torch.stack([means[n.layer, n.index] for n in dropped]), positions="all")
     torch.testing.assert_close(pruned(tokens), model.run_with_hooks(tokens, fwd_hooks=fixed), atol=2e-5, rtol=1e-4)
 
 
@@ -473,7 +473,7 @@ def test_smollm2_skill_neurons_predict_sentiment_and_matter_more_than_random(smo
         return float((skill.margins(smollm2, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False) * labels).mean())
 
     def perturbed(chosen):
-        return hooks.perturb(chosen, "mean", mean=result.thresholds, positions=list(result.positions))
+        return hooks.perturb(chosen, "mean", mean_cache=result.thresholds, positions=list(result.positions))
 
     clean = signed_margin([])
     top = signed_margin(perturbed(mask))
