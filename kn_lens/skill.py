@@ -751,19 +751,15 @@ class SoftPrompt:
             )
         return _layout(model, self.template, self.n_tokens, self.placement)
 
-    def hooks(self, model: Model | None = None) -> list:
+    def hooks(self, model: Model) -> list:
         """``[(hook_embed name, fn)]``: writes the embeddings over the reserved positions of any batch.
 
-        The reserved positions are fixed (from the start after ``[CLS]``/BOS, or from the end), so the same
-        hooks serve inputs of every length built by :meth:`to_tokens`.
+        The reserved positions depend on the model kind (after ``[CLS]``/BOS, before ``[SEP]``, or at the end)
+        but not on the input's length, so the same hooks serve every input built by :meth:`to_tokens`.
         """
-        name = "hook_embed" if model is None else _embed_hook_name(model)
-        soft = tuple(range(1, 1 + self.n_tokens))
-        if model is not None:
-            soft = self.layout(model).soft
-        elif self.placement == "end":
-            soft = tuple(range(-self.n_tokens, 0))
-        return [(name, functools.partial(_soft_hook, weight=self.embeddings.detach(), soft=soft))]
+        check_model(model)
+        soft = self.layout(model).soft
+        return [(_embed_hook_name(model), functools.partial(_soft_hook, weight=self.embeddings.detach(), soft=soft))]
 
     @contextlib.contextmanager
     def applied(self, model: Model) -> Iterator[Model]:
