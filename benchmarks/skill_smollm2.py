@@ -115,7 +115,7 @@ def main() -> None:
     prune_rows = [["none (all 1536 per layer)", "-", f"{soft_clean:.3f}", "1.00x", "-"]]
     for fraction in kept:
         keep = soft_skill.mask(fraction, per_layer=True)
-        control = skill.random_mask(keep, seed=0)
+        control = skill.random_mask(keep, seed=0, exclude=torch.zeros_like(keep))  # any neurons, as many per layer
         small = skill.prune(model, keep, means)
         accuracy = skill.accuracy(small, task, prompt=soft)
         small_time = forward_time(small, tokens, soft.hooks(small))

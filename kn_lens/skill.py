@@ -1365,7 +1365,10 @@ def random_mask(like: Tensor, *, seed: int = 0, exclude: Tensor | None = None) -
             continue
         allowed = (~exclude[layer]).nonzero().flatten()
         if len(allowed) < k:
-            raise ValueError(f"layer {layer} has only {len(allowed)} neurons left to draw {k} from")
+            raise ValueError(
+                f"layer {layer} has only {len(allowed)} neurons left to draw {k} from; for large selections pass "
+                "exclude=torch.zeros_like(like) to draw from all neurons"
+            )
         out[layer, allowed[torch.randperm(len(allowed), generator=generator)[:k]]] = True
     return out
 
