@@ -155,24 +155,30 @@ def test_prompt_errors(random_gpt2):
         skill.accuracy(random_gpt2, (TEXTS, LABELS), prompt=skill.HardPrompt("{text}", (" a",)))
 
 
-def test_soft_prompt_hook_writes_exactly_the_reserved_positions(random_llama):
-    soft = skill.SoftPrompt(torch.randn(3, random_llama.cfg.d_model), placement="end")
-    tokens = torch.stack(soft.to_tokens(random_llama, ["The cat sat.", "The dog ran."]))
+@pytest.mark.parametrize(
+    ("fixture", "placement", "reserved"),
+    [("random_llama", "end", [-3, -2, -1]), ("random_llama", "start", [0, 1, 2]), ("random_bert", "start", [1, 2, 3])],
+)
+def test_soft_prompt_hook_writes_exactly_the_reserved_positions(fixture, placement, reserved, request):
+    model = request.getfixturevalue(fixture)
+    soft = skill.SoftPrompt(torch.randn(3, model.cfg.d_model), ("a", "these"), placement=placement)
+    tokens = torch.stack(soft.to_tokens(model, ["The cat sat.", "The dog ran."]))
     seen = {}
-    ((name, fn),) = soft.hooks(random_llama)
-    assert name == "hook_embed"
+    ((name, fn),) = soft.hooks(model)
+    assert name in ("hook_embed", "embed.hook_embed") and soft.layout(model).soft == tuple(reserved)
 
     def grab(act, hook):
         seen["embed"] = act.clone()
 
-    plain = random_llama.run_with_hooks(tokens, fwd_hooks=[("hook_embed", grab)])
+    plain = model.run_with_hooks(tokens, fwd_hooks=[(name, grab)])
     base = seen["embed"]
-    random_llama.run_with_hooks(tokens, fwd_hooks=[(name, fn), ("hook_embed", grab)])
-    assert torch.equal(seen["embed"][:, -3:], soft.embeddings.expand(2, 3, -1))
-    assert torch.equal(seen["embed"][:, :-3], base[:, :-3])
-    with soft.applied(random_llama):
-        assert not torch.allclose(random_llama(tokens), plain)
-    assert _no_hooks_left(random_llama)
+    model.run_with_hooks(tokens, fwd_hooks=[(name, fn), (name, grab)])
+    others = [p for p in range(tokens.shape[1]) if p not in [r % tokens.shape[1] for r in reserved]]
+    assert torch.equal(seen["embed"][:, reserved], soft.embeddings.expand(2, 3, -1))
+    assert torch.equal(seen["embed"][:, others], base[:, others])
+    with soft.applied(model):
+        assert not torch.allclose(model(tokens), plain)
+    assert _no_hooks_left(model)
 
 
 def test_soft_prompt_save_load_roundtrip(tmp_path, random_llama):
