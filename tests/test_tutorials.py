@@ -61,6 +61,13 @@ def test_notebook_installs_kn_lens_where_missing(name):
     """Colab: the first code cell pip-installs kn_lens when it is not importable (a no-op offline)."""
     first = next(c for c in _committed(name, student=True).cells if c.cell_type == "code")
     assert 'find_spec("kn_lens") is None' in first.source and "pip" in first.source
+    assert f"github.com/{build.REPOSITORY}" in first.source
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_lists_the_notebook_with_its_colab_links(name):
+    readme = (ROOT / "README.md").read_text()
+    assert build.colab_url(name) in readme and build.colab_url(name, student=True) in readme
 
 
 @pytest.mark.parametrize("name", NAMES)
