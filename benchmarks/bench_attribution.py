@@ -9,7 +9,9 @@ all layers, ``n_steps`` steps (riemann_left, target probability, zero baseline):
   (the clean activation cached once per prompt; all steps of a layer in one batch). captum's
   ``LayerIntegratedGradients`` interpolates the hook's *whole* output (every position) between the activations
   of two inputs, which is not Dai et al.'s path (only the site is scaled), so the site activation is the input;
-* **ours**: ``kn_lens.integrated_gradients(..., fast=True)``.
+* **ours**: ``kn_lens.integrated_gradients(..., fast=True)``;
+* **ours + user hook**: the same call with an identity hook of the user's attached (``blocks.0.hook_resid_pre``):
+  the fast path would bypass it, so kn_lens runs the plain path instead (the price of composing with your hooks).
 
 Models: the embedded SmolLM2-135M (30 layers) and a bert-base-cased-sized ``HookedEncoder`` with random weights
 (12 layers, d_model 768, d_mlp 3072, vocabulary 28996; the tiny BERT fixture's tokenizer).
@@ -96,7 +98,10 @@ def _worker(spec: str, method: str, prompts, n_steps: int, threads: int | None) 
     def compute(prompt, steps=n_steps, layers=None):
         if method == "captum":
             return _captum_scores(model, prompt, steps)
-        return A.integrated_gradients(model, prompt, n_steps=steps, layers=layers, fast=method == "ours")
+        return A.integrated_gradients(model, prompt, n_steps=steps, layers=layers, fast=method != "plain")
+
+    if method == "ours + user hook":
+        model.add_hook("blocks.0.hook_resid_pre", lambda act, hook: act)
 
     if method != "captum":
         compute(ready[0], steps=2, layers=[0, model.cfg.n_layers - 1])  # warm-up (allocator, lazy imports)
@@ -130,7 +135,14 @@ def _bert_base_folder(folder: Path) -> str:
     return str(folder)
 
 
-def bench(name: str, spec: str, prompts, n_steps: int, threads: int | None, methods=("ours", "plain", "captum")):
+def bench(
+    name: str,
+    spec: str,
+    prompts,
+    n_steps: int,
+    threads: int | None,
+    methods=("ours", "plain", "captum", "ours + user hook"),
+):
     results = {}
     for method in methods:
         print(f"[{name}] {method} ...", flush=True)

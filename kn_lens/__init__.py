@@ -1,10 +1,11 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
-The submodules, bottom to top: ``prompts`` and ``models`` (inputs), ``hooks`` (interventions as
-``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and friends), ``cache`` (activations),
-``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible weight edits), ``lens`` (what a
-neuron writes), ``interventions`` (before/after tables with controls), ``plotting`` (plotly figures, imported on
-first use), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
+The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
+``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
+friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
+weight edits), ``lens`` (what a neuron writes), ``interventions`` (before/after tables with controls),
+``demo`` (the main job, told with its controls), ``plotting`` (plotly figures, imported on first use), ``quiz``
+(tutorial exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -16,7 +17,7 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, hooks, lens, neurons, prompts
+from kn_lens import attribution, cache, edit, hooks, inputs, lens, neurons, prompts
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -38,9 +39,10 @@ from kn_lens.neurons import (
     find_knowledge_neurons_many,
     random_neurons,
     relation_filter,
+    top_neurons,
 )
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import target_scores, top_predictions
 
 __all__ = [
     "KnowledgeNeurons",
@@ -66,6 +68,7 @@ __all__ = [
     "find_knowledge_neurons_many",
     "grad_x_activation",
     "hooks",
+    "inputs",
     "integrated_gradients",
     "integrated_gradients_many",
     "intervention_effects",
@@ -81,6 +84,8 @@ __all__ = [
     "suppress",
     "target_scores",
     "top_activating",
+    "top_neurons",
+    "top_predictions",
 ]
 
 __version__ = "0.1.0"

@@ -29,7 +29,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from kn_lens._typing import Model, is_encoder
 from kn_lens.prompts import Prompt
-from kn_lens.scoring import objective_from_logits
+from kn_lens.scoring import Objective, objective_from_logits
 
 try:  # architectures whose norms sit after the sublayers (OLMo 2); the fast path does not model them
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
@@ -72,10 +72,13 @@ class _Clean:
     keys: list[Tensor]  # per block: clean keys of positions < start [start, n_kv_heads, d_head] (causal)
     values: list[Tensor]
     f_clean: Tensor  # objective of the clean run (scalar)
+    prompt: Prompt  # the prompt as given (a callable metric reads it)
+    prefix_logits: Tensor | None = None  # clean logits of positions < start [start, d_vocab] (callable metrics)
+    logit_positions: int = 1  # positions whose logits each row computes (a callable metric reads them all)
 
 
 @torch.no_grad()
-def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: str) -> _Clean:
+def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Objective) -> _Clean:
     """One clean forward (with the same block arithmetic as the fast rows) that keeps what the rows reuse."""
     encoder = is_encoder(model)
     gated = bool(getattr(model.cfg, "gated_mlp", False))
@@ -112,7 +115,11 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: str)
         keys=keys,
         values=values,
         f_clean=torch.zeros(()),
+        prompt=prompt,
     )
+    if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
+        clean.prefix_logits = _unembed(model, resid[0, :start])
+    clean.logit_positions = len(prompt) - start if callable(objective) else len(prompt.positions)
     clean.f_clean = _objective(model, resid[:, start:], clean, objective)[0]
     return clean
 
@@ -152,7 +159,7 @@ def _enter(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Ten
     return resid
 
 
-def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Tensor], objective: str) -> Tensor:
+def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Tensor], objective: Objective) -> Tensor:
     """Objective for every row of every group: ``xs[g]`` ([rows, d_mlp]) is the hooked activation at the site of
     ``layers[g]``. Rows join at block ``layers[g] + 1``; returns ``[n_rows_total]`` in group order."""
     encoder = is_encoder(model)
@@ -183,20 +190,31 @@ def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Ten
     return _objective(model, resid, clean, objective)
 
 
-def _objective(model: Model, resid: Tensor, clean: _Clean, objective: str) -> Tensor:
-    """Objective of every row from the last residual (positions from ``clean.start`` on): the final norm / MLM
-    head and the unembedding run at the target positions only."""
-    positions = torch.tensor(clean.out_prompt.positions, device=resid.device)
-    picked = resid[:, positions]
+def _unembed(model: Model, resid: Tensor) -> Tensor:
+    """Logits from final residuals ``[..., d_model]``: final norm (or BERT's MLM head), then the unembedding."""
     if is_encoder(model):
-        picked = model.mlm_head(picked)
+        resid = model.mlm_head(resid)
     elif model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)
+        resid = model.ln_final(resid)
     unembed = model.unembed
-    logits = torch.addmm(unembed.b_U, picked.reshape(-1, picked.shape[-1]), unembed.W_U)
-    logits = logits.view(*picked.shape[:-1], -1)
+    logits = torch.addmm(unembed.b_U, resid.reshape(-1, resid.shape[-1]), unembed.W_U)
+    return logits.view(*resid.shape[:-1], -1)
+
+
+def _objective(model: Model, resid: Tensor, clean: _Clean, objective: Objective) -> Tensor:
+    """Objective of every row from the last residual (positions from ``clean.start`` on). Preset objectives run
+    the final norm / MLM head and the unembedding at the target positions only; a callable metric gets the full
+    logits (the clean logits of positions before ``start``, which cannot change, in front)."""
+    if callable(objective):
+        logits = _unembed(model, resid)
+        if clean.prefix_logits is not None:
+            prefix = clean.prefix_logits.to(logits.dtype).expand(logits.shape[0], -1, -1)
+            logits = torch.cat([prefix, logits], dim=1)
+        return objective_from_logits(logits, clean.prompt, objective)
+    positions = torch.tensor(clean.out_prompt.positions, device=resid.device)
+    logits = _unembed(model, resid[:, positions])
     out_prompt = dataclasses.replace(clean.out_prompt, positions=tuple(range(len(positions))))
-    return objective_from_logits(logits, out_prompt, objective)  # type: ignore[arg-type]
+    return objective_from_logits(logits, out_prompt, objective)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -246,7 +264,7 @@ def _bytes_per_step(model: Model, clean: _Clean, layer: int, prompt_len: int) ->
     cfg = model.cfg
     q = prompt_len - clean.start
     per_pos_block = 4 * (10 * cfg.d_mlp + 24 * cfg.d_model + 6 * cfg.n_heads * prompt_len)
-    logits = 4 * 6 * cfg.d_vocab * len(clean.out_prompt.positions)  # ~6 vocab-sized tensors live
+    logits = 4 * 6 * cfg.d_vocab * clean.logit_positions  # ~6 vocab-sized tensors live
     return per_pos_block * q * (cfg.n_layers - 1 - layer) + logits
 
 
@@ -293,7 +311,7 @@ def integrated_gradients(
     alphas: Tensor,
     weights: Tensor,
     baselines: Tensor | None,
-    objective: str,
+    objective: Objective,
     hook: str,
     internal_batch_size: int | None,
     want_delta: bool,
@@ -349,12 +367,12 @@ def ablation_effects(
     prompt: Prompt,
     layers: list[int],
     ablated: Tensor,
-    objective: str,
+    objective: Objective,
     hook: str,
     internal_batch_size: int | None,
     progress: bool,
 ) -> Tensor:
-    """Exact ablation of every neuron, ``chunk`` neurons of every layer per shared pass."""
+    """Exact ablation of every neuron, ``chunk`` neurons of every layer per shared pass: ``F(clean) - F(ablated)``."""
     clean = _clean_pass(model, prompt, layers, objective)
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
     act = clean.acts[kind][layers]  # [G, d]
@@ -372,5 +390,5 @@ def ablation_effects(
             x[rows, idx] = ablated[g, idx].to(x.dtype)
             xs.append(x)
         f = _run(model, clean, layers, hook, xs, objective).view(len(layers), len(idx))
-        out[:, start : start + len(idx)] = (f - clean.f_clean).float().cpu()
+        out[:, start : start + len(idx)] = (clean.f_clean - f).float().cpu()  # larger = supports the target
     return out

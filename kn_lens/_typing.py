@@ -117,57 +117,6 @@ def check_layer(model: Model, layer: int) -> int:
     return layer % n_layers
 
 
-def check_layers(model: Model, layers: int | Iterable[int] | None) -> list[int]:
-    """Normalise ``layers`` (None = all, an int, or an iterable) to a sorted list of distinct block indices.
-
-    Example:
-        >>> check_layers(model, [29, 3, 3])
-        [3, 29]
-    """
-    if layers is None:
-        return list(range(model.cfg.n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    result = sorted({check_layer(model, layer) for layer in layers})
-    if not result:
-        raise ValueError("layers is empty; pass None for all layers")
-    return result
-
-
-def to_neuron(model: Model, neuron: NeuronLike) -> Neuron:
-    """Convert ``Neuron``/``(layer, index)``/``"L9N1094"`` to a validated :class:`Neuron` of ``model``.
-
-    Example:
-        >>> to_neuron(model, "L24N1005")
-        L24N1005
-    """
-    if isinstance(neuron, str):
-        neuron = Neuron.parse(neuron)
-    if not isinstance(neuron, tuple) or len(neuron) != 2:
-        raise TypeError(f"expected a Neuron, a (layer, index) pair or a string like 'L9N1094', got {neuron!r}")
-    layer, index = neuron
-    layer = check_layer(model, int(layer))
-    d_mlp = model.cfg.d_mlp
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < d_mlp:
-        raise ValueError(f"neuron index {index!r} is out of range: layer {layer} has d_mlp={d_mlp} neurons")
-    return Neuron(layer, index)
-
-
-def to_neurons(model: Model, neurons: NeuronLike | Iterable[NeuronLike]) -> list[Neuron]:
-    """Validate one or several neurons; keeps order and drops duplicates.
-
-    Example:
-        >>> to_neurons(model, ["L24N1005", (29, 7), "L24N1005"])
-        [L24N1005, L29N7]
-    """
-    if isinstance(neurons, str) or (
-        isinstance(neurons, tuple) and len(neurons) == 2 and all(isinstance(x, int) for x in neurons)
-    ):
-        neurons = [neurons]  # type: ignore[list-item]
-    result = list(dict.fromkeys(to_neuron(model, n) for n in neurons))  # type: ignore[union-attr]
-    return result
-
-
 def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     """``{layer: [index, ...]}`` in ascending layer order.
 

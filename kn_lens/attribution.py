@@ -18,6 +18,25 @@ Intuition:
     the change they actually cause. Gradient x activation is the one-step version; attribution patching is its
     linear estimate of an ablation; :func:`ablation_effects` runs the real ablations.
 
+One sign for every method:
+    Every attribution here returns "larger = the neuron supports the target more". For integrated gradients and
+    gradient x activation that is their natural sign; :func:`ablation_effects` returns ``F(clean) - F(ablated)``
+    (what the target loses when the neuron is removed) and :func:`attribution_patching` its first-order estimate,
+    so that selecting the largest scores (as :func:`kn_lens.find_knowledge_neurons` does) means the same thing
+    whatever the method.
+
+Multi-token targets:
+    Each target token is attributed at the position that predicts it (causal models: teacher-forced, the last
+    prompt token for the first target token, then one position further per token; encoders: its own
+    ``[MASK]``), with the objective of that token alone, and the scores are averaged over the target's tokens
+    (the EleutherAI package's convention). A callable metric (see :mod:`kn_lens.scoring`) is attributed once, at
+    the prompt's site.
+
+Your hooks:
+    Hooks you attached to the model (``model.hooks(...)``, ``add_hook``, PyTorch module hooks) stay in force.
+    The fast path computes blocks from their weights and would bypass them, so with any hook attached it steps
+    aside (a warning says so) and the plain path runs, which honours them.
+
 Caveats:
     * Scores depend on the baseline, the objective (probability saturates, logits do not) and on which hook
       point is scaled (``mlp_post`` here; the EleutherAI package scales ``mlp_pre`` of GPT models).
@@ -38,7 +57,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -48,8 +69,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens._typing import HOOKS, Model, check_layers, check_model, hook_name
-from kn_lens.prompts import Prompt, TargetLike, make_prompt
+from kn_lens._typing import HOOKS, Model, check_model, hook_name
+from kn_lens.inputs import check_finite, to_means, to_prompt
+from kn_lens.inputs import to_layers as check_layers
+from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits
 
 __all__ = [
@@ -57,6 +80,7 @@ __all__ = [
     "HOOKS",
     "METHODS",
     "ablation_effects",
+    "attached_hooks",
     "attribute",
     "attribute_many",
     "attribution_patching",
@@ -64,6 +88,7 @@ __all__ = [
     "hook_name",
     "integrated_gradients",
     "integrated_gradients_many",
+    "per_token_prompts",
     "step_alphas",
 ]
 
@@ -158,16 +183,7 @@ def _check_batch(internal_batch_size: int | None) -> None:
 
 
 def _one_prompt(model: Model, prompt: str | Prompt, target: TargetLike) -> Prompt:
-    if isinstance(prompt, Prompt):
-        if target is not None:
-            prompt = prompt.with_target(model, target)
-    elif isinstance(prompt, str):
-        prompt = make_prompt(model, prompt, target)
-    else:
-        raise TypeError(f"prompt must be a str (with target) or a kn_lens Prompt, got {type(prompt).__name__}")
-    if not prompt.target_ids:
-        raise ValueError("no target given: pass target=' Paris' (or a Prompt made with a target)")
-    return prompt
+    return to_prompt(model, prompt, target)
 
 
 def _baselines(
@@ -182,6 +198,7 @@ def _baselines(
         return None
     if not isinstance(baseline, Tensor):
         raise TypeError(f"baseline must be 'zero' or a Tensor, got {type(baseline).__name__}")
+    check_finite(baseline, "baseline")
     baseline = baseline.detach().to(device=device, dtype=model.cfg.dtype)
     if baseline.shape == (d_mlp,):
         return baseline.expand(len(layers), d_mlp)
@@ -191,6 +208,86 @@ def _baselines(
         f"baseline has shape {tuple(baseline.shape)}; expected [d_mlp]=[{d_mlp}] or "
         f"[n_layers, d_mlp]=[{model.cfg.n_layers}, {d_mlp}]"
     )
+
+
+def attached_hooks(model: Model) -> list[str]:
+    """Names of the modules of ``model`` that carry forward or backward hooks (TransformerLens hook points included).
+
+    Example:
+        >>> with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", lambda act, hook: act * 0)]):
+        ...     attached_hooks(model)
+        ['blocks.0.mlp.hook_post']
+    """
+    found = [
+        name
+        for name, module in model.named_modules()
+        if module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+    ]
+    glob = torch.nn.modules.module
+    if any(getattr(glob, kind, None) for kind in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        found.append("<global module hook>")
+    return found
+
+
+def _use_fast(model: Model, hook: str, fast: bool) -> bool:
+    """Whether the fast path may run: asked for, exact for this architecture, and no hooks it would bypass."""
+    if not fast:
+        return False
+    from kn_lens import _ig_fast
+
+    if not _ig_fast.supports(model, hook):
+        return False
+    attached = attached_hooks(model)
+    if attached:
+        shown = ", ".join(attached[:3]) + (", ..." if len(attached) > 3 else "")
+        warnings.warn(
+            f"hooks are attached to the model ({shown}); the fast attribution path would bypass them, so the plain "
+            "path runs instead (same definition, honours your hooks, slower). Pass fast=False to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def per_token_prompts(prompt: Prompt) -> list[Prompt]:
+    """One single-token prompt per target token, each sited where that token is predicted.
+
+    Causal models: the teacher-forced input is cut after the token's own prediction position; encoders: every
+    ``[MASK]`` stays masked and the site moves to the token's own mask. A single-token prompt comes back as is.
+
+    Example:
+        >>> p = make_prompt(model, "The capital of Argentina is", " Buenos Aires")
+        >>> [(q.site, q.target_ids) for q in per_token_prompts(p)]
+        [(4, (...,)), (5, (...,))]
+    """
+    if len(prompt.target_ids) <= 1:
+        return [prompt]
+    return [
+        dataclasses.replace(
+            prompt,
+            tokens=prompt.tokens[: position + 1] if prompt.causal else prompt.tokens,
+            site=position,
+            target_ids=(token,),
+            positions=(position,),
+            explicit_site=True,
+        )
+        for position, token in zip(prompt.positions, prompt.target_ids, strict=True)
+    ]
+
+
+def _mean_over_target_tokens(fn: Callable, prompt: Prompt, objective: Objective):
+    """``fn(single_token_prompt)`` averaged over the target's tokens (tensors, or tuples of tensors / None)."""
+    parts = [prompt] if callable(objective) else per_token_prompts(prompt)
+    outs = [fn(part) for part in parts]
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], tuple):
+        return tuple(None if xs[0] is None else torch.stack(xs).mean(0) for xs in zip(*outs, strict=True))
+    return torch.stack(outs).mean(0)
 
 
 def _with_grad(fn: Callable) -> Callable:
@@ -213,7 +310,7 @@ def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
 
 
 @torch.no_grad()
-def _clean_site(model: Model, prompt: Prompt, names: list[str], objective: str) -> tuple[Tensor, Tensor]:
+def _clean_site(model: Model, prompt: Prompt, names: list[str], objective: Objective) -> tuple[Tensor, Tensor]:
     """Clean activations at the site for each hook name ``[len(names), d]`` and the clean objective (scalar)."""
     store: dict[str, Tensor] = {}
 
@@ -245,7 +342,7 @@ def _ig_plain(
     alphas: Tensor,
     weights: Tensor,
     baselines: Tensor | None,
-    objective: str,
+    objective: Objective,
     hook: str,
     batch: int,
     want_delta: bool,
@@ -309,15 +406,16 @@ def integrated_gradients(
         n_steps: number of points on the path.
         method: integration rule, one of :data:`METHODS`. ``"eleuther"`` reproduces the EleutherAI package.
         baseline: ``"zero"`` or a tensor ``[d_mlp]`` / ``[n_layers, d_mlp]`` (e.g. mean activations).
-        objective: ``"prob"`` (papers' choice), ``"logprob"`` or ``"logit"`` of the target (see
-            :mod:`kn_lens.scoring`).
+        objective: ``"prob"`` (papers' choice), ``"logprob"`` or ``"logit"`` of the target, or a callable
+            ``metric(logits, prompts) -> [batch]`` (see :mod:`kn_lens.scoring`, e.g. ``logit_diff``).
         hook: the MLP hook point, one of :data:`HOOKS` (``"mlp_pre"`` to match the EleutherAI package on GPT).
         internal_batch_size: steps per forward pass (plain), or steps of every layer per pass (fast; then all
             requested layers ride in one batch). None = all steps at once (plain) / an automatic memory budget.
         return_convergence_delta: also return, per layer, ``sum(scores) - (F(clean) - F(baseline))``.
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
             Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
-            soft-capped logits, mixture-of-experts, ...) silently use the plain reference.
+            soft-capped logits, mixture-of-experts, ...) silently use the plain reference; a model with hooks
+            attached uses it too, with a warning (the fast path would bypass them).
         progress: show a progress bar.
 
     Returns:
@@ -344,13 +442,15 @@ def integrated_gradients(
     d_mlp = model.cfg.d_mlp
     baselines = _baselines(model, baseline, layer_list, d_mlp, model.cfg.device)
     alphas, weights = step_alphas(method, n_steps)
-    if fast:
-        from kn_lens import _ig_fast
+    use_fast = _use_fast(model, hook, fast)
 
-        if _ig_fast.supports(model, hook):
-            scores, deltas = _ig_fast.integrated_gradients(
+    def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
+        if use_fast:
+            from kn_lens import _ig_fast
+
+            return _ig_fast.integrated_gradients(
                 model,
-                prompt,
+                part,
                 layer_list,
                 alphas,
                 weights,
@@ -361,20 +461,21 @@ def integrated_gradients(
                 return_convergence_delta,
                 progress,
             )
-            return (scores, deltas) if return_convergence_delta else scores
-    scores, deltas = _ig_plain(
-        model,
-        prompt,
-        layer_list,
-        alphas,
-        weights,
-        baselines,
-        objective,
-        hook,
-        internal_batch_size or n_steps,
-        return_convergence_delta,
-        progress,
-    )
+        return _ig_plain(
+            model,
+            part,
+            layer_list,
+            alphas,
+            weights,
+            baselines,
+            objective,
+            hook,
+            internal_batch_size or n_steps,
+            return_convergence_delta,
+            progress,
+        )
+
+    scores, deltas = _mean_over_target_tokens(one, prompt, objective)
     return (scores, deltas) if return_convergence_delta else scores  # type: ignore[return-value]
 
 
@@ -444,7 +545,7 @@ def integrated_gradients_many(
 
 @_with_grad
 def _site_grads(
-    model: Model, prompt: Prompt, layers: list[int], objective: str, hook: str
+    model: Model, prompt: Prompt, layers: list[int], objective: Objective, hook: str
 ) -> tuple[Float[Tensor, "layer d_mlp"], Float[Tensor, "layer d_mlp"]]:
     """Clean activations at the site and the total derivative of the objective with respect to them."""
     acts: dict[str, Tensor] = {}
@@ -507,9 +608,13 @@ def grad_x_activation(
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     baselines = _baselines(model, baseline, layer_list, model.cfg.d_mlp, model.cfg.device)
-    act, grad = _site_grads(model, prompt, layer_list, objective, hook)
-    diff = act if baselines is None else act - baselines
-    return (diff * grad).float().cpu()
+
+    def one(part: Prompt) -> Tensor:
+        act, grad = _site_grads(model, part, layer_list, objective, hook)
+        diff = act if baselines is None else act - baselines
+        return (diff * grad).float().cpu()
+
+    return _mean_over_target_tokens(one, prompt, objective)
 
 
 def _ablated_values(
@@ -521,13 +626,11 @@ def _ablated_values(
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if isinstance(mean_cache, dict):
-        missing = [layer for layer in layers if layer not in mean_cache]
-        if missing:
-            raise ValueError(f"mean_cache has no means for layers {missing}; compute them for every attributed layer")
+    if not isinstance(mean_cache, Tensor):  # {layer: means}, MLPPostCache, ActivationCache: checked by to_means
+        means = to_means(mean_cache, layers, model.cfg.d_mlp, n_layers=model.cfg.n_layers)
         full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
         for layer in layers:
-            full[layer] = mean_cache[layer]
+            full[layer] = means[layer]
         mean_cache = full
     means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
     assert means is not None
@@ -539,7 +642,9 @@ def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> Non
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mode == "mean" and mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict):
+    from kn_lens.cache import MLPPostCache
+
+    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict | MLPPostCache):
         raise TypeError(
             "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
             f"[d_mlp], got {type(mean_cache).__name__}"
@@ -559,9 +664,10 @@ def attribution_patching(
 ) -> Float[Tensor, "layer d_mlp"]:
     """Attribution patching: the linear (first-order) estimate of each neuron's ablation effect at the site.
 
-    ``(a_ablated - a) * dF/da``: the predicted change of the objective when the neuron alone is set to zero
-    (``mode="zero"``) or to its mean (``mode="mean"``, with ``mean_cache``). Compare with the exact
-    :func:`ablation_effects`. One forward and backward for all layers.
+    ``(a - a_ablated) * dF/da``: the predicted loss of the objective when the neuron alone is set to zero
+    (``mode="zero"``) or to its mean (``mode="mean"``, with ``mean_cache``); larger = supports the target more,
+    like every attribution here. Compare with the exact :func:`ablation_effects`. One forward and backward for all
+    layers.
 
     Args:
         model: the model.
@@ -575,16 +681,20 @@ def attribution_patching(
         hook: MLP hook point (see :data:`HOOKS`).
 
     Returns:
-        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); negative = ablating the neuron lowers the objective.
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); positive = ablating the neuron lowers the objective.
 
     Example:
         >>> est = attribution_patching(model, "The capital of France is", " Paris", layers=[24])
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     _check_mode(mode, mean_cache)
-    act, grad = _site_grads(model, prompt, layer_list, objective, hook)
-    ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
-    return ((ablated - act) * grad).float().cpu()
+
+    def one(part: Prompt) -> Tensor:
+        act, grad = _site_grads(model, part, layer_list, objective, hook)
+        ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
+        return ((act - ablated) * grad).float().cpu()
+
+    return _mean_over_target_tokens(one, prompt, objective)
 
 
 @torch.no_grad()
@@ -593,7 +703,7 @@ def _ablation_plain(
     prompt: Prompt,
     layers: list[int],
     ablated: Tensor,
-    objective: str,
+    objective: Objective,
     hook: str,
     batch: int,
     progress: bool,
@@ -616,7 +726,7 @@ def _ablation_plain(
 
             logits = _logits(model, _tokens(model, prompt, len(idx)), [(hook_name(layer, hook), set_one)])
             f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
-            out[i, start : start + len(idx)] = (f - f_clean).float().cpu()
+            out[i, start : start + len(idx)] = (f_clean - f).float().cpu()  # larger = supports the target
             bar.update(len(idx))
     bar.close()
     return out
@@ -636,7 +746,9 @@ def ablation_effects(
     fast: bool = True,
     progress: bool = False,
 ) -> Float[Tensor, "layer d_mlp"]:
-    """Exact ablation effects: ``F(neuron ablated at the site) - F(clean)`` for every neuron, in batches.
+    """Exact ablation effects: ``F(clean) - F(neuron ablated at the site)`` for every neuron, in batches.
+
+    Larger = removing the neuron costs the target more (the sign every attribution here shares).
 
     One row per ablated neuron (``layers x d_mlp`` rows in all: for SmolLM2's 46k neurons this takes minutes on a
     CPU; restrict ``layers`` to explore). The fast path starts each row at its own layer and, for causal models,
@@ -657,26 +769,30 @@ def ablation_effects(
         progress: progress bar.
 
     Returns:
-        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); negative = ablating the neuron lowers the objective.
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); positive = ablating the neuron lowers the objective.
 
     Example:
         >>> effects = ablation_effects(model, "The capital of France is", " Paris", layers=[24])
-        >>> effects[0].topk(3, largest=False)
+        >>> effects[0].topk(3)
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     _check_mode(mode, mean_cache)
     _check_batch(internal_batch_size)
     names = [hook_name(layer, hook) for layer in layer_list]
-    clean, _ = _clean_site(model, prompt, names, objective)
-    ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
-    if fast:
-        from kn_lens import _ig_fast
+    use_fast = _use_fast(model, hook, fast)
 
-        if _ig_fast.supports(model, hook):
+    def one(part: Prompt) -> Tensor:
+        clean, _ = _clean_site(model, part, names, objective)
+        ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
+        if use_fast:
+            from kn_lens import _ig_fast
+
             return _ig_fast.ablation_effects(
-                model, prompt, layer_list, ablated, objective, hook, internal_batch_size, progress
+                model, part, layer_list, ablated, objective, hook, internal_batch_size, progress
             )
-    return _ablation_plain(model, prompt, layer_list, ablated, objective, hook, internal_batch_size or 64, progress)
+        return _ablation_plain(model, part, layer_list, ablated, objective, hook, internal_batch_size or 64, progress)
+
+    return _mean_over_target_tokens(one, prompt, objective)
 
 
 # ----------------------------------------------------------------------------------------------- dispatchers

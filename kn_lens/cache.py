@@ -10,6 +10,7 @@ Positions:
     * ``"site"``: the prompt's site (``[MASK]`` for encoders, last prompt token for causal models), as
       :func:`kn_lens.prompts.make_prompt` defines it;
     * ``"all"``: every token;
+    * ``"last"``: the last token of each prompt;
     * a list of ints: explicit positions (negative values count from the end of each prompt).
 
 Example:
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pandas as pd
 import torch
@@ -30,20 +30,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens._typing import (
-    HOOKS,
-    Model,
-    Neuron,
-    NeuronLike,
-    check_layers,
-    check_model,
-    hook_name,
-    is_encoder,
+from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_name
+from kn_lens.inputs import (
+    PositionsLike,
+    check_batch_size,
+    prompt_positions,
+    to_layers,
     to_neuron,
+    to_texts_or_prompts,
 )
-from kn_lens.prompts import Prompt, encode, group_by_length, make_prompt, stack_tokens
-
-PositionsLike = Literal["site", "all"] | int | Sequence[int]
+from kn_lens.prompts import Prompt, group_by_length, stack_tokens
 
 
 @dataclass
@@ -103,59 +99,6 @@ class MLPPostCache:
         return self[layer][:, index]
 
 
-def _resolve_positions(prompt: Prompt, positions: PositionsLike) -> list[int]:
-    n = len(prompt)
-    if positions == "site":
-        return [prompt.site]
-    if positions == "all":
-        return list(range(n))
-    if isinstance(positions, str):
-        raise ValueError(f"unknown positions={positions!r}; use 'site', 'all' or a list of token positions")
-    if isinstance(positions, int):
-        positions = [positions]
-    result = []
-    for pos in positions:
-        if isinstance(pos, bool) or not isinstance(pos, int):
-            raise TypeError(f"positions must be 'site', 'all' or ints, got {pos!r}")
-        if not -n <= pos < n:
-            raise ValueError(f"position {pos} is outside the prompt {prompt.text!r} of {n} tokens")
-        result.append(pos % n)
-    return result
-
-
-def _as_cache_prompts(model: Model, prompts, positions: PositionsLike) -> list[Prompt]:
-    if isinstance(prompts, Prompt | str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given; pass at least one text or Prompt")
-    result = []
-    for p in prompts:
-        if isinstance(p, Prompt):
-            result.append(p)
-        elif isinstance(p, str):
-            if not p.strip():
-                raise ValueError("a prompt is empty; pass some text")
-            if positions == "site" or not is_encoder(model):
-                result.append(make_prompt(model, p))
-            else:  # encoders: texts without [MASK] are fine when the site is not needed
-                tokens = encode(model, p)
-                result.append(
-                    Prompt(
-                        text=p,
-                        tokens=torch.tensor(tokens),
-                        site=len(tokens) - 1,
-                        target_ids=(),
-                        positions=(),
-                        causal=False,
-                        explicit_site=True,
-                    )
-                )
-        else:
-            raise TypeError(f"prompts must be str or Prompt, got {type(p).__name__}")
-    return result
-
-
 @torch.inference_mode()
 def cache_mlp_post(
     model: Model,
@@ -192,15 +135,17 @@ def cache_mlp_post(
         (torch.Size([1, 1536]), ['blocks.23.mlp.hook_post', 'blocks.24.mlp.hook_post'])
     """
     check_model(model)
-    layers = check_layers(model, layers)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    items = _as_cache_prompts(model, prompts, positions)
+    layers = to_layers(model, layers)
+    batch_size = check_batch_size(batch_size)
     if hook not in HOOKS:
         raise ValueError(f"unknown hook point {hook!r}; choose one of {', '.join(HOOKS)}")
     wanted = {hook_name(layer, hook): layer for layer in layers}
+    missing = [name for name in wanted if name not in model.hook_dict]
+    if missing:
+        raise ValueError(f"this model has no hook point {missing[0]}; cache 'mlp_post' (or 'mlp_pre') instead")
+    items = to_texts_or_prompts(model, prompts, positions)
+    pos_lists = [prompt_positions(p, positions) for p in items]
     per_prompt: list[dict[int, Tensor] | None] = [None] * len(items)
-    pos_lists = [_resolve_positions(p, positions) for p in items]
     batches = [
         idx[i : i + batch_size] for idx in group_by_length(items).values() for i in range(0, len(idx), batch_size)
     ]
@@ -323,7 +268,7 @@ def top_activating(
         >>> top.to_frame()
     """
     check_model(model)
-    neuron = to_neuron(model, neuron)
+    neuron = to_neuron(neuron, model)
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)

@@ -1,14 +1,4 @@
-"""The ``kn-lens`` command line.
-
-Examples::
-
-    kn-lens demo                                   # the main job on the embedded SmolLM2
-    kn-lens predict "The capital of France is"     # top next tokens
-    kn-lens attribute "The capital of France is" " Paris" --top 10
-    kn-lens find " Paris" "The capital of France is" "France's capital city is" "Paris is the capital of"
-    kn-lens decode L24N1005 -k 10
-    kn-lens predict "Paris is the capital of [MASK]." --model tiny-bert
-"""
+"""The ``kn-lens`` command line: one sub-command per job, each a thin wrapper around the Python API."""
 
 from __future__ import annotations
 
@@ -18,7 +8,8 @@ import time
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
+
+from kn_lens.scoring import top_predictions  # also importable from here, where it used to live
 
 TINY_BERT = "tiny-bert"
 
@@ -38,23 +29,6 @@ def _print_frame(frame: pd.DataFrame) -> None:
         print(frame.to_string(index=False))
 
 
-def top_predictions(model, text: str, k: int = 10) -> pd.DataFrame:
-    """The model's ``k`` most likely tokens at the prompt's site (mask or next token), as a DataFrame.
-
-    Example:
-        >>> top_predictions(model, "The capital of France is", k=3)
-    """
-    from kn_lens.prompts import make_prompt
-
-    prompt = make_prompt(model, text)
-    with torch.inference_mode():
-        logits = model(prompt.tokens[None].to(model.cfg.device), return_type="logits")[0, prompt.site]
-    probs = logits.float().softmax(-1)
-    top = probs.topk(k)
-    tokens = [model.tokenizer.decode([i]) for i in top.indices.tolist()]
-    return pd.DataFrame({"rank": range(1, k + 1), "token": [repr(t) for t in tokens], "prob": top.values.tolist()})
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
     """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
     model = _load(args.model)
@@ -64,16 +38,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_attribute(args: argparse.Namespace) -> None:
     """``kn-lens attribute PROMPT TARGET``: the neurons with the largest integrated-gradient scores."""
     from kn_lens.attribution import integrated_gradients
+    from kn_lens.neurons import top_neurons
 
     model = _load(args.model)
+    _check_top(args.top, model.cfg.n_layers * model.cfg.d_mlp, "--top")
     scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=True)
-    values, flat = scores.flatten().topk(args.top)
-    d_mlp = model.cfg.d_mlp
-    rows = [
-        {"neuron": f"L{i // d_mlp}N{i % d_mlp}", "score": v}
-        for v, i in zip(values.tolist(), flat.tolist(), strict=True)
-    ]
-    _print_frame(pd.DataFrame(rows))
+    neurons = top_neurons(scores, args.top)
+    _print_frame(pd.DataFrame({"neuron": [str(n) for n in neurons], "score": [float(scores[n]) for n in neurons]}))
 
 
 def cmd_find(args: argparse.Namespace) -> None:
@@ -95,68 +66,91 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """``kn-lens demo``: the main job on the embedded model (predictions, cache, knowledge neurons, table)."""
-    from kn_lens.cache import cache_mlp_post
-    from kn_lens.interventions import demo_table
+    """``kn-lens demo``: the main job, with its controls (see :mod:`kn_lens.demo`)."""
+    from kn_lens.demo import run
 
     start = time.perf_counter()
+    print("Loading the model ...", flush=True)
     model = _load(args.model)
     print(
         f"Loaded {model.cfg.model_name}: {model.cfg.n_layers} layers x {model.cfg.d_mlp} MLP neurons "
-        f"({time.perf_counter() - start:.1f} s)\n"
+        f"({time.perf_counter() - start:.1f} s)\n",
+        flush=True,
     )
-    prompt = "The capital of France is"
-    print(f"Top predictions for {prompt!r}:")
-    _print_frame(top_predictions(model, prompt, 5))
+    run(model, n_steps=args.steps)
 
-    cache = cache_mlp_post(model, [prompt], positions="all", progress=False)
-    first = cache.hook_names[0]
-    print(
-        f"\nCached mlp_post of {len(cache.layers)} layers ({first}, ...), "
-        f"{len(cache)} positions x {cache[first].shape[-1]} neurons each\n"
-    )
 
-    print("Knowledge neurons for ' Paris' (integrated gradients, Dai et al.'s selection), then suppress (x0) and")
-    print("enhance (x2) them, beside a random-neuron control and an unrelated fact:\n")
-    table = demo_table(model, progress=True)
-    _print_frame(table)
-    print(f"\nDone in {time.perf_counter() - start:.0f} s.")
+def _check_top(value: int, limit: int, flag: str) -> None:
+    if not 1 <= value <= limit:
+        raise ValueError(f"{flag} must be between 1 and {limit} for this model, got {value}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+DESCRIPTION = """Find, test and explain the MLP neurons that store facts, on TransformerLens models.
+
+examples:
+  kn-lens demo                                   the main job on the embedded SmolLM2
+  kn-lens predict "The capital of France is"     top next tokens
+  kn-lens attribute "The capital of France is" " Paris" --top 10
+  kn-lens find " Paris" "The capital of France is" "France's capital city is" "The French capital is"
+  kn-lens decode L24N1005 -k 10
+  kn-lens predict "Paris is the capital of [MASK]." --model tiny-bert
+"""
+
+MODEL_HELP = (
+    "the model: by default the embedded SmolLM2-135M; 'tiny-bert' for the bundled trained test BERT; a "
+    "checkpoint folder; or an official TransformerLens name (needs the hub). Accepted before or after the "
+    "sub-command."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``kn-lens`` argument parser, one sub-command per job."""
-    parser = argparse.ArgumentParser(prog="kn-lens", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="model: default the embedded SmolLM2-135M; 'tiny-bert' for the trained test BERT; a checkpoint "
-        "folder; or an official TransformerLens name (needs the hub)",
+    """The ``kn-lens`` argument parser, one sub-command per job; ``--model`` goes before or after it."""
+    parser = argparse.ArgumentParser(
+        prog="kn-lens", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
+    # The same option on every sub-command; SUPPRESS keeps a value given before the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="the main job on the embedded model")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    demo = add("demo", "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls")
+    demo.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradients steps (default 20)")
     demo.set_defaults(func=cmd_demo)
 
-    predict = sub.add_parser("predict", help="top tokens at the [MASK] / next position")
+    predict = add("predict", "top tokens at the [MASK] / next position")
     predict.add_argument("prompt")
-    predict.add_argument("-k", type=int, default=10)
+    predict.add_argument("-k", type=_positive_int, default=10, help="how many tokens (default 10)")
     predict.set_defaults(func=cmd_predict)
 
-    attribute = sub.add_parser("attribute", help="integrated-gradient attribution of a target to every neuron")
+    attribute = add("attribute", "integrated-gradient attribution of a target to every neuron")
     attribute.add_argument("prompt")
     attribute.add_argument("target")
-    attribute.add_argument("--steps", type=int, default=20)
-    attribute.add_argument("--top", type=int, default=20)
+    attribute.add_argument("--steps", type=_positive_int, default=20, help="integration steps (default 20)")
+    attribute.add_argument("--top", type=_positive_int, default=20, help="how many neurons to list (default 20)")
     attribute.set_defaults(func=cmd_attribute)
 
-    find = sub.add_parser("find", help="knowledge neurons of a fact from paraphrased prompts")
+    find = add("find", "knowledge neurons of a fact from paraphrased prompts")
     find.add_argument("target")
     find.add_argument("prompts", nargs="+")
     find.set_defaults(func=cmd_find)
 
-    decode = sub.add_parser("decode", help="tokens a neuron's value vector promotes and suppresses")
+    decode = add("decode", "tokens a neuron's value vector promotes and suppresses")
     decode.add_argument("neuron", help="e.g. L24N1005")
-    decode.add_argument("-k", type=int, default=10)
+    decode.add_argument("-k", type=_positive_int, default=10, help="tokens per side (default 10)")
     decode.set_defaults(func=cmd_decode)
     return parser
 

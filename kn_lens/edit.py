@@ -41,8 +41,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out, to_neurons
-from kn_lens.hooks import NeuronsLike, as_neurons
+from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out
+from kn_lens.inputs import NeuronsLike, to_neurons
 from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
 from kn_lens.prompts import token_ids
 
@@ -138,7 +138,7 @@ def token_embedding(model: Model, token: TokenLike) -> Float[Tensor, " d_model"]
 
 def _check_neurons(model: Model, neurons: NeuronsLike) -> list[Neuron]:
     check_model(model)
-    return to_neurons(model, as_neurons(neurons, model))
+    return to_neurons(neurons, model)
 
 
 def erase(

@@ -4,7 +4,7 @@ Everything here returns a plain list of ``(hook_name, fn)`` pairs, the currency 
 intervention is used exactly like any other hook and composes with other interventions and with your own hooks
 by list concatenation::
 
-    hooks = kn_lens.hooks.scale(neurons, 0.0) + kn_lens.hooks.set(["L3N7"], 5.0) + my_hooks
+    hooks = kn_lens.hooks.scale(neurons, 0.0, positions="all") + kn_lens.hooks.set(["L3N7"], 5.0, positions="all")
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     with model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
@@ -14,11 +14,13 @@ The hook names are ``utils.get_act_name("mlp_post", layer)`` (``blocks.{L}.mlp.h
 ``W_out[L][n]``. One hook per layer carries all of that layer's neurons. The hook functions are
 ``functools.partial`` objects of one module-level function, so printing them shows exactly what they do.
 
-Positions:
-    * ``"all"`` (default): every position of every row;
-    * ``"site"``: the position where each prompt's answer is predicted (the ``[MASK]`` for an encoder, the last
-      prompt token for a causal model), resolved per row from ``prompts=[Prompt, ...]``, which must be the rows
-      of the batch the hooks run on;
+Positions (the same values, and the same default, as everywhere in kn_lens; see :mod:`kn_lens.inputs`):
+    * ``"site"`` (default): the positions where each prompt's answer is predicted (the ``[MASK]`` for an
+      encoder, the last prompt token for a causal model; every target position for a multi-token target: each
+      widened ``[MASK]``, or the last prompt token and the teacher-forced positions after it), resolved per row
+      from ``prompts=[Prompt, ...]``, which must be the rows of the batch the hooks run on (without them the
+      factory asks for them);
+    * ``"all"``: every position of every row;
     * ``"last"``: the last position of every row (the site of an unpadded causal batch without teacher forcing);
     * an ``int`` or a list of ints: those positions in every row (negative values count from the end);
     * a 1-D integer tensor with one position per row.
@@ -41,122 +43,32 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from kn_lens._typing import Model, Neuron, NeuronLike, group_by_layer, hook_name, to_neurons
-from kn_lens.cache import mean_activations  # re-exported: the means for ablate(mode='mean')
+from kn_lens._typing import Model, Neuron, group_by_layer, hook_name
+from kn_lens.cache import MLPPostCache, mean_activations  # re-exported: the means for ablate(mode='mean')
+from kn_lens.inputs import (
+    NeuronsLike,
+    PositionsLike,
+    batch_positions,
+    check_finite,
+    check_neuron_values,
+    check_positions,
+    to_means,
+    to_neurons,
+)
 from kn_lens.prompts import Prompt
 
 HookFn: TypeAlias = Callable[[Tensor, HookPoint], Tensor]
 HookList: TypeAlias = list[tuple[str, HookFn]]
-PositionsLike: TypeAlias = Literal["all", "site", "last"] | int | Sequence[int] | Tensor
-NeuronsLike: TypeAlias = Iterable[NeuronLike] | NeuronLike | Any
-"""Neurons as a list of ``Neuron``/``(layer, index)``/``"L9N1094"``, one of those, or any object with a
-``.neurons`` attribute (e.g. a :class:`~kn_lens.neurons.KnowledgeNeurons` result)."""
-
-HOOK = "mlp_post"
-_POSITION_WORDS = ("all", "site", "last")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------------------
-
-
-def as_neurons(neurons: NeuronsLike, model: Model | None = None) -> list[Neuron]:
-    """Normalise neurons; validate against ``model`` when given (else check types; ranges checked in the hook).
-
-    Example:
-        >>> as_neurons(["L9N1094", (10, 2096)])
-        [L9N1094, L10N2096]
-    """
-    if hasattr(neurons, "neurons") and not isinstance(neurons, tuple | str):
-        neurons = neurons.neurons
-    if isinstance(neurons, Tensor):
-        neurons = [tuple(int(x) for x in row) for row in neurons.tolist()]
-    if model is not None:
-        result = to_neurons(model, neurons)
-    else:
-        if isinstance(neurons, str) or (
-            isinstance(neurons, tuple) and len(neurons) == 2 and all(isinstance(x, int) for x in neurons)
-        ):
-            neurons = [neurons]
-        result = []
-        for neuron in neurons:
-            if isinstance(neuron, str):
-                neuron = Neuron.parse(neuron)
-            if not isinstance(neuron, tuple) or len(neuron) != 2:
-                raise TypeError(f"expected a Neuron, a (layer, index) pair or a string like 'L9N1094', got {neuron!r}")
-            layer, index = neuron
-            for what, x in (("layer", layer), ("index", index)):
-                if isinstance(x, bool) or not isinstance(x, int):
-                    raise TypeError(f"neuron {what} must be an int, got {x!r}")
-                if x < 0:
-                    raise ValueError(f"neuron {what} {x} is negative; pass model=... to use negative layer indices")
-            result.append(Neuron(layer, index))
-        result = list(dict.fromkeys(result))
-    if not result:
-        raise ValueError("no neurons given; pass at least one neuron, e.g. ['L9N1094']")
-    return result
-
-
-def _check_finite(name: str, value: float | Tensor) -> None:
-    if isinstance(value, Tensor):
-        if not torch.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-
-
-def _resolve_positions(positions: PositionsLike, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
-    """Return ``(kind, index)``: kind "all" (index None), "fixed" (1-D positions for every row) or "rows"."""
-    if isinstance(positions, str):
-        if positions not in _POSITION_WORDS:
-            raise ValueError(f"unknown positions {positions!r}; use 'all', 'site', 'last', an int or a list of ints")
-        if positions == "all":
-            return "all", None
-        if positions == "last":
-            return "fixed", torch.tensor([-1])
-        if prompts is None:
-            raise ValueError(
-                "positions='site' needs the prompts of the batch (prompts=[...]) to find each row's mask / last "
-                "position; or use kn_lens.hooks.Intervention(...), which builds the hooks per batch"
-            )
-        if not prompts:
-            raise ValueError("prompts is empty; positions='site' needs one prompt per row of the batch")
-        if not all(isinstance(p, Prompt) for p in prompts):
-            raise TypeError("prompts must be kn_lens Prompt objects (make them with kn_lens.make_prompts)")
-        return "rows", torch.tensor([p.site for p in prompts], dtype=torch.long)
-    if isinstance(positions, Tensor):
-        if positions.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
-            raise TypeError("a positions tensor must hold integer positions, one per row")
-        if positions.ndim != 1:
-            raise ValueError(
-                f"a positions tensor must be 1-D (one position per row), got shape {tuple(positions.shape)}"
-            )
-        return "rows", positions.detach().long().cpu()
-    if isinstance(positions, bool):
-        raise TypeError("positions must be 'all', 'site', 'last', an int or a list of ints, not a bool")
-    if isinstance(positions, int):
-        return "fixed", torch.tensor([positions])
-    positions = list(positions)
-    if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-        raise TypeError(
-            f"positions must be 'all', 'site', 'last', an int or a non-empty list of ints, got {positions!r}"
-        )
-    return "fixed", torch.tensor(positions)
 
 
 def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, device) -> Tensor | None:
@@ -176,7 +88,7 @@ def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, devi
             f"{batch} rows; build the hooks for the prompts of this batch (kn_lens.hooks.Intervention does that)"
         )
     mask = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
-    mask[torch.arange(batch, device=device), index] = True
+    mask[torch.arange(batch, device=device)[:, None], index] = True  # index: [batch, positions per row]
     return mask[:, :, None]
 
 
@@ -203,7 +115,7 @@ def neuron_hook(
         indices: neuron coordinates in this layer.
         value: a number, one value per neuron (``[k]``), or values broadcastable to ``[batch, pos, k]``
             (patching from a cache).
-        positions: the resolved positions (from :func:`_resolve_positions`).
+        positions: the resolved positions (from :func:`kn_lens.inputs.batch_positions`).
 
     Returns:
         A new activation tensor (the input is not modified in place).
@@ -247,9 +159,9 @@ def _build(
     prompts: Sequence[Prompt] | None,
     model: Model | None,
 ) -> HookList:
-    resolved = _resolve_positions(positions, prompts)
+    resolved = batch_positions(positions, prompts)
     hooks: HookList = []
-    for layer, indices in group_by_layer(as_neurons(neurons, model)).items():
+    for layer, indices in group_by_layer(to_neurons(neurons, model)).items():
         fn = functools.partial(
             neuron_hook, op=op, indices=tuple(indices), value=values(layer, indices), positions=resolved
         )
@@ -266,7 +178,7 @@ def scale(
     neurons: NeuronsLike,
     factor: float,
     *,
-    positions: PositionsLike = "all",
+    positions: PositionsLike = "site",
     prompts: Sequence[Prompt] | None = None,
     model: Model | None = None,
 ) -> HookList:
@@ -288,7 +200,7 @@ def scale(
     Example:
         >>> model.run_with_hooks(tokens, fwd_hooks=scale(["L9N1094", "L10N2096"], 0.0))
     """
-    _check_finite("factor", factor)
+    check_finite(factor, "factor")
     return _build("scale", neurons, lambda layer, idx: float(factor), positions, prompts, model)
 
 
@@ -296,7 +208,7 @@ def set(  # shadows the builtin inside this module on purpose: kn_lens.hooks.set
     neurons: NeuronsLike,
     value: float | Sequence[float] | Tensor,
     *,
-    positions: PositionsLike = "all",
+    positions: PositionsLike = "site",
     prompts: Sequence[Prompt] | None = None,
     model: Model | None = None,
 ) -> HookList:
@@ -315,31 +227,29 @@ def set(  # shadows the builtin inside this module on purpose: kn_lens.hooks.set
     Example:
         >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.set(["L9N1094"], 3.0, positions="last"))
     """
-    neuron_list = as_neurons(neurons, model)
     if isinstance(value, Tensor | list | tuple):
+        neuron_list = to_neurons(neurons, model, unique=False)
         values = torch.as_tensor(value, dtype=torch.float32).flatten()
-        _check_finite("value", values)
-        if values.numel() != len(neuron_list):
-            raise ValueError(f"got {values.numel()} values for {len(neuron_list)} neurons; pass one per neuron")
-        per_neuron = dict(zip(neuron_list, values, strict=True))
+        check_finite(values, "value")
+        per_neuron = check_neuron_values(neuron_list, values.tolist())
         return _build(
             "set",
-            neuron_list,
-            lambda layer, idx: torch.stack([per_neuron[Neuron(layer, i)] for i in idx]),
+            list(per_neuron),
+            lambda layer, idx: torch.tensor([per_neuron[Neuron(layer, i)] for i in idx]),
             positions,
             prompts,
             None,
         )
-    _check_finite("value", value)
-    return _build("set", neuron_list, lambda layer, idx: float(value), positions, prompts, None)
+    check_finite(value, "value")
+    return _build("set", neurons, lambda layer, idx: float(value), positions, prompts, model)
 
 
 def ablate(
     neurons: NeuronsLike,
     mode: Literal["zero", "mean"] = "zero",
     *,
-    mean: ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
-    positions: PositionsLike = "all",
+    mean_cache: MLPPostCache | ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
+    positions: PositionsLike = "site",
     prompts: Sequence[Prompt] | None = None,
     model: Model | None = None,
 ) -> HookList:
@@ -348,55 +258,52 @@ def ablate(
     Args:
         neurons: the neurons.
         mode: ``"zero"`` or ``"mean"``.
-        mean: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, or a
-            ``[n_layers, d_mlp]`` tensor, or a TransformerLens
-            ``ActivationCache`` holding the layers' ``mlp_post`` (averaged over batch and positions).
+        mean_cache: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, an
+            :class:`~kn_lens.cache.MLPPostCache` from :func:`~kn_lens.cache.cache_mlp_post` (averaged over its
+            rows), a ``[n_layers, d_mlp]`` tensor, or a TransformerLens ``ActivationCache`` holding the layers'
+            ``mlp_post`` (averaged over batch and positions). The same keyword as in
+            :func:`kn_lens.attribution.ablation_effects`.
         positions: where to intervene (see the module docstring).
         prompts: the prompts of the batch, needed by ``positions="site"``.
-        model: if given, neurons are validated against it up front.
+        model: if given, neurons and the means' width are checked against it up front.
 
     Returns:
         ``[(hook_name, fn), ...]``.
 
+    Raises:
+        ValueError: unknown mode, no means for ``mode="mean"``, means of the wrong width or with NaNs.
+
     Example:
-        >>> means = mean_activations(model, reference_prompts)
-        >>> model.run_with_hooks(tokens, fwd_hooks=ablate(["L9N1094"], "mean", mean=means))
+        >>> means = mean_activations(model, ["The capital of France is", "Water boils at"], layers=[24])
+        >>> ablated = ablate(["L24N1005"], "mean", mean_cache=means, positions="all")
+        >>> ablated[0][1].keywords["value"]  # the neuron's mean, the value it is set to
+        tensor([...])
     """
     if mode == "zero":
         return _build("set", neurons, lambda layer, idx: 0.0, positions, prompts, model)
     if mode != "mean":
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mean is None:
-        raise ValueError("mode='mean' needs mean=...: kn_lens.hooks.mean_activations(model, prompts) or a cache")
-
-    def layer_mean(layer: int, idx: list[int]) -> Tensor:
-        if isinstance(mean, ActivationCache):
-            name = hook_name(layer)
-            if name not in mean.cache_dict:
-                raise ValueError(f"the cache has no {name}; run_with_cache with that hook to take means from it")
-            vector = mean[name].reshape(-1, mean[name].shape[-1]).float().mean(0)
-        elif isinstance(mean, Tensor):
-            if mean.ndim != 2 or layer >= mean.shape[0]:
-                raise ValueError(
-                    f"a mean tensor must be [n_layers, d_mlp] and cover layer {layer}; got {tuple(mean.shape)}"
-                )
-            vector = mean[layer].float()
-        else:
-            if layer not in mean:
-                raise ValueError(f"no mean activation for layer {layer}; compute means for all the neurons' layers")
-            vector = torch.as_tensor(mean[layer]).float()
-        if vector.ndim != 1 or max(idx) >= vector.shape[0]:
-            raise ValueError(f"the mean for layer {layer} must be a d_mlp vector covering neurons {idx}")
-        return vector.detach()[idx].clone()
-
-    return _build("set", neurons, layer_mean, positions, prompts, model)
+    if mean_cache is None:
+        raise ValueError("mode='mean' needs mean_cache=...: kn_lens.mean_activations(model, prompts) or a cache")
+    neuron_list = to_neurons(neurons, model)
+    layers = sorted({n.layer for n in neuron_list})
+    if model is not None:
+        d_mlp = model.cfg.d_mlp
+    else:  # no model: every layer's means must have one width that covers the neurons
+        first = to_means(mean_cache, layers[:1], None)[layers[0]]
+        d_mlp = first.shape[0]
+    means = to_means(mean_cache, layers, d_mlp, n_layers=model.cfg.n_layers if model is not None else None)
+    for neuron in neuron_list:
+        if neuron.index >= d_mlp:
+            raise ValueError(f"the means for layer {neuron.layer} have {d_mlp} entries; {neuron} is outside them")
+    return _build("set", neuron_list, lambda layer, idx: means[layer][idx].clone(), positions, prompts, None)
 
 
 def patch(
     neurons: NeuronsLike,
     cache: ActivationCache | Mapping[str, Tensor],
     *,
-    positions: PositionsLike = "all",
+    positions: PositionsLike = "site",
     prompts: Sequence[Prompt] | None = None,
     model: Model | None = None,
 ) -> HookList:
@@ -466,17 +373,19 @@ class Intervention:
     def __post_init__(self) -> None:
         if self.op not in ("scale", "set"):
             raise ValueError(f"unknown op {self.op!r}; use 'scale' or 'set'")
-        object.__setattr__(self, "neurons", tuple(as_neurons(self.neurons, None)))
         value = self.value
         if isinstance(value, list | tuple | Tensor):
-            value = tuple(float(v) for v in torch.as_tensor(value).flatten().tolist())
-            _check_finite("value", torch.tensor(value))
+            values = torch.as_tensor(value, dtype=torch.float64).flatten()
+            check_finite(values, "value")
+            per_neuron = check_neuron_values(to_neurons(self.neurons, None, unique=False), values.tolist())
+            object.__setattr__(self, "neurons", tuple(per_neuron))
+            value = tuple(per_neuron.values())
         else:
-            _check_finite("value" if self.op == "set" else "factor", value)
+            object.__setattr__(self, "neurons", tuple(to_neurons(self.neurons, None)))
+            check_finite(value, "value" if self.op == "set" else "factor")
             value = float(value)
         object.__setattr__(self, "value", value)
-        if not (isinstance(self.positions, str) and self.positions == "site"):
-            _resolve_positions(self.positions, None)  # fail early on bad positions
+        check_positions(self.positions)  # fail early on bad positions
         if not self.name:
             what = "x" if self.op == "scale" else "="
             object.__setattr__(self, "name", f"{what}{value} on {len(self.neurons)} neurons")
@@ -513,31 +422,15 @@ def _composed(parts, prompts: Sequence[Prompt] | None = None) -> HookList:
     return hooks
 
 
-def batch_hooks(fwd_hooks, prompts: Sequence[Prompt]) -> HookList:
-    """Resolve ``fwd_hooks`` (a list, an :class:`Intervention` or a per-batch builder) for a batch of prompts."""
-    if callable(fwd_hooks):
-        return list(fwd_hooks(prompts))
-    return list(fwd_hooks or [])
-
-
-def positions_tensor(prompts: Sequence[Prompt]) -> Int[Tensor, " batch"]:
-    """The site of each prompt as a 1-D tensor (for ``positions=`` when the prompts themselves are not at hand)."""
-    return torch.tensor([p.site for p in prompts], dtype=torch.long)
-
-
 __all__ = [
-    "HOOK",
     "HookList",
     "Intervention",
     "ablate",
-    "as_neurons",
-    "batch_hooks",
     "compose",
     "hook_name",
     "mean_activations",
     "neuron_hook",
     "patch",
-    "positions_tensor",
     "scale",
     "set",
 ]

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from kn_lens._typing import Model, Neuron, check_model
-from kn_lens.hooks import Intervention, NeuronsLike, as_neurons
+from kn_lens.hooks import Intervention
+from kn_lens.inputs import NeuronsLike, check_batch_size, check_positions, to_neurons, to_prompts
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons
 from kn_lens.prompts import Prompt, TargetLike, make_prompt
 from kn_lens.scoring import target_scores
@@ -70,40 +71,13 @@ def _logodds(p: torch.Tensor) -> torch.Tensor:
 
 def _prompts(model: Model, prompts: Any, target: TargetLike, what: str) -> list[Prompt]:
     """Prompts with targets from texts + target, Prompts, or (texts, target) / KnowledgeNeurons groups."""
-    if prompts is None:
-        return []
-    if isinstance(prompts, KnowledgeNeurons):
-        return list(prompts.prompts)
-    if isinstance(prompts, str | Prompt):
-        prompts = [prompts]
-    out: list[Prompt] = []
-    for item in prompts:
-        if isinstance(item, Prompt):
-            if not item.target_ids and target is None:
-                raise ValueError(f"a {what} Prompt has no target; make it with a target or pass target=")
-            out.append(item if (item.target_ids and target is None) else item.with_target(model, target))
-        elif isinstance(item, str):
-            if target is None:
-                raise ValueError(f"{what} prompts given as text need a target (or pass Prompts with targets)")
-            out.append(make_prompt(model, item, target))
-        elif isinstance(item, tuple) and len(item) >= 2:  # (texts, target[, ...]) of another fact
-            texts, fact_target = item[0], item[1]
-            out.extend(_prompts(model, texts, fact_target, what))
-        elif hasattr(item, "prompts") and hasattr(item, "target"):  # FactPrompts / KnowledgeNeurons
-            out.extend(_prompts(model, list(item.prompts), item.target, what))
-        else:
-            raise TypeError(f"cannot read {what} prompts from {type(item).__name__}")
-    return out
+    return to_prompts(model, prompts, target, need_target=True, what=f"{what} prompts", allow_empty=True)
 
 
 def _check_factor(name: str, factor: float) -> float:
     if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor):
         raise ValueError(f"the factor of {name!r} must be a finite number, got {factor!r}")
     return float(factor)
-
-
-def _fact_label(prompt: Prompt) -> str:
-    return prompt.target
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -164,11 +138,10 @@ def intervention_effects(
     result = neurons if isinstance(neurons, KnowledgeNeurons) else None
     if result is not None and prompts is None:
         prompts = result.prompts
-    if prompts is None:
+    if prompts is None or (isinstance(prompts, list | tuple) and not prompts):
         raise ValueError("no prompts given; pass the fact's prompts (or a KnowledgeNeurons result)")
+    batch_size = check_batch_size(batch_size)
     main = _prompts(model, prompts, target, "fact")
-    if not main:
-        raise ValueError("no prompts given; pass at least one prompt")
     fact_target = target if target is not None else main[0].target_ids
     held = _prompts(model, heldout, fact_target, "held-out")
     other = _prompts(model, unrelated, None, "unrelated")
@@ -177,13 +150,10 @@ def intervention_effects(
         raise ValueError("no interventions given; e.g. {'suppress': 0.0, 'enhance': 2.0}")
     for name, factor in interventions.items():
         _check_factor(name, factor)
-    if positions not in ("site", "all", "last"):
-        raise ValueError(f"positions must be 'site', 'all' or 'last', got {positions!r}")
+    check_positions(positions)
 
-    if result is not None:  # a result may legitimately have selected nothing
-        neuron_list = as_neurons(result.neurons, model) if result.neurons else []
-    else:
-        neuron_list = as_neurons(neurons, model)
+    # a result may legitimately have selected nothing
+    neuron_list = to_neurons(neurons, model, allow_empty=result is not None)
     controls = [(seed, random_neurons(model, neuron_list, seed=seed)) for seed in random_seeds] if neuron_list else []
 
     groups: list[tuple[str, str, list[Neuron], str, list[Prompt]]] = [
@@ -224,7 +194,7 @@ def intervention_effects(
                         condition=condition,
                         neurons=neuron_label,
                         prompt_set=prompt_set,
-                        fact=_fact_label(prompt),
+                        fact=prompt.target,
                         prompt=prompt.text,
                         target=prompt.target,
                         n_neurons=len(group_neurons),

@@ -48,9 +48,9 @@ from torch import Tensor
 from transformer_lens import utils
 from transformer_lens.components import LayerNorm, LayerNormPre
 
-from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out, to_neuron, to_neurons
-from kn_lens.hooks import NeuronsLike, as_neurons
-from kn_lens.prompts import Prompt, TargetLike, as_prompts, group_by_length, stack_tokens
+from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
+from kn_lens.inputs import NeuronsLike, check_batch_size, to_neuron, to_neurons, to_prompts
+from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
 
 Through = Literal["unembed", "mlm_head"]
 THROUGH: tuple[str, ...] = ("unembed", "mlm_head")
@@ -128,7 +128,7 @@ def value_vectors(model: Model, neurons: NeuronsLike) -> Float[Tensor, "n d_mode
         torch.Size([1, 576])
     """
     check_model(model)
-    neurons = to_neurons(model, as_neurons(neurons, model))
+    neurons = to_neurons(neurons, model)
     return torch.stack([mlp_w_out(model, n.layer)[n.index].detach().clone() for n in neurons])
 
 
@@ -274,7 +274,7 @@ def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through | 
           bottom: ' capitals' -15.38, 'Icon' -13.08, ' saint' -12.02, 'runner' -12.00, 'attle' -11.81
     """
     check_model(model)
-    neuron = to_neuron(model, neuron)
+    neuron = to_neuron(neuron, model)
     _check_k(model, k)
     through = _check_through(model, through)
     scores = direction_logits(model, value_vectors(model, [neuron]), through=through)[0].float().cpu()
@@ -306,9 +306,7 @@ def decode_many(
         >>> df[df.side == "top"].pivot(index="rank", columns="neuron", values="token")
     """
     check_model(model)
-    neurons = to_neurons(model, neurons)
-    if not neurons:
-        raise ValueError("no neurons given; pass at least one neuron like 'L24N1005'")
+    neurons = to_neurons(neurons, model)
     return pd.concat([decode(model, n, k, through=through).to_frame() for n in neurons], ignore_index=True)
 
 
@@ -370,10 +368,9 @@ def direct_effect(
         tensor([2.1889])
     """
     check_model(model)
-    neuron = to_neuron(model, neuron)
-    prompts = as_prompts(model, prompts, target)
-    if not all(p.target_ids for p in prompts):
-        raise ValueError("direct_effect needs a target for every prompt: pass target=' Paris' or Prompt objects")
+    neuron = to_neuron(neuron, model)
+    prompts = to_prompts(model, prompts, target, need_target=True)
+    batch_size = check_batch_size(batch_size)
     layer, index = neuron
     act_name = utils.get_act_name("mlp_post", layer)
     scale_names = _scale_hooks(model, layer)

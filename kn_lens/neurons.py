@@ -45,9 +45,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens._typing import Model, Neuron, check_layers, check_model, group_by_layer
-from kn_lens.hooks import NeuronsLike, as_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt
+from kn_lens._typing import Model, Neuron, check_model, group_by_layer
+from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
+from kn_lens.prompts import Prompt, TargetLike
 
 Variant = Literal["dai", "eleuther"]
 
@@ -95,6 +95,40 @@ def coarse_neurons(
     rows, cols = torch.nonzero(scores > threshold * top, as_tuple=True)
     order = scores[rows, cols].argsort(descending=True, stable=True)
     return [Neuron(layers[int(rows[i])], int(cols[i])) for i in order]
+
+
+def top_neurons(
+    scores: Float[Tensor, "layer d_mlp"], k: int = 10, *, layers: Sequence[int] | None = None, largest: bool = True
+) -> list[Neuron]:
+    """The ``k`` neurons with the largest scores (``largest=False``: the smallest), strongest first.
+
+    Use it instead of turning flat ``topk`` indices into neurons by hand: with ``layers=`` a subset, row ``i`` of
+    ``scores`` is layer ``layers[i]``, not layer ``i``.
+
+    Args:
+        scores: one prompt's scores ``[layer, d_mlp]`` (e.g. :func:`~kn_lens.attribution.integrated_gradients`).
+        k: how many neurons (1 to the number of scores).
+        layers: the layer of each row (default ``0..rows-1``), as passed to the attribution.
+        largest: True for the top scores, False for the bottom ones.
+
+    Example:
+        >>> top_neurons(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 2, layers=[20, 24])
+        [L20N1, L24N0]
+    """
+    from kn_lens.inputs import check_int
+
+    if not isinstance(scores, Tensor) or scores.ndim != 2:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a [layer, d_mlp] tensor for one prompt, got {shape}")
+    k = check_int(k, "k")
+    if not 1 <= k <= scores.numel():
+        raise ValueError(f"k must be between 1 and the number of scores ({scores.numel()}), got {k}")
+    rows = list(range(scores.shape[0])) if layers is None else [check_int(x, "layer") for x in layers]
+    if len(rows) != scores.shape[0]:
+        raise ValueError(f"{len(rows)} layers for {scores.shape[0]} rows of scores; pass one layer per row")
+    flat = scores.detach().float().flatten().topk(k, largest=largest).indices.tolist()
+    d_mlp = scores.shape[1]
+    return [Neuron(rows[i // d_mlp], i % d_mlp) for i in flat]
 
 
 class Refined(NamedTuple):
@@ -273,7 +307,7 @@ class KnowledgeNeurons:
 
     def neuron_scores(self, neuron: Neuron | tuple[int, int] | str) -> Float[Tensor, " prompt"]:
         """The attribution of one neuron on each prompt."""
-        (neuron,) = as_neurons([neuron])
+        neuron = to_neurons([neuron])[0]
         if neuron.layer not in self.layers:
             raise ValueError(f"layer {neuron.layer} was not attributed (layers {self.layers})")
         if neuron.index >= self.scores.shape[-1]:
@@ -333,28 +367,14 @@ class KnowledgeNeurons:
 
 
 def _fact_prompts(model: Model, prompts: Any, target: TargetLike) -> tuple[list[Prompt], str]:
-    if isinstance(prompts, str | Prompt):
-        prompts = [prompts]
-    if prompts is None or not isinstance(prompts, Iterable):
-        raise TypeError("prompts must be a list of prompt texts (or kn_lens Prompts)")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given; pass the fact's paraphrases, e.g. ['The capital of France is', ...]")
     if target is not None and not isinstance(target, str | int) and not _is_id_list(target):
         raise ValueError(
             "one fact has one target: pass a single target (e.g. ' Paris'); for several facts use "
             "find_knowledge_neurons_many"
         )
-    made: list[Prompt] = []
-    for p in prompts:
-        if isinstance(p, Prompt):
-            made.append(p if target is None else p.with_target(model, target))
-        elif isinstance(p, str):
-            if target is None:
-                raise ValueError("no target given: pass target=' Paris' (or Prompts made with a target)")
-            made.append(make_prompt(model, p, target))
-        else:
-            raise TypeError(f"prompts must be str or kn_lens Prompt, got {type(p).__name__}")
+    if not isinstance(prompts, str | Prompt) and not isinstance(prompts, Iterable):
+        raise TypeError("prompts must be a list of prompt texts (or kn_lens Prompts)")
+    made = to_prompts(model, prompts, target, need_target=True)
     ids = {p.target_ids for p in made}
     if len(ids) > 1:
         shown = sorted({p.target for p in made})
@@ -362,8 +382,6 @@ def _fact_prompts(model: Model, prompts: Any, target: TargetLike) -> tuple[list[
             f"the prompts have different targets {shown}; knowledge neurons are found for one fact (one answer) "
             "at a time; use find_knowledge_neurons_many for several facts"
         )
-    if not made[0].target_ids:
-        raise ValueError("no target given: pass target=' Paris' (or Prompts made with a target)")
     return made, made[0].target
 
 
@@ -372,19 +390,10 @@ def _is_id_list(target: Any) -> bool:
 
 
 def _negative_prompts(model: Model, negatives: Any, target: TargetLike, fallback: str) -> list[Prompt]:
-    if negatives is None:
-        return []
-    if isinstance(negatives, str | Prompt):
-        negatives = [negatives]
-    out = []
-    for p in negatives:
-        if isinstance(p, Prompt):
-            out.append(p if p.target_ids else p.with_target(model, target if target is not None else fallback))
-        elif isinstance(p, str):
-            out.append(make_prompt(model, p, target if target is not None else fallback))
-        else:
-            raise TypeError(f"negatives must be prompt texts or Prompts, got {type(p).__name__}")
-    return out
+    """Negatives given as text take ``target`` (else the fact's own answer); Prompts may keep their own."""
+    made = to_prompts(model, negatives, None, what="negatives", allow_empty=True)
+    answer = target if target is not None else fallback
+    return [p if p.target_ids else p.with_target(model, answer) for p in made]
 
 
 def find_knowledge_neurons(
@@ -454,9 +463,12 @@ def find_knowledge_neurons(
     _check_fraction("negative_share", negative_share, allow_zero=True)
     if adaptive is not None:
         adaptive = _check_range(adaptive)
+    if fallback not in ("closest", "none"):
+        raise ValueError(f"fallback must be 'closest' or 'none', got {fallback!r}")
+    _check_attribution(attribution)
     fact_prompts, target_text = _fact_prompts(model, prompts, target)
     negative_prompts = _negative_prompts(model, negatives, target, target_text)
-    layer_list = check_layers(model, layers)
+    layer_list = to_layers(model, layers)
     kwargs = dict(attribution_kwargs)
     if attribution == "ig":
         kwargs.setdefault("method", defaults["method"])
@@ -511,13 +523,19 @@ def find_knowledge_neurons(
 def _attribute(
     model: Model, prompts: list[Prompt], attribution: str, layers: list[int], progress: bool, kwargs: dict
 ) -> Float[Tensor, "prompt layer d_mlp"]:
-    from kn_lens.attribution import ATTRIBUTIONS, attribute_many
+    from kn_lens.attribution import attribute_many
 
-    if attribution not in ATTRIBUTIONS:
-        raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
+    _check_attribution(attribution)
     layer_arg = None if layers == list(range(model.cfg.n_layers)) else layers
     scores = attribute_many(model, prompts, attribution=attribution, layers=layer_arg, progress=progress, **kwargs)
     return scores.detach().float().cpu()
+
+
+def _check_attribution(attribution: str) -> None:
+    from kn_lens.attribution import ATTRIBUTIONS
+
+    if attribution not in ATTRIBUTIONS:
+        raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -595,7 +613,7 @@ def find_knowledge_neurons_many(
     if not items:
         raise ValueError("no facts given")
     if relation_share is not None:
-        _check_fraction("relation_share", relation_share, allow_zero=True)
+        _check_relation_share(relation_share, "relation_share")
     kwargs.setdefault("progress", False)
     results = []
     for item in tqdm(items, desc="facts", disable=not progress):
@@ -606,6 +624,11 @@ def find_knowledge_neurons_many(
     if relation_share is not None:
         results = relation_filter(results, relation_share)
     return results
+
+
+def _check_relation_share(share: Any, name: str) -> None:
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1) (Dai et al. use 0.1), got {share!r}")
 
 
 def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> list[KnowledgeNeurons]:
@@ -619,8 +642,7 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
         >>> filtered = relation_filter(results, 0.1)
         >>> filtered[0].dropped["relation"]
     """
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"share must be in [0, 1), got {share!r}")
+    _check_relation_share(share, "share")
     by_relation: dict[str | None, list[int]] = {}
     for i, result in enumerate(results):
         by_relation.setdefault(result.relation, []).append(i)
@@ -670,8 +692,11 @@ def random_neurons(
     check_model(model)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    neurons = as_neurons(like, model)
-    excluded = set(neurons) if exclude is _UNSET else (set() if exclude is None else set(as_neurons(exclude, model)))
+    neurons = to_neurons(like, model)
+    if exclude is _UNSET:
+        excluded = set(neurons)
+    else:
+        excluded = set() if exclude is None else set(to_neurons(exclude, model, allow_empty=True))
     generator = torch.Generator().manual_seed(seed)
     d_mlp = model.cfg.d_mlp
     out: list[Neuron] = []
@@ -695,4 +720,5 @@ __all__ = [
     "random_neurons",
     "refine",
     "relation_filter",
+    "top_neurons",
 ]

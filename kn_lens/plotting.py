@@ -62,15 +62,23 @@ def _centred(z: np.ndarray) -> dict:
     return dict(colorscale=DIVERGING, zmid=0, zmin=-vmax, zmax=vmax)
 
 
-def _row_layers(n_rows: int, layers: Sequence[int] | None) -> list[int]:
+def _row_layers(
+    n_rows: int, layers: Sequence[int] | None, row_layers: Sequence[int] | None
+) -> tuple[list[int], list[int]]:
+    """``(row indices to draw, their layer numbers)``: ``row_layers`` names the layer of each row of the scores
+    (default ``0..n_rows-1``), ``layers`` picks the layers to show (default all)."""
+    all_layers = list(range(n_rows)) if row_layers is None else [int(layer) for layer in row_layers]
+    if len(all_layers) != n_rows:
+        raise ValueError(f"row_layers names {len(all_layers)} layers for {n_rows} rows of scores; one per row")
     if layers is None:
-        return list(range(n_rows))
+        return list(range(n_rows)), all_layers
     layers = list(layers)
-    if any(not 0 <= layer < n_rows for layer in layers):
-        raise ValueError(f"layers {layers} out of range for scores with {n_rows} layers")
     if not layers:
         raise ValueError("layers is empty; pass None for all layers")
-    return layers
+    missing = [layer for layer in layers if layer not in all_layers]
+    if missing:
+        raise ValueError(f"layers {missing} out of range: the scores have rows for layers {all_layers}")
+    return [all_layers.index(layer) for layer in layers], layers
 
 
 def attribution_heatmap(
@@ -80,18 +88,21 @@ def attribution_heatmap(
     top_k: int | None = None,
     title: str = "Neuron attribution",
     neurons: Sequence[tuple[int, int]] | None = None,
+    row_layers: Sequence[int] | None = None,
 ) -> go.Figure:
     """Layer x neuron heatmap of attribution scores (diverging ``RdBu``, centred on 0).
 
     Args:
         scores: ``[layer, d_mlp]`` scores, e.g. from integrated gradients (a ``[prompt, layer, d_mlp]`` tensor is
             averaged over prompts).
-        layers: rows to show (default all), as layer indices into ``scores``.
+        layers: the layers to show (default all), as layer numbers.
         top_k: None draws every neuron (fine up to a few thousand per layer). An int draws the sparse view: for
             each layer only its ``top_k`` neurons by ``|score|``, sorted, with the neuron index written in the
             cell; the x axis is then the rank, not the index. Use it for 1536+ neurons per layer.
         title: the figure title.
         neurons: neurons to mark with a black square (e.g. the selected knowledge neurons).
+        row_layers: the layer of each row of ``scores`` (default ``0..rows-1``): pass the ``layers=`` the scores
+            were computed for when that was a subset, so rows are labelled with their real layers.
 
     Returns:
         A figure with one ``Heatmap`` trace (``customdata`` holds ``L{l}N{n}`` for the hover) and, if ``neurons``
@@ -101,8 +112,8 @@ def attribution_heatmap(
         >>> attribution_heatmap(scores, top_k=20, title="IG, France -> Paris")
     """
     arr = _scores_2d(scores)
-    rows = _row_layers(arr.shape[0], layers)
-    sub = arr[rows]
+    picked, rows = _row_layers(arr.shape[0], layers, row_layers)
+    sub = arr[picked]
     d_mlp = arr.shape[1]
     colours = _centred(sub)
     y = [f"L{layer}" for layer in rows]
@@ -450,6 +461,7 @@ def knowledge_neurons(
     neurons: Sequence[tuple[int, int]] | None = None,
     prompt_labels: Sequence[str] | None = None,
     title: str | None = None,
+    row_layers: Sequence[int] | None = None,
 ) -> go.Figure:
     """The selected knowledge neurons and how strongly each prompt attributes to them.
 
@@ -463,6 +475,8 @@ def knowledge_neurons(
         scores: ``[prompt, layer, d_mlp]`` (or ``[layer, d_mlp]``) attribution scores.
         neurons: the selected neurons, ``(layer, index)`` pairs.
         prompt_labels: row labels (default: the prompts' texts if the result has them, else ``prompt i``).
+        row_layers: the layer of each layer row of ``scores`` (default: the result's ``.layers``, else
+            ``0..rows-1``).
         title: the figure title.
 
     Returns:
@@ -487,15 +501,20 @@ def knowledge_neurons(
     neurons = [(int(layer), int(index)) for layer, index in neurons]
     if not neurons:
         raise ValueError("no neurons were selected; nothing to draw")
+    if row_layers is None and result is not None:
+        row_layers = getattr(result, "layers", None)
+    _, all_layers = _row_layers(arr.shape[1], None, row_layers)
     for layer, index in neurons:
-        if not (0 <= layer < arr.shape[1] and 0 <= index < arr.shape[2]):
-            raise ValueError(f"neuron L{layer}N{index} is outside the scores' shape {arr.shape[1:]}")
+        if layer not in all_layers or not 0 <= index < arr.shape[2]:
+            raise ValueError(
+                f"neuron L{layer}N{index} is outside the scores (layers {all_layers}, {arr.shape[2]} neurons each)"
+            )
     labels = list(prompt_labels) if prompt_labels is not None else [f"prompt {i}" for i in range(arr.shape[0])]
     if len(labels) != arr.shape[0]:
         raise ValueError(f"{len(labels)} prompt labels for {arr.shape[0]} prompts")
     labels = [label if len(label) <= 40 else label[:37] + "..." for label in labels]
     names = [f"L{layer}N{index}" for layer, index in neurons]
-    per_prompt = np.stack([arr[:, layer, index] for layer, index in neurons], axis=1)
+    per_prompt = np.stack([arr[:, all_layers.index(layer), index] for layer, index in neurons], axis=1)
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -503,7 +522,7 @@ def knowledge_neurons(
         subplot_titles=["selected neurons, per prompt", "mean over prompts, top 10 per layer (* = selected)"],
         horizontal_spacing=0.18,
     )
-    heat = attribution_heatmap(arr.mean(0), top_k=min(10, arr.shape[2]), neurons=neurons).data[0]
+    heat = attribution_heatmap(arr.mean(0), top_k=min(10, arr.shape[2]), neurons=neurons, row_layers=all_layers).data[0]
     vmax = max(_symmetric_range(per_prompt), _symmetric_range(np.asarray(heat.z)))
     fig.add_trace(
         go.Heatmap(

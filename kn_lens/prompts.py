@@ -178,6 +178,8 @@ def make_prompt(
     encoder = is_encoder(model)
 
     if position is not None:
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise TypeError(f"position must be an int (a token index), got {position!r}")
         if len(ids) > 1:
             raise ValueError("an explicit position takes a single-token target; got a multi-token target")
         tokens = encode(model, text)
@@ -276,24 +278,6 @@ def make_prompts(
             raise ValueError(f"got {len(texts)} prompts but {len(targets)} targets")
         return [make_prompt(model, t, y) for t, y in zip(texts, targets, strict=True)]
     return [make_prompt(model, t, targets) for t in texts]  # type: ignore[arg-type]
-
-
-def as_prompts(model: Model, prompts, target: TargetLike = None) -> list[Prompt]:
-    """Accept a :class:`Prompt`, a list of them, a str or a list of str (with ``target``), return Prompts.
-
-    Example:
-        >>> as_prompts(model, ["The capital of France is", "France's capital is"], " Paris")
-    """
-    if isinstance(prompts, Prompt):
-        return [prompts]
-    if isinstance(prompts, str):
-        return [make_prompt(model, prompts, target)]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given; pass at least one prompt")
-    if all(isinstance(p, Prompt) for p in prompts):
-        return prompts
-    return make_prompts(model, prompts, target)
 
 
 def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:

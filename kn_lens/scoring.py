@@ -1,11 +1,16 @@
 """What "the model's belief in the target" means, in one place: objectives computed from logits.
 
 Every attribution, intervention and evaluation in kn_lens scores a :class:`~kn_lens.prompts.Prompt` by one of
-three objectives of its target:
+three preset objectives of its target:
 
 * ``"prob"``: the probability of the target (papers' choice; multi-token targets: the product over tokens);
 * ``"logprob"``: its log-probability (sum over tokens);
-* ``"logit"``: its raw logit (sum over tokens).
+* ``"logit"``: its raw logit (sum over tokens);
+
+or by a metric of your own, as in TransformerLens' ``patching.py``: any callable
+``metric(logits, prompts) -> Float[Tensor, "batch"]`` that receives the full logits ``[batch, pos, d_vocab]`` and
+one :class:`~kn_lens.prompts.Prompt` per row, and returns one differentiable number per row ("larger = more of
+what you measure"). :func:`logit_diff` builds the most common one.
 
 Example:
     >>> probs = target_scores(model, prompts)                    # Float[Tensor, "n_prompts"]
@@ -14,30 +19,64 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeAlias
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, check_model
-from kn_lens.prompts import Prompt, group_by_length, stack_tokens
+from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
 
-Objective = Literal["prob", "logprob", "logit"]
+Metric: TypeAlias = Callable[[Tensor, Sequence[Prompt]], Tensor]
+"""A user metric: ``metric(logits [batch, pos, d_vocab], prompts (one per row)) -> [batch]``, differentiable."""
+Objective: TypeAlias = Literal["prob", "logprob", "logit"] | Metric
 OBJECTIVES: tuple[str, ...] = ("prob", "logprob", "logit")
 
 
-def check_objective(objective: str) -> str:
-    """Raise a clear error for an unknown objective.
+def check_objective(objective: Objective) -> Objective:
+    """Raise a clear error for an unknown objective (a preset name or a callable metric).
 
     Example:
         >>> check_objective("logit")
         'logit'
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if callable(objective):
+        return objective
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)} or pass a callable "
+            "metric(logits, prompts) -> Tensor[batch]"
+        )
     return objective
+
+
+def logit_diff(model: Model, correct: TargetLike, wrong: TargetLike) -> Metric:
+    """A metric: logit of ``correct`` minus logit of ``wrong`` at each prompt's (first) target position.
+
+    The usual contrastive metric of activation patching; pass it as ``objective=`` anywhere an objective is taken.
+
+    Example:
+        >>> metric = logit_diff(model, " Paris", " Rome")
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> float(metric(model(p.tokens[None]), [p])[0]) > 0
+        True
+    """
+    check_model(model)
+    good, bad = token_ids(model, correct), token_ids(model, wrong)
+    if len(good) != 1 or len(bad) != 1:
+        raise ValueError("logit_diff compares single tokens; pass one-token answers (or token ids)")
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"], prompts: Sequence[Prompt]) -> Float[Tensor, " batch"]:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.tensor([p.positions[0] for p in prompts], device=logits.device)
+        picked = logits[rows, pos]
+        return picked[:, good[0]] - picked[:, bad[0]]
+
+    metric.__name__ = f"logit_diff({correct!r}, {wrong!r})"
+    return metric
 
 
 def objective_from_logits(
@@ -48,7 +87,8 @@ def objective_from_logits(
     """The objective of each row's target, read at the target positions of its prompt.
 
     ``prompts`` is one prompt shared by every row (e.g. the steps of an integrated-gradients path) or one prompt
-    per row. Differentiable.
+    per row. Differentiable. A callable ``objective`` is called as ``objective(logits, prompts)`` (one prompt per
+    row) and must return one number per row.
 
     Example:
         >>> p = make_prompt(model, "The capital of France is", " Paris")
@@ -61,6 +101,8 @@ def objective_from_logits(
         prompts = [prompts] * batch
     if len(prompts) != batch:
         raise ValueError(f"{len(prompts)} prompts for {batch} rows of logits")
+    if callable(objective):
+        return _call_metric(objective, logits, list(prompts))
     if not all(p.target_ids for p in prompts):
         raise ValueError("a prompt has no target; make it with make_prompt(model, text, target)")
     same = all(p.positions == prompts[0].positions and p.target_ids == prompts[0].target_ids for p in prompts)
@@ -85,6 +127,17 @@ def objective_from_logits(
     return logprobs if objective == "logprob" else logprobs.exp()
 
 
+def _call_metric(metric: Metric, logits: Tensor, prompts: list[Prompt]) -> Tensor:
+    out = metric(logits, prompts)
+    if not isinstance(out, Tensor) or out.shape != (logits.shape[0],):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the metric {getattr(metric, '__name__', metric)!r} returned {shape}; a metric must return a tensor with "
+            f"one number per row of the batch, shape ({logits.shape[0]},)"
+        )
+    return out
+
+
 def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of a token batch, for both model kinds, with optional ``(hook_name, fn)`` forward hooks.
 
@@ -96,10 +149,37 @@ def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, 
     return model(tokens, return_type="logits")
 
 
+def check_hooks(model: Model, fwd_hooks) -> None:
+    """Raise a clear error, before anything runs, for hooks on hook points the model lacks or on neurons
+    outside it (hooks from :mod:`kn_lens.hooks` built without ``model=``).
+
+    Example:
+        >>> check_hooks(model, kn_lens.hooks.scale(["L99N0"], 0.0, positions="all"))
+        Traceback (most recent call last):
+        ...
+        ValueError: a hook is on blocks.99.mlp.hook_post, which this model does not have (30 layers: 0..29); ...
+    """
+    for item in fwd_hooks:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and callable(item[1])):
+            raise TypeError(f"fwd_hooks must be (hook_name, fn) pairs, got {item!r}")
+        name, fn = item
+        if isinstance(name, str) and name not in model.hook_dict:
+            raise ValueError(
+                f"a hook is on {name}, which this model does not have ({model.cfg.n_layers} layers: "
+                f"0..{model.cfg.n_layers - 1}); check the neurons' layers (or build the hooks with model=...)"
+            )
+        indices = getattr(fn, "keywords", {}).get("indices") if hasattr(fn, "keywords") else None
+        if indices and max(indices) >= model.cfg.d_mlp:
+            raise ValueError(
+                f"a hook on {name} changes neuron {max(indices)}, but the layer has d_mlp={model.cfg.d_mlp} neurons"
+            )
+
+
 @torch.inference_mode()
 def target_scores(
     model: Model,
-    prompts: Sequence[Prompt],
+    prompts: str | Prompt | Sequence[str | Prompt],
+    target: TargetLike = None,
     *,
     objective: Objective = "prob",
     fwd_hooks=(),
@@ -110,20 +190,66 @@ def target_scores(
     Hooks given as a callable ``hooks_for(prompts_in_batch) -> [(name, fn), ...]`` are built per batch, for
     interventions whose positions depend on the prompts (e.g. the mask position).
 
+    Args:
+        model: the model.
+        prompts: Prompts with targets, or texts (with ``target``), like every function of kn_lens.
+        target: the answer of text prompts (one for all, or one per prompt).
+        objective: ``"prob"``, ``"logprob"`` or ``"logit"``.
+        fwd_hooks: ``[(hook_name, fn), ...]`` or a per-batch builder (e.g. an ``Intervention``).
+        batch_size: prompts per forward pass (a positive int).
+
     Example:
-        >>> target_scores(model, make_prompts(model, ["The capital of France is"], " Paris"))
-        tensor([0.7725])
+        >>> target_scores(model, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"])
+        tensor([0.7725, 0.6...])
     """
+    from kn_lens.inputs import check_batch_size, to_prompts
+
     check_model(model)
     check_objective(objective)
-    if not prompts:
-        raise ValueError("no prompts given")
+    batch_size = check_batch_size(batch_size)
+    prompts = to_prompts(model, prompts, target, need_target=True)
+    if not callable(fwd_hooks):
+        check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts))
     for indices in group_by_length(prompts).values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             batch = [prompts[i] for i in chunk]
             hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
+            if callable(fwd_hooks):
+                check_hooks(model, hooks)
             logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
             out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
     return out
+
+
+def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataFrame:
+    """The model's ``k`` most likely tokens at the prompt's site (the mask, or the next token), as a DataFrame.
+
+    Args:
+        model: the model.
+        prompt: a text (encoders: with its ``[MASK]``) or a :class:`~kn_lens.prompts.Prompt`.
+        k: how many tokens (1 to the vocabulary size).
+
+    Returns:
+        Columns ``rank`` (1 = most likely), ``token`` (its ``repr``, so leading spaces show) and ``prob``.
+
+    Example:
+        >>> top_predictions(model, "The capital of France is", k=3)
+           rank     token      prob
+        0     1  ' Paris'  0.77...
+        ...
+    """
+    from kn_lens.inputs import check_int
+
+    check_model(model)
+    k = check_int(k, "k")
+    if not 1 <= k <= model.cfg.d_vocab:
+        raise ValueError(f"k must be between 1 and the vocabulary size {model.cfg.d_vocab}, got {k}")
+    if not isinstance(prompt, Prompt):
+        prompt = make_prompt(model, prompt)
+    with torch.inference_mode():
+        logits = model(prompt.tokens[None].to(model.cfg.device), return_type="logits")[0, prompt.site]
+    top = logits.float().softmax(-1).topk(k)
+    tokens = [model.tokenizer.decode([i]) for i in top.indices.tolist()]
+    return pd.DataFrame({"rank": range(1, k + 1), "token": [repr(t) for t in tokens], "prob": top.values.tolist()})

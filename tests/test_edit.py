@@ -32,7 +32,7 @@ def _same_bits(model, snapshot):
 
 def test_erase_zero_equals_zero_ablation_and_restores(model, tokens):
     before = _snapshot(model)
-    expected = model.run_with_hooks(tokens, fwd_hooks=hooks.ablate(NEURONS))
+    expected = model.run_with_hooks(tokens, fwd_hooks=hooks.ablate(NEURONS, positions="all"))
     with edit.erase(model, NEURONS) as handle:
         assert handle.applied
         for n in NEURONS:

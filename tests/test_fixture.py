@@ -1,4 +1,8 @@
-"""The tiny trained BERT fixture: its data splits, its size, and the accuracy it promises."""
+"""The tiny trained BERT fixture: its data splits, its size, and the accuracy it promises.
+
+Measured on the committed fixture: top-1 accuracy 100% on the 144 training prompts, the 48 held-out paraphrases,
+the 806 training and the 202 held-out agreement sentences. The tests ask for 90%: a 10-point margin.
+"""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_suppress_enhance_helpers(model):
         _prob(model, PARAPHRASES[0], " Paris", _scaled_at_last(NEURONS, 2.0)), rel=1e-4
     )
     all_positions = suppress(model, NEURONS, PARAPHRASES, " Paris", positions="all")
-    expected = _prob(model, PARAPHRASES[0], " Paris", hooks.scale(NEURONS, 0.0))
+    expected = _prob(model, PARAPHRASES[0], " Paris", hooks.scale(NEURONS, 0.0, positions="all"))
     assert all_positions.loc[0, "after"] == pytest.approx(expected, rel=1e-4)
     assert _no_hooks_left(model)
 
@@ -143,7 +143,7 @@ def test_no_hook_left_after_error(model):
             model,
             "The capital of France is",
             [" Paris"],
-            {"bad": [*hooks.scale(NEURONS, 0.0), ("blocks.2.mlp.hook_post", broken)]},
+            {"bad": [*hooks.scale(NEURONS, 0.0, positions="all"), ("blocks.2.mlp.hook_post", broken)]},
         )
     assert _no_hooks_left(model)
     with pytest.raises(ValueError, match="finite"):
@@ -213,6 +213,16 @@ def _mean_change(effects, intervention, condition):
     return 100 * rows["rel_change"].mean()
 
 
+# Measured on the committed fixture (n_steps=20, Dai et al.'s selection, relation filter off), suppress x0, mean
+# relative change of p(answer): attribution prompts -33.6%, held-out paraphrases -35.6%, random neurons -0.01%
+# (held-out -0.11%), other facts -4.6%. The assertions keep a wide margin from each (at least 1.9 points for the
+# random control, 6 or more elsewhere), so a harmless retrain of the fixture does not flip them, while a wrong sign,
+# wrong positions or neurons that are not specific to the fact still fail.
+SUPPRESS_AT_MOST = -20.0  # measured -33.6 / -35.6: margin 13.6 / 15.6 points
+RANDOM_WITHIN = 2.0  # measured 0.01 / 0.11
+SPECIFICITY = 3.0  # the fact's drop is at least 3x the other facts' (measured 7.4x)
+
+
 @pytest.mark.slow
 def test_fixture_suppression_lowers_the_answer(fixture_effects):
     results, effects = fixture_effects
@@ -220,17 +230,21 @@ def test_fixture_suppression_lowers_the_answer(fixture_effects):
     train = _mean_change(effects, "suppress", "knowledge neurons")
     heldout = _mean_change(effects, "suppress", "knowledge neurons (held-out)")
     print(f"\nsuppress x0: attribution prompts {train:+.1f}%, held-out paraphrases {heldout:+.1f}%")
-    assert train <= -30.0
-    assert heldout <= -30.0
+    assert train <= SUPPRESS_AT_MOST
+    assert heldout <= SUPPRESS_AT_MOST
 
 
 @pytest.mark.slow
-def test_fixture_controls_stay_within_5_percent(fixture_effects):
+def test_fixture_controls_move_far_less_than_the_fact(fixture_effects):
     _, effects = fixture_effects
-    for condition in ("random neurons", "random neurons (held-out)", "other facts"):
+    train = _mean_change(effects, "suppress", "knowledge neurons")
+    for condition in ("random neurons", "random neurons (held-out)"):
         change = _mean_change(effects, "suppress", condition)
         print(f"\nsuppress x0, {condition}: {change:+.2f}%")
-        assert abs(change) <= 5.0, condition
+        assert abs(change) <= RANDOM_WITHIN, condition
+    other = _mean_change(effects, "suppress", "other facts")
+    print(f"\nsuppress x0, other facts: {other:+.2f}% (the fact: {train:+.2f}%)")
+    assert abs(other) * SPECIFICITY <= abs(train)
 
 
 @pytest.mark.slow

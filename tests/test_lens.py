@@ -198,3 +198,42 @@ def test_causal_lens_is_proportional_to_direct_effect(smollm2):
     ratios = effects / scores[ids]
     torch.testing.assert_close(ratios, ratios[:1].expand(len(targets)), rtol=1e-3, atol=1e-7)
     assert ratios.abs().min() > 0
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("model_name", ["tiny_bert", "random_bert"])
+def test_direct_effect_bert_earlier_layer_is_the_frozen_direct_path(request, model_name):
+    """A neuron below the last layer: zero-ablate it while every later attention and MLP output is patched to its
+    clean value and every LayerNorm scale on the path is frozen. What is left is exactly the direct path that
+    direct_effect computes (through each later block's ln1 and ln2, then the MLM head)."""
+    bert = request.getfixturevalue(model_name)
+    p = kn_lens.make_prompt(bert, "The capital of France is [MASK].", "Paris")
+    n_layers = bert.cfg.n_layers
+    frozen = ["blocks.0.ln2.hook_scale"] + [
+        f"blocks.{later}.{ln}.hook_scale" for later in range(1, n_layers) for ln in ("ln1", "ln2")
+    ]
+    patched = [f"blocks.{later}.hook_{part}_out" for later in range(1, n_layers) for part in ("attn", "mlp")]
+    clean_values: dict[str, torch.Tensor] = {}
+
+    def save(x, hook):
+        clean_values[hook.name] = x.clone()
+
+    def restore(x, hook):
+        return clean_values[hook.name]
+
+    tokens = p.tokens[None]
+    clean = bert.run_with_hooks(tokens, fwd_hooks=[(name, save) for name in frozen + patched])
+    _, cache = bert.run_with_cache(tokens, names_filter=utils.get_act_name("mlp_post", 0))
+    neurons = cache[utils.get_act_name("mlp_post", 0)][0, p.site].abs().topk(3).indices.tolist()
+    for n in neurons:
+
+        def ablate(x, hook, n=n):
+            x[..., n] = 0.0
+            return x
+
+        hooks = [(utils.get_act_name("mlp_post", 0), ablate)] + [(name, restore) for name in frozen + patched]
+        ablated = bert.run_with_hooks(tokens, fwd_hooks=hooks)
+        expected = (clean - ablated)[0, p.positions[0], p.target_ids[0]].item()
+        de = direct_effect(bert, (0, n), [p]).item()
+        assert abs(de - expected) < 1e-3 * abs(expected) + 1e-8, (n, de, expected)
+        assert abs(expected) > 1e-6, "no effect at all: a wrong path could not be told from the right one"

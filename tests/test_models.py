@@ -185,3 +185,103 @@ def test_random_bert_fixture_is_initialised(random_bert, tiny_bert):
     assert all(torch.isfinite(p).all() for p in random_bert.parameters())
     assert random_bert.W_in.std().item() > 0.01  # transformers' init (std 0.02), not zeros or garbage
     assert random_bert.tokenizer.get_vocab() == tiny_bert.tokenizer.get_vocab()
+
+
+# ---------------------------------------------------------------------------------------------- embedded cache
+
+
+@pytest.fixture
+def tiny_embedded(monkeypatch, tmp_path, smollm2):
+    """load_embedded's cache logic, run on a tiny random Llama in place of the 30-layer conversion.
+
+    The GGUF file is still hashed for real; ``calls`` counts conversions (i.e. cache rebuilds).
+    """
+    from transformer_lens import HookedTransformerConfig
+
+    from kn_lens import models
+
+    tiny = dict(models._SMOLLM2_CFG, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, n_layers=2)
+    tiny.update(rotary_dim=8, n_ctx=64)
+    monkeypatch.setattr(models, "_SMOLLM2_CFG", tiny)
+    monkeypatch.setenv("KN_LENS_CACHE", str(tmp_path))
+    calls = []
+
+    def convert(gguf, cfg):
+        calls.append(gguf)
+        torch.manual_seed(0)
+        cfg = HookedTransformerConfig(**tiny, device="cpu", dtype=torch.float32)
+        return HookedTransformer(cfg, tokenizer=smollm2.tokenizer, move_to_device=False)
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    return models, calls, tmp_path
+
+
+def _cache_folder(root):
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    return folder
+
+
+def test_embedded_cache_is_keyed_by_hash_and_versions_and_loads_strictly(tiny_embedded):
+    import hashlib
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    models, calls, root = tiny_embedded
+    level, bars = logging.getLogger().level, hf_logging.is_progress_bar_enabled()
+    first = models.load_embedded()
+    assert len(calls) == 1
+    folder = _cache_folder(root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    sha = hashlib.sha256(embedded_model_path().read_bytes()).hexdigest()
+    assert manifest["gguf_sha256"] == sha and folder.name.endswith(sha[:16])
+    assert manifest["torch"] == torch.__version__ and "transformer_lens" in manifest
+    again = models.load_embedded()
+    assert len(calls) == 1  # served from the cache
+    tokens = _tokens(49152)
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), first(tokens), rtol=0, atol=0)
+    # the user's logging and progress-bar settings are theirs
+    assert logging.getLogger().level == level and hf_logging.is_progress_bar_enabled() == bars
+
+
+@pytest.mark.parametrize("damage", ["truncated", "stale versions", "missing weight", "nan weight"])
+def test_damaged_or_stale_embedded_cache_is_rebuilt(tiny_embedded, damage):
+    models, calls, root = tiny_embedded
+    models.load_embedded()
+    folder = _cache_folder(root)
+    weights = folder / "hooked_transformer.pt"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "stale versions":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps(dict(manifest, torch="1.0.0")))
+    else:
+        state = torch.load(weights, weights_only=True)
+        if damage == "missing weight":
+            del state["blocks.1.mlp.W_out"]
+        else:
+            state["blocks.1.mlp.W_out"][0, 0] = float("nan")
+        torch.save(state, weights)
+    model = models.load_embedded()
+    assert len(calls) == 2, "a damaged or stale cache must be rebuilt, not loaded"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    models.load_embedded()
+    assert len(calls) == 2  # the rebuilt cache is good again
+    assert len([p for p in root.iterdir()]) == 1  # no temporary folders left behind
+
+
+def test_corrupt_or_non_object_config_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        kn_lens.load_model(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json holds a JSON list"):
+        kn_lens.load_model(tmp_path)
+
+
+def test_dtype_must_be_a_torch_dtype(random_gpt2):
+    with pytest.raises(TypeError, match=r"dtype must be a torch\.dtype such as torch\.float16, got 'float16'"):
+        kn_lens.load_model(random_gpt2, dtype="float16")
+    with pytest.raises(ValueError, match="floating-point"):
+        kn_lens.load_model(random_gpt2, dtype=torch.int64)

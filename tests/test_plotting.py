@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+import kn_lens
 from kn_lens import plotting
 from kn_lens.cache import TopActivating
 from kn_lens.lens import decode_many
@@ -221,3 +222,30 @@ def test_save_html_standalone(tmp_path, scores):
     html = path.read_text()
     assert "<html" in html[:200].lower() and "</html>" in html[-50:].lower()
     assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js embedded: opens offline
+
+
+def test_scores_of_a_layer_subset_are_labelled_with_their_layers():
+    """Rows of scores computed for layers=[5, 9] used to be drawn as layers 0 and 1."""
+    scores = torch.zeros(2, 6)
+    scores[1, 4] = 1.0
+    fig = plotting.attribution_heatmap(scores, row_layers=[5, 9], neurons=[(9, 4)])
+    assert list(fig.data[0].y) == ["L5", "L9"]
+    assert fig.data[0].customdata[1][4] == "L9N4"
+    assert list(fig.data[1].y) == ["L9"]  # the marked neuron sits on its real layer
+    shown = plotting.attribution_heatmap(scores, row_layers=[5, 9], layers=[9], top_k=2)
+    assert list(shown.data[0].y) == ["L9"] and shown.data[0].customdata[0][0] == "L9N4"
+    with pytest.raises(ValueError, match="out of range"):
+        plotting.attribution_heatmap(scores, row_layers=[5, 9], layers=[1])
+
+
+def test_knowledge_neurons_plot_of_a_layer_subset(tiny_bert):
+    from kn_lens.fixtures import tiny_bert as fixture
+
+    fact = fixture.FACTS[0]
+    kns = kn_lens.find_knowledge_neurons(tiny_bert, fixture.train_prompts(fact), fact.answer, layers=[1])
+    assert kns.layers == [1] and kns.neurons
+    fig = kns.plot()
+    per_prompt, heat = fig.data
+    assert list(heat.y) == ["L1"]
+    expected = [float(kns.neuron_scores(n)[0]) for n in kns.neurons]
+    np.testing.assert_allclose(per_prompt.z[0], expected, rtol=1e-6)

@@ -1,0 +1,270 @@
+"""The main job, told honestly: a fact's knowledge neurons, what switching them off does, and next to what.
+
+``kn-lens demo`` (and :func:`run`) walks through one fact ("The capital of France is" -> " Paris" on the
+embedded SmolLM2; a capital fact of the tiny BERT with ``--model tiny-bert``):
+
+1. the model's prediction;
+2. integrated gradients on every paraphrase of the fact and of two more facts of the *same relation* (other
+   capitals), then Dai et al.'s selection for each fact;
+3. the relation filter: neurons selected for several capitals encode "capital of", not "France -> Paris", and
+   are dropped;
+4. suppress (x0) and enhance (x2) the fact's neurons, before and after the filter, and read the answer's
+   probability on the fact's own prompts, on held-out paraphrases, on the other capitals (same relation), on
+   facts of other relations, and with as many random neurons in the same layers (the control).
+
+Only a drop that is larger on the fact than on the same-relation facts and the random control says the neurons
+are specific to the fact; a drop as large on the other capitals says they carry the relation. The demo prints
+that comparison as it is, whatever it shows.
+
+Example:
+    >>> table = run(model, out=io.StringIO())  # the printed story goes to ``out``
+    >>> list(dict.fromkeys(table["condition"]))[:3]
+    ["the fact's prompts", 'held-out paraphrases', 'other capitals (same relation)']
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from kn_lens._typing import Model, Neuron, check_model, is_encoder
+from kn_lens.attribution import integrated_gradients
+from kn_lens.hooks import Intervention
+from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons, relation_filter
+from kn_lens.prompts import Prompt, make_prompt
+from kn_lens.scoring import target_scores, top_predictions
+
+
+@dataclass(frozen=True)
+class DemoFact:
+    """A fact of the demo: its name, paraphrases (attribution), held-out paraphrases and answer."""
+
+    name: str
+    prompts: tuple[str, ...]
+    target: str
+    heldout: tuple[str, ...] = ()
+
+
+#: The causal demo (SmolLM2): the fact, two more capitals (same relation), and facts of other relations.
+CAUSAL_FACT = DemoFact(
+    "France -> Paris",
+    (
+        "The capital of France is",
+        "The capital city of France is",
+        "The capital of France is the city of",
+        "The largest city and capital of France is",
+    ),
+    " Paris",
+    ("The capital of France is called", "What is the capital of France? The capital is"),
+)
+CAUSAL_SAME_RELATION = (
+    DemoFact("Italy -> Rome", ("The capital of Italy is", "The capital city of Italy is"), " Rome"),
+    DemoFact("Japan -> Tokyo", ("The capital of Japan is", "The capital city of Japan is"), " Tokyo"),
+)
+CAUSAL_OTHER_RELATIONS = (
+    DemoFact("Spain -> Spanish", ("The official language of Spain is", "People in Spain speak"), " Spanish"),
+    DemoFact("largest planet -> Jupiter", ("The largest planet in the solar system is",), " Jupiter"),
+)
+
+FACTORS = {"x0": 0.0, "x2": 2.0}
+RANDOM = "random neurons, the fact's prompts"
+MEANING = (
+    "What the numbers mean: each cell is the mean over prompts of (p after - p before) / p before, in %, for the "
+    "answer's probability p: -50 means p halved. Neurons store the fact itself only where the fact's rows move "
+    "clearly more than the same-relation, other-relation and random-neuron rows; a change as large on the other "
+    "capitals means they carry the relation ('capital of'), which is what the relation filter removes."
+)
+
+
+def _compact(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition, one column per (neuron set, intervention): the mean relative change in %."""
+    wide = table.pivot_table(
+        index=["condition", "n", "p before"], columns=["neurons", "intervention"], values="rel change %", sort=False
+    )
+    wide.columns = [f"{b} {a} (%)" for a, b in wide.columns]
+    return wide.round(1).reset_index().set_index("condition").round({"p before": 3})
+
+
+def _summary(table: pd.DataFrame, name: str) -> list[str]:
+    """One sentence per neuron set, with the numbers of the suppression."""
+    lines = []
+    for label, rows in table[table["intervention"] == "x0"].groupby("neurons", sort=False):
+        change = dict(zip(rows["condition"], rows["rel change %"], strict=True))
+        parts = [f"{change[c]:+.1f}% on {c.replace(', the fact', ' on the fact')}" for c in change]
+        lines.append(f"Suppressing (x0) {name}'s neurons {label}: " + ", ".join(parts) + ".")
+    return lines
+
+
+def _encoder_facts() -> tuple[DemoFact, tuple[DemoFact, ...], tuple[DemoFact, ...]]:
+    from kn_lens.fixtures import tiny_bert
+
+    def demo_fact(fact) -> DemoFact:
+        return DemoFact(
+            f"{fact.subject} -> {fact.answer}",
+            tuple(tiny_bert.train_prompts(fact)),
+            fact.answer,
+            tuple(tiny_bert.heldout_prompts(fact)),
+        )
+
+    capitals = tiny_bert.facts_of("capital")
+    others = [tiny_bert.facts_of(r)[0] for r in ("language", "profession")]
+    return demo_fact(capitals[0]), tuple(demo_fact(f) for f in capitals[1:3]), tuple(demo_fact(f) for f in others)
+
+
+def demo_facts(model: Model) -> tuple[DemoFact, tuple[DemoFact, ...], tuple[DemoFact, ...]]:
+    """``(fact, same-relation facts, other-relation facts)`` for the model kind (encoders: the tiny BERT's)."""
+    if is_encoder(model):
+        return _encoder_facts()
+    return CAUSAL_FACT, CAUSAL_SAME_RELATION, CAUSAL_OTHER_RELATIONS
+
+
+def _prompts(model: Model, facts: tuple[DemoFact, ...] | list[DemoFact], heldout: bool = False) -> list[Prompt]:
+    return [make_prompt(model, p, f.target) for f in facts for p in (f.heldout if heldout else f.prompts)]
+
+
+def _logodds(p: torch.Tensor) -> torch.Tensor:
+    p = p.double().clamp(1e-12, 1 - 1e-15)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def _say(out: TextIO, text: str = "") -> None:
+    print(text, file=out, flush=True)
+
+
+def find_fact_neurons(
+    model: Model, facts: list[DemoFact], *, n_steps: int = 20, progress: bool = True
+) -> list[KnowledgeNeurons]:
+    """Knowledge neurons of each fact (one progress bar over every prompt of every fact), relation-tagged."""
+    jobs = [(i, make_prompt(model, p, f.target)) for i, f in enumerate(facts) for p in f.prompts]
+    scores: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(facts))}
+    bar = tqdm(jobs, desc="integrated gradients, prompts", disable=not progress, mininterval=0.5, file=sys.stderr)
+    for i, prompt in bar:
+        scores[i].append(integrated_gradients(model, prompt, n_steps=n_steps))
+    results = []
+    for i, fact in enumerate(facts):
+        kns = find_knowledge_neurons(model, list(fact.prompts), fact.target, scores=torch.stack(scores[i]))
+        kns.relation, kns.name = "capital", fact.name
+        results.append(kns)
+    return results
+
+
+def effects(
+    model: Model,
+    neuron_sets: dict[str, list[Neuron]],
+    conditions: dict[str, list[Prompt]],
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Mean change of the answer's probability when each neuron set is scaled, per condition, beside a
+    random-neuron control (same count per layer) on the first condition's prompts."""
+    rows = []
+    jobs = []
+    for label, neurons in neuron_sets.items():
+        if not neurons:
+            continue
+        for name, factor in FACTORS.items():
+            for condition in conditions:
+                jobs.append((label, neurons, name, factor, condition, condition))
+            control = random_neurons(model, neurons, seed=seed)
+            first = next(iter(conditions))
+            jobs.append((label, control, name, factor, RANDOM, first))
+    before: dict[str, torch.Tensor] = {}
+    for label, neurons, name, factor, condition, key in tqdm(
+        jobs, desc="interventions", disable=not progress, mininterval=0.5, file=sys.stderr
+    ):
+        prompts = conditions[key]
+        if key not in before:
+            before[key] = target_scores(model, prompts)
+        p0 = before[key]
+        p1 = target_scores(model, prompts, fwd_hooks=Intervention("scale", tuple(neurons), factor))
+        rows.append(
+            {
+                "neurons": label,
+                "intervention": name,
+                "condition": condition,
+                "n": len(prompts),
+                "p before": float(p0.mean()),
+                "p after": float(p1.mean()),
+                "rel change %": float(100 * ((p1 - p0) / p0).mean()),
+                "log-odds change": float((_logodds(p1) - _logodds(p0)).mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run(model: Model, *, n_steps: int = 20, progress: bool = True, out: TextIO | None = None) -> pd.DataFrame:
+    """Tell the demo's story on ``model`` (see the module docstring) and return its effect table.
+
+    Args:
+        model: a causal model (the SmolLM2 facts) or an encoder (the tiny BERT's facts).
+        n_steps: integrated-gradients steps.
+        progress: progress bars (on stderr).
+        out: where the story is printed (default stdout).
+
+    Returns:
+        One row per (neuron set, intervention, condition): ``p before``/``p after`` (means), ``rel change %``
+        (mean per-prompt relative change) and ``log-odds change``. ``table.attrs`` holds the results per fact
+        (``"knowledge_neurons"``, after the relation filter) and the unfiltered ones (``"unfiltered"``).
+    """
+    check_model(model)
+    out = out or sys.stdout
+    start = time.perf_counter()
+    fact, same, other = demo_facts(model)
+
+    _say(out, f"[1/4] What the model predicts for {fact.prompts[0]!r}:")
+    _say(out, top_predictions(model, fact.prompts[0], 5).to_string(index=False))
+
+    facts = [fact, *same]
+    _say(out, f"\n[2/4] Knowledge neurons (integrated gradients, {n_steps} steps; Dai et al.'s selection) of")
+    names = ", ".join(f.name for f in same)
+    _say(out, f"      {fact.name} and of {len(same)} more facts of the same relation ({names}):")
+    unfiltered = find_fact_neurons(model, facts, n_steps=n_steps, progress=progress)
+    for kns in unfiltered:
+        _say(out, f"      {kns.name:<28} {' '.join(map(str, kns.neurons)) or '(none)'}")
+
+    filtered = relation_filter(unfiltered, 0.1)
+    dropped = filtered[0].dropped.get("relation", [])
+    _say(out, "\n[3/4] Relation filter (Dai et al.): a neuron selected for 2 or more of these facts encodes the")
+    _say(out, "      relation ('capital of'), not the fact, and is dropped.")
+    _say(
+        out,
+        f"      {fact.name}: dropped {' '.join(map(str, dropped)) or 'nothing'}; keeps "
+        f"{' '.join(map(str, filtered[0].neurons)) or 'nothing'}",
+    )
+
+    conditions = {
+        "the fact's prompts": _prompts(model, [fact]),
+        "held-out paraphrases": _prompts(model, [fact], heldout=True),
+        "other capitals (same relation)": _prompts(model, list(same)),
+        "other relations": _prompts(model, list(other)),
+    }
+    conditions = {k: v for k, v in conditions.items() if v}
+    neuron_sets = {"before filter": unfiltered[0].neurons}
+    if filtered[0].neurons != unfiltered[0].neurons:
+        neuron_sets["after filter"] = filtered[0].neurons
+    _say(out, f"\n[4/4] Scale {fact.name}'s neurons at each prompt's answer position and read p(answer):")
+    table = effects(model, neuron_sets, conditions, progress=progress)
+    if table.empty:
+        _say(out, "      no neurons were selected, so there is nothing to intervene on.")
+    else:
+        _say(out, _compact(table).to_string())
+        _say(out, "")
+        for line in _summary(table, fact.name):
+            _say(out, textwrap.fill(line, 110, initial_indent="", subsequent_indent="  "))
+    _say(out, "")
+    _say(out, textwrap.fill(MEANING, 110))
+    _say(out, f"\nDone in {time.perf_counter() - start:.0f} s.")
+    table.attrs["knowledge_neurons"] = filtered
+    table.attrs["unfiltered"] = unfiltered
+    return table
+
+
+__all__ = ["CAUSAL_FACT", "DemoFact", "demo_facts", "effects", "find_fact_neurons", "run"]
