@@ -195,3 +195,18 @@ def test_notebook_runs_and_its_checkers_can_fail(name, monkeypatch):
             feedback = _printed(probe)
             assert f"✗ {key}" in feedback, f"{key}: a wrong answer was not caught:\n{feedback}"
             assert f"Hint: {quiz.get(key).hint}" in feedback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["01_knowledge_neurons", "02_plural_neuron"])  # the quick ones (tiny BERT)
+def test_student_notebook_runs_to_the_end_unanswered(name, monkeypatch):
+    """Handed out as it is, a student notebook runs through: each checker says 'no answer yet', nothing breaks."""
+    monkeypatch.delenv("KN_LENS_QUIZ_STRICT", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    notebook = _committed(name, student=True)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    printed = "".join(_printed(c) for c in notebook.cells if c.cell_type == "code")
+    stubs = sum("exercise" in c.metadata.get("tags", []) for c in notebook.cells)
+    assert printed.count("no answer yet") == stubs > 0
+    assert "✓" not in printed
