@@ -4,12 +4,13 @@
 # Dai et al. (ACL 2022) found a handful of MLP neurons per fact whose suppression lowers the probability of the
 # answer, and concluded that facts are *stored* in them. Niu et al. (ICLR 2024, "What does the knowledge neuron
 # thesis have to do with knowledge?") and others answered that the evidence is weaker than it looks: the fact
-# usually survives, the neurons do other things too, a few random neurons can matter as much, the selection
-# depends on the attribution method, edits barely generalise, and what the neurons respond to are tokens, not
-# relations.
+# often survives suppression, the neurons do other things too, knocking out random neurons can matter as much,
+# the selection depends on the attribution method, edits barely generalise, and the neurons respond to tokens
+# rather than to relations.
 #
 # This notebook turns each of those claims into an experiment you run on the embedded SmolLM2-135M (and, where it
-# teaches more, the tiny BERT of tutorial 1). Every number, figure and quiz answer comes from the live model.
+# teaches more, the tiny BERT of tutorial 1), and lets the numbers decide. Every number, figure and quiz answer
+# comes from the live model.
 #
 # **Budget.** To run on a laptop CPU in a few minutes we use one main fact (*Paris*, 3 paraphrases for the
 # attribution, 2 held out), a few facts per control group, and we restrict the layers in two places (section 4
