@@ -56,8 +56,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_vs_eleuther.py
 
+# Solution notebooks (tutorials/*.ipynb) and student versions without solutions (tutorials/student/), no outputs.
 tutorials: $(STAMP)
-	for f in tutorials/src/*.py; do $(VENV)/bin/jupytext -q --to notebook --output tutorials/$$(basename $$f .py).ipynb $$f; done
+	$(PY) tutorials/build.py
 
 fixture: $(STAMP)
 	$(PY) -m kn_lens.fixtures.train_tiny_bert

@@ -124,7 +124,12 @@ def check_model(model: object) -> Model:
         ValueError: a model without MLP layers (attention-only).
 
     Example:
-        >>> check_model(kn_lens.load_model())  # returns the model, or raises
+        >>> check_model(model) is model  # returns the model, or raises TypeError
+        True
+        >>> check_model("gpt2")
+        Traceback (most recent call last):
+        ...
+        TypeError: expected a transformer_lens HookedTransformer, HookedEncoder or a TransformerBridge ...
     """
     if backends.is_bridge(model):
         problem = backends.bridge_problem(model)

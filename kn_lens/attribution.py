@@ -52,7 +52,8 @@ Speed:
 
 Example:
     >>> scores = integrated_gradients(model, "The capital of France is", " Paris")   # [n_layers, d_mlp]
-    >>> scores.flatten().topk(5)
+    >>> kn_lens.top_neurons(scores, 5)
+    [L0N1297, L24N1005, L29N778, L27N1392, L29N1066]
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def step_alphas(method: str, n_steps: int) -> tuple[Float[Tensor, " n_steps"], F
 
     Example:
         >>> step_alphas("riemann_left", 4)
-        (tensor([0.0000, 0.2500, 0.5000, 0.7500], dtype=torch.float64), tensor([0.2500, ...]))
+        (tensor([0.0000, 0.2500, 0.5000, 0.7500], dtype=torch.float64), tensor([0.2500, ...], dtype=torch.float64))
     """
     _check_method(method, n_steps)
     n = n_steps
@@ -261,7 +262,7 @@ def per_token_prompts(prompt: Prompt) -> list[Prompt]:
     ``[MASK]`` stays masked and the site moves to the token's own mask. A single-token prompt comes back as is.
 
     Example:
-        >>> p = make_prompt(model, "The capital of Argentina is", " Buenos Aires")
+        >>> p = kn_lens.make_prompt(model, "The capital of Argentina is", " Buenos Aires")
         >>> [(q.site, q.target_ids) for q in per_token_prompts(p)]
         [(4, (...,)), (5, (...,))]
     """
@@ -790,6 +791,9 @@ def ablation_effects(
     Example:
         >>> effects = ablation_effects(model, "The capital of France is", " Paris", layers=[24])
         >>> effects[0].topk(3)
+        torch.return_types.topk(
+        values=tensor([0.2982, 0.0489, 0.0294]),
+        indices=tensor([1005,  276,  266]))
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     _check_mode(mode, mean_cache)
@@ -843,7 +847,8 @@ def attribute(
         ``Float[Tensor, "layer d_mlp"]``.
 
     Example:
-        >>> attribute(model, "The capital of France is", " Paris", attribution="grad_x_act", layers=[24])
+        >>> attribute(model, "The capital of France is", " Paris", attribution="grad_x_act", layers=[24]).shape
+        torch.Size([1, 1536])
     """
     if attribution not in _FUNCS:
         raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")

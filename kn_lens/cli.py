@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("neuron", help="e.g. L24N1005")
     decode.add_argument("-k", type=_positive_int, default=10, help="tokens per side (default 10)")
     decode.set_defaults(func=cmd_decode)
+
+    from kn_lens.cli_evaluate import add_evaluation_commands
+
+    add_evaluation_commands(sub)
     return parser
 
 

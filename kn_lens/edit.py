@@ -27,7 +27,8 @@ Caveats:
 
 Example:
     >>> with kn_lens.edit.edit_fact(model, kns.neurons, " Paris", " Rome"):
-    ...     kn_lens.target_scores(model, prompts)
+    ...     kn_lens.target_scores(model, prompts)  # p(" Paris") while the edit is on
+    tensor([...])
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class WeightEdit:
     Example:
         >>> with erase(model, ["L9N1094"]) as edit:
         ...     print(edit, edit.applied)
+        WeightEdit(erase (zero) on [L9N1094], applied) True
         >>> edit.applied
         False
     """
@@ -214,7 +216,8 @@ def edit_fact(
 
     Example:
         >>> with edit_fact(model, kns.neurons, " Paris", " Rome"):
-        ...     kn_lens.target_scores(model, kn_lens.make_prompts(model, prompts, " Rome"))
+        ...     kn_lens.target_scores(model, paraphrases, " Rome")  # p(" Rome") while the edit is on
+        tensor([...])
     """
     for name, x in (("lambda1", lambda1), ("lambda2", lambda2)):
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):

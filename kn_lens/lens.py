@@ -31,8 +31,10 @@ Caveats:
 
 Example:
     >>> model = kn_lens.load_model()
-    >>> decode(model, "L24N1005", k=5)            # top / bottom tokens of one value vector
-    >>> decode_many(model, ["L24N1005", "L29N7"])  # a long DataFrame, one row per (neuron, side, rank)
+    >>> decode(model, "L24N1005", k=5).bottom_tokens  # the tokens its value vector suppresses most
+    [' capitals', 'Icon', ' saint', 'runner', 'attle']
+    >>> decode_many(model, ["L24N1005", "L29N7"]).shape  # a long DataFrame, one row per (neuron, side, rank)
+    (40, 9)
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def final_norm(model: Model) -> backends.Norm | None:
     ``TransformerBridge``), reading the parameters the forward pass uses.
 
     Example:
-        >>> final_norm(model)  # SmolLM2: its final RMSNorm
+        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm
+        'RMSNorm'
     """
     return backends.final_norm(model)
 
@@ -143,7 +146,8 @@ def direction_logits(
     they cannot be separated from the non-linearity.
 
     Example:
-        >>> direction_logits(model, model.W_out[24, [1005]]).topk(5)
+        >>> direction_logits(model, model.W_out[24, [1005]]).topk(5).indices
+        tensor([[12539, 49148, 33180, 39549, 33606]])
     """
     check_model(model)
     through = _check_through(model, through)
@@ -171,7 +175,10 @@ class Decoded:
 
     Example:
         >>> d = decode(model, "L24N1005", k=5)
-        >>> d.bottom_tokens, d.to_frame()
+        >>> d.bottom_tokens
+        [' capitals', 'Icon', ' saint', 'runner', 'attle']
+        >>> d.to_frame().shape
+        (10, 9)
     """
 
     neuron: Neuron
@@ -298,6 +305,13 @@ def decode_many(
     Example:
         >>> df = decode_many(model, ["L24N1005", "L29N7"], k=5)
         >>> df[df.side == "top"].pivot(index="rank", columns="neuron", values="token")
+        neuron L24N1005     L29N7
+        rank
+        0        ocaust      work
+        1          omia      work
+        2          alfa     works
+        3        opards      Work
+        4           unn   working
     """
     check_model(model)
     neurons = to_neurons(neurons, model)
