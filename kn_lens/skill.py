@@ -686,6 +686,10 @@ def _soft_hook(embed: Float[Tensor, "batch pos d_model"], hook: Any, *, weight: 
 
 
 def _embed_hook_name(model: Model) -> str:
+    from kn_lens import backends
+
+    if backends.is_bridge(model):  # its hook_embed alias is after the embedding LayerNorm for BERT/RoBERTa
+        return backends.token_embed_hook(model)
     names = getattr(model, "hook_dict", {})
     for name in ("hook_embed", "embed.hook_embed"):
         if name in names:
@@ -1538,6 +1542,13 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
         raise ValueError("every layer must keep at least one neuron")
     if str(getattr(model.cfg, "act_fn", "")).endswith("_ln"):
         raise ValueError(f"act_fn {model.cfg.act_fn} normalises across neurons: dropping neurons would change the rest")
+    from kn_lens import backends
+
+    if backends.is_bridge(model):
+        raise TypeError(
+            "prune builds a smaller copy of a HookedTransformer / HookedEncoder; a TransformerBridge keeps its weights "
+            "in the transformers modules, which kn_lens does not resize yet: load the model with backend='hooked'"
+        )
     blocks = getattr(model, "blocks", None)
     if blocks is None or not all(hasattr(b.mlp, "W_in") and hasattr(b.mlp, "b_out") for b in blocks):
         raise TypeError("pruning needs a HookedTransformer / HookedEncoder with dense MLPs (W_in, W_out, b_out)")

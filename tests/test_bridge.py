@@ -496,6 +496,77 @@ def test_tiny_bert_knowledge_neurons_on_the_bridge():
         pd.testing.assert_frame_equal(table, kn_lens.suppress(hooked, again), atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_bridge():
+    from kn_lens.fixtures import tiny_bert
+
+    return tiny_bert.load("bridge")
+
+
+@pytest.fixture(scope="module")
+def number_task():
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+    texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+    return skill.make_task(texts, [int(a.plural) for a in agreement], name="number", classes=("singular", "plural"))
+
+
+def test_skill_neurons_on_the_bridge(tiny_bridge, number_task):
+    """Soft prompts write the token embeddings (not the bridge's post-LayerNorm ``hook_embed`` alias of BERT)."""
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    hook = skill._embed_hook_name(tiny_bridge)
+    prompt = kn_lens.make_prompt(tiny_bridge, "The capital of France is [MASK] .", "Paris")
+    seen = {}
+    with torch.no_grad():
+        tiny_bridge.run_with_hooks(prompt.tokens[None], fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x))])
+    torch.testing.assert_close(seen["x"][0], backends.embed(tiny_bridge)[prompt.tokens], atol=0, rtol=0)
+
+    generator = torch.Generator().manual_seed(0)
+    soft = skill.SoftPrompt(torch.randn(3, tiny_bridge.cfg.d_model, generator=generator), ("violin", "piano"))
+    margins = skill.margins(tiny_bridge, number_task, prompt=soft, split="dev", progress=False)
+    assert torch.isfinite(margins).all()
+    means = skill.mean_activations(tiny_bridge, number_task, prompt=soft)
+    predictivity = skill.predictivity(tiny_bridge, number_task, prompt=soft, progress=False)
+    with pytest.raises(TypeError, match="backend='hooked'"):
+        skill.prune(tiny_bridge, predictivity.mask(0.5, per_layer=True), means)
+    if backends.HAS_HOOKED:
+        hooked = tiny_bert.load("hooked")
+        torch.testing.assert_close(
+            margins, skill.margins(hooked, number_task, prompt=soft, split="dev", progress=False), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(means, skill.mean_activations(hooked, number_task, prompt=soft), atol=1e-4, rtol=0)
+        again = skill.predictivity(hooked, number_task, prompt=soft, progress=False)
+        assert again.mask(0.01).sum() == predictivity.mask(0.01).sum()
+
+
+def test_evaluation_on_the_bridge(tiny_bridge, tmp_path):
+    from _tiny_pararel import write_tiny_pararel
+
+    from kn_lens.datasets import pararel
+    from kn_lens.evaluate import erase_relation, evaluate_fact, relation_neurons
+
+    bags = pararel.load(write_tiny_pararel(tmp_path)).bags(tiny_bridge)
+    capitals = bags[:12]
+    saved = _state(tiny_bridge)
+    records = [evaluate_fact(tiny_bridge, bag, same_relation=capitals[:2]) for bag in capitals[:2]]
+    neurons = relation_neurons(records, top=5, min_count=1)
+    table = erase_relation(tiny_bridge, capitals, neurons, other_facts=bags[12:16])
+    _assert_bit_exact(tiny_bridge, saved)
+    if backends.HAS_HOOKED:
+        from kn_lens.fixtures import tiny_bert
+
+        hooked = tiny_bert.load("hooked")
+        hooked_bags = pararel.load(write_tiny_pararel(tmp_path / "again")).bags(hooked)
+        hooked_records = [evaluate_fact(hooked, bag, same_relation=hooked_bags[:2]) for bag in hooked_bags[:2]]
+        assert [r["neurons"] for r in hooked_records] == [r["neurons"] for r in records]
+        again = erase_relation(hooked, hooked_bags[:12], neurons, other_facts=hooked_bags[12:16])
+        pd.testing.assert_frame_equal(table, again, atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------------------
