@@ -617,3 +617,19 @@ def test_unknown_backend():
     if not backends.HAS_HOOKED:
         with pytest.raises(ValueError, match="backend='bridge'"):
             kn_lens.load_model(backend="hooked")
+
+
+def test_cli_evaluation_commands_take_the_bridge(capsys):
+    import json
+
+    from kn_lens.cli import main
+
+    prompts = ["The capital of France is [MASK].", "France has its capital in [MASK]."]
+    base = ["enhance", "Paris", prompts[0], "--neurons", "L1N253", "--json", "--model", "tiny-bert"]
+    assert main([*base, "--backend", "bridge"]) == 0
+    bridge_rows = json.loads(capsys.readouterr().out)["rows"]
+    assert bridge_rows and all(r["after"] >= 0 for r in bridge_rows)
+    if backends.HAS_HOOKED:
+        assert main([*base, "--backend", "hooked"]) == 0
+        hooked_rows = json.loads(capsys.readouterr().out)["rows"]
+        assert [r["after"] for r in hooked_rows] == pytest.approx([r["after"] for r in bridge_rows], abs=1e-5)
