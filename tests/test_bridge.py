@@ -191,6 +191,8 @@ def _prompts(pair, model):
 
 def test_load_model_backends(pair):
     assert backends.is_bridge(pair.bridge) and pair.bridge.compatibility_mode
+    assert isinstance(pair.bridge, kn_lens.Model) and not isinstance(torch.nn.Linear(2, 2), kn_lens.Model)
+    assert pair.hooked is None or isinstance(pair.hooked, kn_lens.Model)  # the protocol covers both backends
     assert kn_lens._typing.is_encoder(pair.bridge) == (pair.family in ENCODERS)
     default = kn_lens.load_model(pair.folder) if pair.family != "roberta" or not backends.HAS_HOOKED else None
     if default is not None:
