@@ -67,6 +67,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, to_layers
 
@@ -1568,6 +1569,11 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
     counts = keep.sum(1)
     if int(counts.min()) < 1:
         raise ValueError("every layer must keep at least one neuron")
+    if backends.is_bridge(model):
+        raise TypeError(
+            "prune builds a smaller HookedTransformer / HookedEncoder and cannot resize a TransformerBridge's "
+            "wrapped transformers model; load the model with backend='hooked' to prune it"
+        )
     if str(getattr(model.cfg, "act_fn", "")).endswith("_ln"):
         raise ValueError(f"act_fn {model.cfg.act_fn} normalises across neurons: dropping neurons would change the rest")
     blocks = getattr(model, "blocks", None)
