@@ -20,7 +20,7 @@ import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"\b(kns|scores)\b")
+_NAMES = re.compile(r"(?<![.\w])(kns|scores)\b")  # the shared names, not attributes like result.scores
 
 
 def _base() -> dict:

@@ -635,3 +635,37 @@ def test_cli_evaluation_commands_take_the_bridge(capsys):
         assert main([*base, "--backend", "hooked"]) == 0
         hooked_rows = json.loads(capsys.readouterr().out)["rows"]
         assert [r["after"] for r in hooked_rows] == pytest.approx([r["after"] for r in bridge_rows], abs=1e-5)
+
+
+def test_skill_neurons_on_a_bridge(pair):
+    """kn_lens.skill on every family, RoBERTa (the paper's model) included where the bridge has an adapter."""
+    from kn_lens import hooks, skill
+
+    encoder = pair.family in ENCODERS
+    texts = [f"The {w} {v} there." for w in ("cat", "dog", "bird", "cow") for v in ("sat", "ran", "slept")]
+    task = skill.make_task(texts, [i % 2 for i in range(len(texts))], dev=1 / 3, test=1 / 6)
+    verbalizer = ("a", "these") if encoder else (" bad", " good")
+    prompt = skill.HardPrompt("{text} [MASK]." if encoder else "{text} It was", verbalizer)
+    result = skill.predictivity(pair.bridge, task, prompt=prompt, progress=False)
+    assert result.per_position.shape[1:] == (2, pair.bridge.cfg.d_mlp) and float(result.per_position.min()) >= 0.5
+    if pair.hooked is not None:
+        reference = skill.predictivity(pair.hooked, task, prompt=prompt, progress=False)
+        torch.testing.assert_close(result.thresholds, reference.thresholds, atol=1e-5, rtol=1e-4)
+        assert result.positions == reference.positions
+    mask = result.mask(0.5)
+    perturbed = hooks.perturb(mask, "zero", positions=list(result.positions))
+    clean = skill.margins(pair.bridge, task, prompt=prompt, split="train", progress=False)
+    changed = skill.margins(pair.bridge, task, prompt=prompt, split="train", fwd_hooks=perturbed, progress=False)
+    assert not torch.equal(changed, clean)
+    if pair.hooked is not None:
+        expected = skill.margins(pair.hooked, task, prompt=prompt, split="train", fwd_hooks=perturbed, progress=False)
+        torch.testing.assert_close(changed, expected, atol=1e-4, rtol=1e-4)
+    before = _state(pair.bridge)
+    soft = skill.train_soft_prompt(
+        pair.bridge, task, verbalizer, n_tokens=2, steps=3, batch_size=4, eval_every=3, progress=False,
+        placement="end",
+    )  # fmt: skip
+    _assert_bit_exact(pair.bridge, before)
+    assert soft.history and 0 <= soft.dev_accuracy <= 1
+    with pytest.raises(TypeError, match="backend='hooked'"):
+        skill.prune(pair.bridge, mask | True, torch.zeros(mask.shape))
