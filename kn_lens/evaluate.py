@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -74,6 +75,8 @@ EFFECT_COLUMNS = (
     "logodds_change",
     "top1_before",
     "top1_after",
+    "nll_before",
+    "nll_after",
 )
 _EPS = 1e-12
 
@@ -215,7 +218,8 @@ def intervention_effects(
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
         ``before``/``after`` probabilities of the correct answer, ``rel_change``, ``logodds_change`` and
-        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?).
+        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?), ``nll_before``/``nll_after`` (the
+        answer's negative log-likelihood per token).
         ``condition`` is ``"knowledge neurons"``, ``"knowledge neurons (held-out)"``, ``"random neurons"``,
         ``"random neurons (held-out)"``, ``"same relation"`` or ``"other facts"`` (the frame
         ``kn_lens.plotting.intervention_bars`` takes).
@@ -303,6 +307,8 @@ def intervention_effects(
                         logodds_change=float(lo_after[i] - lo_before[i]),
                         top1_before=bool(base.top1[i]),
                         top1_after=bool(now.top1[i]),
+                        nll_before=float(-base.logprob[i] / base.n_tokens[i]),
+                        nll_after=float(-now.logprob[i] / now.n_tokens[i]),
                     )
                 )
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
@@ -325,7 +331,8 @@ def summarize_effects(
     Returns:
         One row per group: ``n``, ``before``, ``after`` (means), ``rel_change_%`` (mean of per-prompt relative
         changes, x100, Dai et al.'s number), ``rel_of_means_%`` (relative change of the mean probability, x100),
-        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share).
+        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share) and
+        ``ppl_before``/``ppl_after`` (answer perplexity, exp of the mean per-token negative log-likelihood).
 
     Example:
         >>> summarize_effects(df, base_split=(0.9,))
@@ -354,7 +361,12 @@ def summarize_effects(
         frame["top1_before"] = frame["top1_before"].astype(float)
         frame["top1_after"] = frame["top1_after"].astype(float)
         aggregations.update(acc_before=("top1_before", "mean"), acc_after=("top1_after", "mean"))
+    if {"nll_before", "nll_after"} <= set(frame.columns):
+        aggregations.update(nll_before=("nll_before", "mean"), nll_after=("nll_after", "mean"))
     out = grouped.agg(**aggregations).reset_index()
+    if "nll_before" in out:  # answer perplexity: exp of the mean per-token negative log-likelihood
+        out["ppl_before"] = np.exp(out.pop("nll_before"))
+        out["ppl_after"] = np.exp(out.pop("nll_after"))
     out["rel_change_%"] = 100 * out.pop("rel_change")
     out["rel_of_means_%"] = 100 * (out["after"] - out["before"]) / out["before"].where(out["before"] > 0)
     return out
@@ -928,7 +940,8 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
 
     Returns:
         Columns ``relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
-        acc_before, acc_after, specificity`` (specificity from the own and same-relation mean changes).
+        acc_before, acc_after, ppl_before, ppl_after, specificity`` (specificity from the own and same-relation
+        mean changes).
 
     Example:
         >>> relation_table(records_frame(records)).query("intervention == 'suppress'")
@@ -937,7 +950,8 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
-    metrics = [c for c in ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after") if c in data]
+    names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")
+    metrics = [c for c in names if c in data]
     out = data.groupby(["relation", "intervention", "condition"], sort=False)[metrics].mean().reset_index()
     out.insert(3, "facts", data.groupby(["relation", "intervention", "condition"], sort=False).size().to_numpy())
     spec = {}
