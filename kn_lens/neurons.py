@@ -28,7 +28,15 @@ Caveats:
 Example:
     >>> paraphrases = ["The capital of France is", "France's capital city is", "The French capital is"]
     >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
-    >>> kns.neurons, kns.to_dataframe()
+    >>> kns.neurons
+    [L29N1066, L29N1285, L29N778, L29N238, L21N522]
+    >>> kns.to_dataframe()[["neuron", "n_prompts", "mean_score"]]
+         neuron  n_prompts  mean_score
+    0  L29N1066          3    0.0977
+    1  L29N1285          3    0.0760
+    2   L29N778          3    0.0744
+    3   L29N238          3    0.0485
+    4   L21N522          3    0.0477
 """
 
 from __future__ import annotations
@@ -267,8 +275,12 @@ class KnowledgeNeurons:
 
     Example:
         >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
-        >>> kns.neurons, kns.counts()
-        >>> kns.to_dataframe().head()
+        >>> kns.neurons
+        [L29N1066, L29N1285, L29N778, L29N238, L21N522]
+        >>> list(kns.counts().items())[:2]  # in how many prompts each neuron was coarse
+        [(L29N778, 3), (L29N1066, 3)]
+        >>> kns.to_dataframe().shape  # one row per neuron: counts, mean/max score, one column per prompt
+        (5, 12)
     """
 
     neurons: list[Neuron]
@@ -322,7 +334,8 @@ class KnowledgeNeurons:
         prompt; ``dropped_by`` names the filter that removed a candidate, if any.
 
         Example:
-            >>> kns.to_dataframe().sort_values("mean_score", ascending=False)
+            >>> kns.to_dataframe().sort_values("mean_score", ascending=False)["neuron"].tolist()
+            ['L29N1066', 'L29N1285', 'L29N778', 'L29N238', 'L21N522']
         """
         counts = self.counts()
         rows_for = list(self.neurons)
@@ -358,7 +371,8 @@ class KnowledgeNeurons:
 
         Example:
             >>> data = kns.to_json()
-            >>> same = KnowledgeNeurons.from_json(model, data)
+            >>> KnowledgeNeurons.from_json(model, data).neurons == kns.neurons
+            True
         """
 
         def plain(value: Any) -> Any:
@@ -396,7 +410,8 @@ class KnowledgeNeurons:
         saved).
 
         Example:
-            >>> kns = KnowledgeNeurons.from_json(model, json.loads(line))
+            >>> KnowledgeNeurons.from_json(model, kns.to_json(scores=True)).scores.shape == kns.scores.shape
+            True
         """
         check_model(model)
         if not isinstance(data, Mapping):
@@ -523,7 +538,8 @@ def find_knowledge_neurons(
 
     Example:
         >>> kns = find_knowledge_neurons(model, ["The capital of France is", "France's capital is"], " Paris")
-        >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.scale(kns, 0.0))
+        >>> kn_lens.target_scores(model, prompts, fwd_hooks=kn_lens.hooks.Intervention("scale", kns, 0.0))
+        tensor([...])
     """
     check_model(model)
     if variant not in VARIANTS:
@@ -622,7 +638,9 @@ class FactPrompts:
     """One fact to find knowledge neurons for: its paraphrases, its answer, and (optionally) its relation.
 
     Example:
-        >>> FactPrompts(["The capital of France is", "France's capital is"], " Paris", relation="capital")
+        >>> fact = FactPrompts(["The capital of France is", "France's capital is"], " Paris", relation="capital")
+        >>> fact.prompts, fact.target, fact.relation
+        (('The capital of France is', "France's capital is"), ' Paris', 'capital')
     """
 
     prompts: tuple[str | Prompt, ...]
@@ -678,9 +696,11 @@ def find_knowledge_neurons_many(
         One :class:`KnowledgeNeurons` per fact, in order.
 
     Example:
-        >>> facts = [(["The capital of France is", "France's capital is"], " Paris", "capital"),
-        ...          (["The capital of Italy is", "Italy's capital is"], " Rome", "capital")]
-        >>> [kns.neurons for kns in find_knowledge_neurons_many(model, facts)]
+        >>> facts = [(["The capital of France is [MASK].", "France has its capital in [MASK]."], "Paris", "capital"),
+        ...          (["The capital of Italy is [MASK].", "Italy has its capital in [MASK]."], "Rome", "capital")]
+        >>> results = find_knowledge_neurons_many(bert, facts, progress=False)  # the tiny BERT
+        >>> [r.neurons for r in results]
+        [[...], [...]]
     """
     check_model(model)
     items = [_as_fact(f) for f in facts]
@@ -713,8 +733,12 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
     not modified).
 
     Example:
-        >>> filtered = relation_filter(results, 0.1)
-        >>> filtered[0].dropped["relation"]
+        >>> facts = [(kn_lens.fixtures.tiny_bert.train_prompts(f), f.answer, f.relation)
+        ...          for f in kn_lens.fixtures.tiny_bert.facts_of("capital")[:3]]
+        >>> results = find_knowledge_neurons_many(bert, facts, relation_share=None, progress=False)
+        >>> filtered = relation_filter(results, 0.1)  # drop neurons found for 2 or more of the 3 capitals
+        >>> results[0].neurons, filtered[0].dropped["relation"]
+        ([L1N253, L1N292, L1N990, L0N721, L1N1001], [L1N253])
     """
     _check_relation_share(share, "share")
     by_relation: dict[str | None, list[int]] = {}
