@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from kn_lens._typing import Model, is_encoder
+from kn_lens.backends import is_hooked
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective, objective_from_logits
 
@@ -38,10 +39,14 @@ except ImportError:  # pragma: no cover - older TransformerLens
 
 MEMORY_BUDGET = 400 * 2**20
 """Bytes of activations one fast pass may keep for its backward pass (sets the automatic batch size)."""
+NO_BACKWARD_FACTOR = 4
+"""Ablation passes run without autograd, so about this many times more rows fit in the same budget."""
 
 
 def supports(model: Model, hook: str) -> bool:
     """Whether the fast path models this architecture exactly (otherwise the plain reference runs)."""
+    if not is_hooked(model):  # a TransformerBridge: HookedTransformer internals (start_at_layer, KV cache) differ
+        return False
     cfg = model.cfg
     if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
         return False  # SoLU-style LayerNorm inside the MLP
@@ -259,12 +264,27 @@ def _block(block, resid: Tensor, entry, encoder: bool, gated: bool, record: dict
     return post
 
 
+# The memory plan's estimate of what autograd keeps per recomputed position and block, in float32 tensors of each
+# width (counted from the block's forward: MLP pre/post/gate and their saved inputs; norms, residual copies,
+# queries/keys/values and attention outputs; attention scores and probabilities per head), and how many
+# vocabulary-wide tensors the objective keeps at each position it reads (logits, log-softmax and their grads).
+BYTES_PER_FLOAT = 4
+SAVED_D_MLP_TENSORS = 10
+SAVED_D_MODEL_TENSORS = 24
+SAVED_SCORE_TENSORS_PER_HEAD = 6
+SAVED_VOCAB_TENSORS = 6
+
+
 def _bytes_per_step(model: Model, clean: _Clean, layer: int, prompt_len: int) -> float:
-    """Rough activation memory one row of group ``layer`` keeps for the backward pass."""
+    """Rough activation memory one row of group ``layer`` keeps for the backward pass (see the constants above)."""
     cfg = model.cfg
     q = prompt_len - clean.start
-    per_pos_block = 4 * (10 * cfg.d_mlp + 24 * cfg.d_model + 6 * cfg.n_heads * prompt_len)
-    logits = 4 * 6 * cfg.d_vocab * clean.logit_positions  # ~6 vocab-sized tensors live
+    per_pos_block = BYTES_PER_FLOAT * (
+        SAVED_D_MLP_TENSORS * cfg.d_mlp
+        + SAVED_D_MODEL_TENSORS * cfg.d_model
+        + SAVED_SCORE_TENSORS_PER_HEAD * cfg.n_heads * prompt_len
+    )
+    logits = BYTES_PER_FLOAT * SAVED_VOCAB_TENSORS * cfg.d_vocab * clean.logit_positions
     return per_pos_block * q * (cfg.n_layers - 1 - layer) + logits
 
 
@@ -378,7 +398,7 @@ def ablation_effects(
     act = clean.acts[kind][layers]  # [G, d]
     d_mlp = act.shape[1]
     per_row = sum(_bytes_per_step(model, clean, layer, len(prompt)) for layer in layers)
-    chunk = internal_batch_size or max(1, int(4 * MEMORY_BUDGET // per_row))  # no backward: less kept
+    chunk = internal_batch_size or max(1, int(NO_BACKWARD_FACTOR * MEMORY_BUDGET // per_row))
     chunk = min(chunk, d_mlp)
     out = torch.zeros(len(layers), d_mlp, dtype=torch.float32)
     for start in tqdm(range(0, d_mlp, chunk), desc="ablations (fast)", disable=not progress, leave=False):

@@ -52,7 +52,8 @@ Speed:
 
 Example:
     >>> scores = integrated_gradients(model, "The capital of France is", " Paris")   # [n_layers, d_mlp]
-    >>> scores.flatten().topk(5)
+    >>> kn_lens.top_neurons(scores, 5)
+    [L0N1297, L24N1005, L29N778, L27N1392, L29N1066]
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import _ig_bridge
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
 from kn_lens.inputs import check_finite, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
@@ -129,7 +131,7 @@ def step_alphas(method: str, n_steps: int) -> tuple[Float[Tensor, " n_steps"], F
 
     Example:
         >>> step_alphas("riemann_left", 4)
-        (tensor([0.0000, 0.2500, 0.5000, 0.7500], dtype=torch.float64), tensor([0.2500, ...]))
+        (tensor([0.0000, 0.2500, 0.5000, 0.7500], dtype=torch.float64), tensor([0.2500, ...], dtype=torch.float64))
     """
     _check_method(method, n_steps)
     n = n_steps
@@ -260,7 +262,7 @@ def per_token_prompts(prompt: Prompt) -> list[Prompt]:
     ``[MASK]`` stays masked and the site moves to the token's own mask. A single-token prompt comes back as is.
 
     Example:
-        >>> p = make_prompt(model, "The capital of Argentina is", " Buenos Aires")
+        >>> p = kn_lens.make_prompt(model, "The capital of Argentina is", " Buenos Aires")
         >>> [(q.site, q.target_ids) for q in per_token_prompts(p)]
         [(4, (...,)), (5, (...,))]
     """
@@ -415,7 +417,8 @@ def integrated_gradients(
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
             Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
             soft-capped logits, mixture-of-experts, ...) silently use the plain reference; a model with hooks
-            attached uses it too, with a warning (the fast path would bypass them).
+            attached uses it too, with a warning (the fast path would bypass them). On a ``TransformerBridge``
+            the fast path batches every layer's steps through the bridge's own hooks (yours stay in force).
         progress: show a progress bar.
 
     Returns:
@@ -445,6 +448,20 @@ def integrated_gradients(
     use_fast = _use_fast(model, hook, fast)
 
     def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
+        if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
+            return _ig_bridge.integrated_gradients(
+                model,
+                part,
+                layer_list,
+                alphas,
+                weights,
+                baselines,
+                objective,
+                hook,
+                internal_batch_size,
+                return_convergence_delta,
+                progress,
+            )
         if use_fast:
             from kn_lens import _ig_fast
 
@@ -774,6 +791,9 @@ def ablation_effects(
     Example:
         >>> effects = ablation_effects(model, "The capital of France is", " Paris", layers=[24])
         >>> effects[0].topk(3)
+        torch.return_types.topk(
+        values=tensor([0.2982, 0.0489, 0.0294]),
+        indices=tensor([1005,  276,  266]))
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
     _check_mode(mode, mean_cache)
@@ -827,7 +847,8 @@ def attribute(
         ``Float[Tensor, "layer d_mlp"]``.
 
     Example:
-        >>> attribute(model, "The capital of France is", " Paris", attribution="grad_x_act", layers=[24])
+        >>> attribute(model, "The capital of France is", " Paris", attribution="grad_x_act", layers=[24]).shape
+        torch.Size([1, 1536])
     """
     if attribution not in _FUNCS:
         raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")

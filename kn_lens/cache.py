@@ -16,7 +16,8 @@ Positions:
 Example:
     >>> acts = cache_mlp_post(model, ["The capital of France is"], layers=[24], positions="all")
     >>> acts[24].shape            # [rows, d_mlp], one row per token
-    >>> top = top_activating(model, "L24N1005", texts, k=5)
+    torch.Size([5, 1536])
+    >>> top = top_activating(model, "L24N1005", ["Paris is nice.", "I like tea."], k=1, progress=False)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class MLPPostCache:
     Example:
         >>> c = cache_mlp_post(model, ["The capital of France is"], layers=[24])
         >>> c[24].shape, c.neuron("L24N1005")
+        (torch.Size([1, 1536]), tensor([...]))
     """
 
     acts: dict[int, Float[Tensor, "rows d_mlp"]]
@@ -93,9 +95,9 @@ class MLPPostCache:
         """All cached layers in one tensor (layer axis in :attr:`layers` order)."""
         return torch.stack([self.acts[layer] for layer in self.layers], dim=1)
 
-    def neuron(self, neuron: Neuron | tuple[int, int]) -> Float[Tensor, " rows"]:
+    def neuron(self, neuron: NeuronLike) -> Float[Tensor, " rows"]:
         """One neuron's activation on every row."""
-        layer, index = neuron
+        layer, index = to_neuron(neuron)
         return self[layer][:, index]
 
 
@@ -185,8 +187,9 @@ def mean_activations(
         neuron ``L{L}N{i}``.
 
     Example:
-        >>> means = mean_activations(model, texts, layers=[24])
-        >>> means[24][1005]
+        >>> means = mean_activations(model, paraphrases, layers=[24])
+        >>> means[24].shape
+        torch.Size([1536])
     """
     cache = cache_mlp_post(
         model, prompts, layers=layers, positions=positions, batch_size=batch_size, progress=progress, hook=hook
@@ -207,8 +210,10 @@ class TopActivating:
         largest: True if the search was for the most positive activations, False for the most negative.
 
     Example:
-        >>> top = top_activating(model, "L24N1005", texts, k=3)
-        >>> top.to_frame()
+        >>> top = top_activating(model, "L24N1005", ["Paris is nice.", "I like tea.", "Rome, Italy"], k=2)
+        >>> top.to_frame()[["rank", "text", "token"]]
+           rank            text  token
+        0     0 ...
     """
 
     neuron: Neuron
@@ -266,6 +271,8 @@ def top_activating(
     Example:
         >>> top = top_activating(model, "L24N1005", ["Paris is the capital of France.", "I like tea."], k=1)
         >>> top.to_frame()
+           rank                             text token  position  activation
+        0     0  Paris is the capital of France.    of         4    2.035...
     """
     check_model(model)
     neuron = to_neuron(neuron, model)

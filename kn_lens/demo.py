@@ -17,7 +17,7 @@ are specific to the fact; a drop as large on the other capitals says they carry 
 that comparison as it is, whatever it shows.
 
 Example:
-    >>> table = run(model, out=io.StringIO())  # the printed story goes to ``out``
+    >>> table = run(bert, progress=False, out=io.StringIO())  # the tiny BERT; the story goes to ``out``
     >>> list(dict.fromkeys(table["condition"]))[:3]
     ["the fact's prompts", 'held-out paraphrases', 'other capitals (same relation)']
 """

@@ -27,7 +27,8 @@ Caveats:
 
 Example:
     >>> with kn_lens.edit.edit_fact(model, kns.neurons, " Paris", " Rome"):
-    ...     kn_lens.target_scores(model, prompts)
+    ...     kn_lens.target_scores(model, prompts)  # p(" Paris") while the edit is on
+    tensor([...])
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out
 from kn_lens.inputs import NeuronsLike, to_neurons
 from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
@@ -64,6 +66,7 @@ class WeightEdit:
     Example:
         >>> with erase(model, ["L9N1094"]) as edit:
         ...     print(edit, edit.applied)
+        WeightEdit(erase (zero) on [L9N1094], applied) True
         >>> edit.applied
         False
     """
@@ -133,7 +136,8 @@ def token_embedding(model: Model, token: TokenLike) -> Float[Tensor, " d_model"]
     if token is None:
         raise ValueError("token is None; pass a word such as ' Paris' or a token id")
     ids = token_ids(model, token)
-    return model.W_E.detach()[torch.tensor(ids, device=model.W_E.device)].float().mean(0)
+    w_e = backends.embed(model).detach()
+    return w_e[torch.tensor(ids, device=w_e.device)].float().mean(0)
 
 
 def _check_neurons(model: Model, neurons: NeuronsLike) -> list[Neuron]:
@@ -212,7 +216,8 @@ def edit_fact(
 
     Example:
         >>> with edit_fact(model, kns.neurons, " Paris", " Rome"):
-        ...     kn_lens.target_scores(model, kn_lens.make_prompts(model, prompts, " Rome"))
+        ...     kn_lens.target_scores(model, paraphrases, " Rome")  # p(" Rome") while the edit is on
+        tensor([...])
     """
     for name, x in (("lambda1", lambda1), ("lambda2", lambda2)):
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):

@@ -28,7 +28,15 @@ Caveats:
 Example:
     >>> paraphrases = ["The capital of France is", "France's capital city is", "The French capital is"]
     >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
-    >>> kns.neurons, kns.to_dataframe()
+    >>> kns.neurons
+    [L29N1066, L29N1285, L29N778, L29N238, L21N522]
+    >>> kns.to_dataframe()[["neuron", "n_prompts", "mean_score"]]
+         neuron  n_prompts  mean_score
+    0  L29N1066          3    0.0977
+    1  L29N1285          3    0.0760
+    2   L29N778          3    0.0744
+    3   L29N238          3    0.0485
+    4   L21N522          3    0.0477
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from tqdm.auto import tqdm
 
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
 from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
-from kn_lens.prompts import Prompt, TargetLike
+from kn_lens.prompts import Prompt, TargetLike, make_prompt
 
 Variant = Literal["dai", "eleuther"]
 
@@ -267,8 +275,12 @@ class KnowledgeNeurons:
 
     Example:
         >>> kns = find_knowledge_neurons(model, paraphrases, " Paris")
-        >>> kns.neurons, kns.counts()
-        >>> kns.to_dataframe().head()
+        >>> kns.neurons
+        [L29N1066, L29N1285, L29N778, L29N238, L21N522]
+        >>> list(kns.counts().items())[:2]  # in how many prompts each neuron was coarse
+        [(L29N778, 3), (L29N1066, 3)]
+        >>> kns.to_dataframe().shape  # one row per neuron: counts, mean/max score, one column per prompt
+        (5, 12)
     """
 
     neurons: list[Neuron]
@@ -322,7 +334,8 @@ class KnowledgeNeurons:
         prompt; ``dropped_by`` names the filter that removed a candidate, if any.
 
         Example:
-            >>> kns.to_dataframe().sort_values("mean_score", ascending=False)
+            >>> kns.to_dataframe().sort_values("mean_score", ascending=False)["neuron"].tolist()
+            ['L29N1066', 'L29N1285', 'L29N778', 'L29N238', 'L21N522']
         """
         counts = self.counts()
         rows_for = list(self.neurons)
@@ -349,6 +362,80 @@ class KnowledgeNeurons:
         columns = ["neuron", "layer", "index", "selected", "n_prompts", "share", "mean_score", "max_score"]
         columns += ["dropped_by"] + [f"score[{i}]" for i in range(len(self.prompts))]
         return pd.DataFrame(rows, columns=columns)
+
+    def to_json(self, *, scores: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict of the result (neurons as ``"L{l}N{i}"``), for saving a sweep and re-analysing it.
+
+        Args:
+            scores: include the per-prompt attribution scores (``prompts x layers x d_mlp`` numbers: large).
+
+        Example:
+            >>> data = kns.to_json()
+            >>> same = KnowledgeNeurons.from_json(model, data)
+        """
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Prompt):
+                return value.text
+            if isinstance(value, Neuron):
+                return str(value)
+            if isinstance(value, Mapping):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, Tensor):
+                return value.tolist()
+            return value
+
+        data: dict[str, Any] = dict(
+            neurons=[str(n) for n in self.neurons],
+            prompts=[p.text for p in self.prompts],
+            target=self.target,
+            target_ids=list(self.prompts[0].target_ids) if self.prompts else [],
+            layers=list(self.layers),
+            coarse=[[str(n) for n in c] for c in self.coarse],
+            params=plain(self.params),
+            dropped={k: [str(n) for n in v] for k, v in self.dropped.items()},
+            relation=self.relation,
+            name=self.name,
+        )
+        if scores:
+            data["scores"] = self.scores.tolist()
+        return data
+
+    @classmethod
+    def from_json(cls, model: Model, data: Mapping[str, Any]) -> KnowledgeNeurons:
+        """Rebuild a result saved with :meth:`to_json` (prompts re-tokenised with ``model``; scores zero unless
+        saved).
+
+        Example:
+            >>> kns = KnowledgeNeurons.from_json(model, json.loads(line))
+        """
+        check_model(model)
+        if not isinstance(data, Mapping):
+            raise TypeError(f"from_json needs the dict to_json made, got {type(data).__name__}")
+        missing = [k for k in ("neurons", "prompts", "target", "layers", "coarse") if k not in data]
+        if missing:
+            raise ValueError(f"not a KnowledgeNeurons record: missing {missing}")
+        target = data.get("target_ids") or data["target"]
+        prompts = [make_prompt(model, text, target) for text in data["prompts"]]
+        layers = [int(x) for x in data["layers"]]
+        if data.get("scores") is not None:
+            scores = torch.tensor(data["scores"], dtype=torch.float32)
+        else:
+            scores = torch.zeros(len(prompts), len(layers), model.cfg.d_mlp)
+        return cls(
+            neurons=to_neurons(list(data["neurons"]), model, allow_empty=True),
+            prompts=prompts,
+            target=str(data["target"]),
+            scores=scores,
+            layers=layers,
+            coarse=[to_neurons(list(c), model, allow_empty=True) for c in data["coarse"]],
+            params=dict(data.get("params") or {}),
+            dropped={k: to_neurons(list(v), model, allow_empty=True) for k, v in (data.get("dropped") or {}).items()},
+            relation=data.get("relation"),
+            name=str(data.get("name") or ""),
+        )
 
     def plot(self, **kwargs: Any):
         """A figure of the neurons' per-prompt scores and the mean attribution map (``kn_lens.plotting``).
@@ -449,7 +536,8 @@ def find_knowledge_neurons(
 
     Example:
         >>> kns = find_knowledge_neurons(model, ["The capital of France is", "France's capital is"], " Paris")
-        >>> model.run_with_hooks(tokens, fwd_hooks=kn_lens.hooks.scale(kns, 0.0))
+        >>> kn_lens.target_scores(model, prompts, fwd_hooks=kn_lens.hooks.Intervention("scale", kns, 0.0))
+        tensor([...])
     """
     check_model(model)
     if variant not in VARIANTS:
@@ -548,7 +636,9 @@ class FactPrompts:
     """One fact to find knowledge neurons for: its paraphrases, its answer, and (optionally) its relation.
 
     Example:
-        >>> FactPrompts(["The capital of France is", "France's capital is"], " Paris", relation="capital")
+        >>> fact = FactPrompts(["The capital of France is", "France's capital is"], " Paris", relation="capital")
+        >>> fact.prompts, fact.target, fact.relation
+        (('The capital of France is', "France's capital is"), ' Paris', 'capital')
     """
 
     prompts: tuple[str | Prompt, ...]
@@ -604,9 +694,11 @@ def find_knowledge_neurons_many(
         One :class:`KnowledgeNeurons` per fact, in order.
 
     Example:
-        >>> facts = [(["The capital of France is", "France's capital is"], " Paris", "capital"),
-        ...          (["The capital of Italy is", "Italy's capital is"], " Rome", "capital")]
-        >>> [kns.neurons for kns in find_knowledge_neurons_many(model, facts)]
+        >>> facts = [(["The capital of France is [MASK].", "France has its capital in [MASK]."], "Paris", "capital"),
+        ...          (["The capital of Italy is [MASK].", "Italy has its capital in [MASK]."], "Rome", "capital")]
+        >>> results = find_knowledge_neurons_many(bert, facts, progress=False)  # the tiny BERT
+        >>> [r.neurons for r in results]
+        [[...], [...]]
     """
     check_model(model)
     items = [_as_fact(f) for f in facts]
@@ -639,8 +731,12 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
     not modified).
 
     Example:
-        >>> filtered = relation_filter(results, 0.1)
-        >>> filtered[0].dropped["relation"]
+        >>> facts = [(kn_lens.fixtures.tiny_bert.train_prompts(f), f.answer, f.relation)
+        ...          for f in kn_lens.fixtures.tiny_bert.facts_of("capital")[:3]]
+        >>> results = find_knowledge_neurons_many(bert, facts, relation_share=None, progress=False)
+        >>> filtered = relation_filter(results, 0.1)  # drop neurons found for 2 or more of the 3 capitals
+        >>> results[0].neurons, filtered[0].dropped["relation"]
+        ([L1N253, L1N292, L1N990, L0N721, L1N1001], [L1N253])
     """
     _check_relation_share(share, "share")
     by_relation: dict[str | None, list[int]] = {}

@@ -13,6 +13,7 @@ Multi-token targets:
 Example:
     >>> p = make_prompt(model, "The capital of France is", " Paris")
     >>> p.site, p.target_ids, str(p)
+    (4, (7042,), "'The capital of France is' -> ' Paris'")
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def make_prompt(
         TypeError: a model kn_lens does not support, or a target of the wrong type.
 
     Example:
-        >>> p = make_prompt(model, "Raymond is selling [MASK] sketches.", "these")
-        >>> p.tokens[p.site] == model.tokenizer.mask_token_id
+        >>> p = make_prompt(bert, "Raymond is selling [MASK] sketches.", "these")
+        >>> p.site, bool(p.tokens[p.site] == bert.tokenizer.mask_token_id)
+        (4, True)
     """
     check_model(model)
     if not isinstance(text, str):
@@ -266,7 +268,8 @@ def make_prompts(
     """Several prompts at once; ``targets`` is one target for all texts or one per text.
 
     Example:
-        >>> make_prompts(model, ["The capital of France is", "France's capital city is"], " Paris")
+        >>> [p.site for p in make_prompts(model, ["The capital of France is", "France's capital city is"], " Paris")]
+        [4, 4]
     """
     if isinstance(texts, str):
         texts = [texts]

@@ -13,8 +13,11 @@ one :class:`~kn_lens.prompts.Prompt` per row, and returns one differentiable num
 what you measure"). :func:`logit_diff` builds the most common one.
 
 Example:
-    >>> probs = target_scores(model, prompts)                    # Float[Tensor, "n_prompts"]
-    >>> probs = target_scores(model, prompts, fwd_hooks=hooks)   # the same under an intervention
+    >>> target_scores(model, prompts)                            # Float[Tensor, "n_prompts"]
+    tensor([0.7725, ...])
+    >>> suppress = kn_lens.hooks.Intervention("scale", ["L24N1005"], 0.0)
+    >>> target_scores(model, prompts, fwd_hooks=suppress)        # the same under an intervention
+    tensor([...])
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def objective_from_logits(
 
     Example:
         >>> p = make_prompt(model, "The capital of France is", " Paris")
-        >>> objective_from_logits(model(p.tokens[None]), p, "logprob")
+        >>> objective_from_logits(model(p.tokens[None]), p, "logprob").detach()
         tensor([-0.2581])
     """
     check_objective(objective)
@@ -142,7 +145,8 @@ def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, 
     """Logits of a token batch, for both model kinds, with optional ``(hook_name, fn)`` forward hooks.
 
     Example:
-        >>> forward_logits(model, tokens, kn_lens.hooks.scale(["L24N1005"], 0.0)).shape
+        >>> forward_logits(model, tokens, kn_lens.hooks.scale(["L24N1005"], 0.0, positions="all")).shape
+        torch.Size([1, 5, 49152])
     """
     if fwd_hooks:
         return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
@@ -200,7 +204,7 @@ def target_scores(
 
     Example:
         >>> target_scores(model, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"])
-        tensor([0.7725, 0.6...])
+        tensor([0.7725, 0.3803])
     """
     from kn_lens.inputs import check_batch_size, to_prompts
 
