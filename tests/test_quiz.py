@@ -61,6 +61,12 @@ def test_matches_by_type():
     assert matches({"a", "b"}, {"b", "a"}) and not matches(["a"], {"a", "b"})
     assert matches(" these", "these") and not matches(0.5, "0.5")
     assert matches(float("nan"), float("nan")) and not matches(0.0, float("nan"))
+    # what pandas, numpy and torch hand back count as plain Python values
+    import numpy as np
+    import torch
+
+    assert matches(np.bool_(True), True) and matches(np.int64(3), 3) and matches(torch.tensor(0.5), 0.51)
+    assert not matches(np.bool_(False), True)
 
 
 def test_registered_exercise_recomputes_its_truth_from_the_context(capsys):
