@@ -60,7 +60,7 @@ def _expensive(name: str) -> object:
 @pytest.fixture(autouse=True)
 def _doctest_names(request, doctest_namespace):
     item = request.node
-    if not type(item).__name__ == "DoctestItem":
+    if type(item).__name__ != "DoctestItem":
         yield
         return
     doctest_namespace.update(_base())
