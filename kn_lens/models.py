@@ -106,20 +106,23 @@ def load_model(
         raise ValueError(
             f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype}"
         )
-    if isinstance(name, HookedTransformer | HookedEncoder):
-        model = name
-    elif name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
-        model = load_embedded()
-    elif isinstance(name, str | os.PathLike) and (Path(name).exists() or _looks_like_path(str(name))):
-        model = load_local(name)
-    elif isinstance(name, str):
-        model = _load_official(name, device=device, dtype=dtype)
-    else:
+    if not isinstance(name, HookedTransformer | HookedEncoder | str | os.PathLike | None):
         raise TypeError(f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}")
-    if device is not None:
-        model = model.to(device)
-    if dtype is not None:
-        model = model.to(dtype)
+    # Built under torch.inference_mode() (a notebook cell, a decorated function), the weights would be inference
+    # tensors: no gradients through them and no in-place edits, so attribution and kn_lens.edit would fail later.
+    with torch.inference_mode(False):
+        if isinstance(name, HookedTransformer | HookedEncoder):
+            model = name
+        elif name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
+            model = load_embedded()
+        elif isinstance(name, str | os.PathLike) and (Path(name).exists() or _looks_like_path(str(name))):
+            model = load_local(name)
+        else:
+            model = _load_official(name, device=device, dtype=dtype)
+        if device is not None:
+            model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
     return model.eval()
 
 

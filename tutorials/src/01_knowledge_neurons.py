@@ -38,15 +38,13 @@ for text in prompts:
     print(f"{text:45s} p({fact.answer}) = {p:.3f}")
 
 # %%
-from kn_lens.cli import top_predictions
-
-top_predictions(model, prompts[0], k=5)
+kn_lens.top_predictions(model, prompts[0], k=5)
 
 # %%
 q1 = Question(
     "top-token",
     f"Which token does the model rank first for {prompts[0]!r}?",
-    equals(top_predictions(model, prompts[0], k=1)["token"].iloc[0].strip("'")),
+    equals(kn_lens.top_predictions(model, prompts[0], k=1)["token"].iloc[0].strip("'")),
     hint="look at the first row of the table above",
 )
 q1.check("Paris")
@@ -68,14 +66,14 @@ from kn_lens import plotting
 plotting.attribution_heatmap(scores, top_k=20, title=f"IG attribution for {fact.answer!r}")
 
 # %%
-best = divmod(int(scores.argmax()), model.cfg.d_mlp)
+best = kn_lens.top_neurons(scores, 1)[0]
 q2 = Question(
     "best-neuron",
     "Which neuron has the highest attribution? Answer as kn_lens.Neuron(layer, index).",
-    equals(kn_lens.Neuron(*best)),
-    hint="scores.argmax() gives a flat index; divmod it by d_mlp",
+    equals(best),
+    hint="kn_lens.top_neurons(scores, k) turns the top scores into neurons (row i of scores is layer i here)",
 )
-q2.check(kn_lens.Neuron(*divmod(int(scores.argmax()), model.cfg.d_mlp)))
+q2.check(kn_lens.top_neurons(scores, 1)[0])
 
 # %% [markdown]
 # ## Selecting knowledge neurons
