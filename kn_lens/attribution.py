@@ -70,6 +70,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import _ig_bridge
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
 from kn_lens.inputs import check_finite, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
@@ -416,7 +417,8 @@ def integrated_gradients(
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
             Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
             soft-capped logits, mixture-of-experts, ...) silently use the plain reference; a model with hooks
-            attached uses it too, with a warning (the fast path would bypass them).
+            attached uses it too, with a warning (the fast path would bypass them). On a ``TransformerBridge``
+            the fast path batches every layer's steps through the bridge's own hooks (yours stay in force).
         progress: show a progress bar.
 
     Returns:
@@ -446,6 +448,20 @@ def integrated_gradients(
     use_fast = _use_fast(model, hook, fast)
 
     def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
+        if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
+            return _ig_bridge.integrated_gradients(
+                model,
+                part,
+                layer_list,
+                alphas,
+                weights,
+                baselines,
+                objective,
+                hook,
+                internal_batch_size,
+                return_convergence_delta,
+                progress,
+            )
         if use_fast:
             from kn_lens import _ig_fast
 

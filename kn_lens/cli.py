@@ -14,14 +14,14 @@ from kn_lens.scoring import top_predictions  # also importable from here, where 
 TINY_BERT = "tiny-bert"
 
 
-def _load(name: str | None):
+def _load(name: str | None, backend: str | None = None):
     from kn_lens.models import load_model
 
     if name == TINY_BERT:
         from kn_lens.fixtures import tiny_bert
 
-        return tiny_bert.load()
-    return load_model(name)
+        return tiny_bert.load(backend)
+    return load_model(name, backend=backend)
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -31,7 +31,7 @@ def _print_frame(frame: pd.DataFrame) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     _print_frame(top_predictions(model, args.prompt, args.k))
 
 
@@ -40,7 +40,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from kn_lens.attribution import integrated_gradients
     from kn_lens.neurons import top_neurons
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     _check_top(args.top, model.cfg.n_layers * model.cfg.d_mlp, "--top")
     scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=True)
     neurons = top_neurons(scores, args.top)
@@ -51,7 +51,7 @@ def cmd_find(args: argparse.Namespace) -> None:
     """``kn-lens find TARGET PROMPT...``: knowledge neurons of a fact from its paraphrases."""
     from kn_lens.neurons import find_knowledge_neurons
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     result = find_knowledge_neurons(model, args.prompts, args.target, progress=True)
     print(result)
     _print_frame(result.to_dataframe())
@@ -61,7 +61,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     """``kn-lens decode L24N1005``: the tokens a neuron's value vector promotes and suppresses."""
     from kn_lens.lens import decode
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     _print_frame(decode(model, args.neuron, k=args.k).to_frame())
 
 
@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     print("Loading the model ...", flush=True)
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     print(
         f"Loaded {model.cfg.model_name}: {model.cfg.n_layers} layers x {model.cfg.d_mlp} MLP neurons "
         f"({time.perf_counter() - start:.1f} s)\n",
@@ -111,6 +111,10 @@ MODEL_HELP = (
     "checkpoint folder; or an official TransformerLens name (needs the hub). Accepted before or after the "
     "sub-command."
 )
+BACKEND_HELP = (
+    "TransformerLens backend: 'hooked' (HookedTransformer / HookedEncoder, the default on TransformerLens 3.x) or "
+    "'bridge' (TransformerBridge, the only one on 4.x)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kn-lens", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help=MODEL_HELP)
-    # The same option on every sub-command; SUPPRESS keeps a value given before the sub-command.
+    parser.add_argument("--backend", choices=["hooked", "bridge"], default=None, help=BACKEND_HELP)
+    # The same options on every sub-command; SUPPRESS keeps a value given before the sub-command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
+    common.add_argument("--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help=BACKEND_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -152,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("neuron", help="e.g. L24N1005")
     decode.add_argument("-k", type=_positive_int, default=10, help="tokens per side (default 10)")
     decode.set_defaults(func=cmd_decode)
+
+    from kn_lens.cli_evaluate import add_evaluation_commands
+
+    add_evaluation_commands(sub)
     return parser
 
 

@@ -42,6 +42,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out
 from kn_lens.inputs import NeuronsLike, to_neurons
 from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
@@ -135,7 +136,8 @@ def token_embedding(model: Model, token: TokenLike) -> Float[Tensor, " d_model"]
     if token is None:
         raise ValueError("token is None; pass a word such as ' Paris' or a token id")
     ids = token_ids(model, token)
-    return model.W_E.detach()[torch.tensor(ids, device=model.W_E.device)].float().mean(0)
+    w_e = backends.embed(model).detach()
+    return w_e[torch.tensor(ids, device=w_e.device)].float().mean(0)
 
 
 def _check_neurons(model: Model, neurons: NeuronsLike) -> list[Neuron]:

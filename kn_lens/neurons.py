@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
 from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
-from kn_lens.prompts import Prompt, TargetLike
+from kn_lens.prompts import Prompt, TargetLike, make_prompt
 
 Variant = Literal["dai", "eleuther"]
 
@@ -362,6 +362,80 @@ class KnowledgeNeurons:
         columns = ["neuron", "layer", "index", "selected", "n_prompts", "share", "mean_score", "max_score"]
         columns += ["dropped_by"] + [f"score[{i}]" for i in range(len(self.prompts))]
         return pd.DataFrame(rows, columns=columns)
+
+    def to_json(self, *, scores: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict of the result (neurons as ``"L{l}N{i}"``), for saving a sweep and re-analysing it.
+
+        Args:
+            scores: include the per-prompt attribution scores (``prompts x layers x d_mlp`` numbers: large).
+
+        Example:
+            >>> data = kns.to_json()
+            >>> same = KnowledgeNeurons.from_json(model, data)
+        """
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Prompt):
+                return value.text
+            if isinstance(value, Neuron):
+                return str(value)
+            if isinstance(value, Mapping):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, Tensor):
+                return value.tolist()
+            return value
+
+        data: dict[str, Any] = dict(
+            neurons=[str(n) for n in self.neurons],
+            prompts=[p.text for p in self.prompts],
+            target=self.target,
+            target_ids=list(self.prompts[0].target_ids) if self.prompts else [],
+            layers=list(self.layers),
+            coarse=[[str(n) for n in c] for c in self.coarse],
+            params=plain(self.params),
+            dropped={k: [str(n) for n in v] for k, v in self.dropped.items()},
+            relation=self.relation,
+            name=self.name,
+        )
+        if scores:
+            data["scores"] = self.scores.tolist()
+        return data
+
+    @classmethod
+    def from_json(cls, model: Model, data: Mapping[str, Any]) -> KnowledgeNeurons:
+        """Rebuild a result saved with :meth:`to_json` (prompts re-tokenised with ``model``; scores zero unless
+        saved).
+
+        Example:
+            >>> kns = KnowledgeNeurons.from_json(model, json.loads(line))  # doctest: +SKIP
+        """
+        check_model(model)
+        if not isinstance(data, Mapping):
+            raise TypeError(f"from_json needs the dict to_json made, got {type(data).__name__}")
+        missing = [k for k in ("neurons", "prompts", "target", "layers", "coarse") if k not in data]
+        if missing:
+            raise ValueError(f"not a KnowledgeNeurons record: missing {missing}")
+        target = data.get("target_ids") or data["target"]
+        prompts = [make_prompt(model, text, target) for text in data["prompts"]]
+        layers = [int(x) for x in data["layers"]]
+        if data.get("scores") is not None:
+            scores = torch.tensor(data["scores"], dtype=torch.float32)
+        else:
+            scores = torch.zeros(len(prompts), len(layers), model.cfg.d_mlp)
+        return cls(
+            neurons=to_neurons(list(data["neurons"]), model, allow_empty=True),
+            prompts=prompts,
+            target=str(data["target"]),
+            scores=scores,
+            layers=layers,
+            coarse=[to_neurons(list(c), model, allow_empty=True) for c in data["coarse"]],
+            params=dict(data.get("params") or {}),
+            dropped={k: to_neurons(list(v), model, allow_empty=True) for k, v in (data.get("dropped") or {}).items()},
+            relation=data.get("relation"),
+            name=str(data.get("name") or ""),
+        )
 
     def plot(self, **kwargs: Any):
         """A figure of the neurons' per-prompt scores and the mean attribution map (``kn_lens.plotting``).

@@ -321,6 +321,84 @@ def intervention_bars(
     return fig
 
 
+#: Colours of the conditions in :func:`relation_effects`: the fact's own neurons first, controls after.
+CONDITION_COLOURS = {
+    "knowledge neurons": "#2166ac",
+    "knowledge neurons (held-out)": "#67a9cf",
+    "same relation": "#ef8a62",
+    "other facts": "#b2182b",
+    "random neurons": "#9e9e9e",
+    "random neurons (held-out)": "#cccccc",
+}
+
+
+def relation_effects(
+    table: pd.DataFrame,
+    *,
+    metric: str = "rel_change_%",
+    title: str = "Effect of intervening on knowledge neurons, per relation, beside the controls",
+) -> go.Figure:
+    """Dai et al. Fig. 3/4-style bars: per relation, the fact's own effect with every control beside it.
+
+    Args:
+        table: :func:`kn_lens.evaluate.relation_table` (columns ``relation, intervention, condition`` and
+            ``metric``; ``facts`` and ``specificity`` shown on hover).
+        metric: the column to draw (``"rel_change_%"``, ``"rel_of_means_%"``, ``"acc_after"``, ...).
+        title: figure title.
+
+    Returns:
+        One panel per intervention (suppress, enhance, ...), relations on the x axis, one bar per condition.
+
+    Example:
+        >>> relation_effects(kn_lens.evaluate.relation_table(records_frame(records))).show()  # doctest: +SKIP
+    """
+    missing = [c for c in ("relation", "intervention", "condition", metric) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; make it with kn_lens.evaluate.relation_table")
+    if table.empty:
+        raise ValueError("the table is empty: no facts were evaluated")
+    interventions = list(dict.fromkeys(table["intervention"]))
+    fig = make_subplots(rows=len(interventions), cols=1, subplot_titles=interventions, shared_xaxes=True)
+    relations = list(dict.fromkeys(table["relation"]))
+    for row, intervention in enumerate(interventions, start=1):
+        part = table[table["intervention"] == intervention]
+        for condition in dict.fromkeys(part["condition"]):
+            rows = part[part["condition"] == condition].set_index("relation").reindex(relations)
+            hover = [
+                f"{rel}: {condition}<br>{metric} = {v:.3g}<br>facts = {n}<br>specificity = {s:.2f}"
+                for rel, v, n, s in zip(
+                    relations,
+                    rows[metric],
+                    rows.get("facts", pd.Series([np.nan] * len(rows))),
+                    rows.get("specificity", pd.Series([np.nan] * len(rows))),
+                    strict=True,
+                )
+            ]
+            fig.add_trace(
+                go.Bar(
+                    x=relations,
+                    y=rows[metric],
+                    name=condition,
+                    legendgroup=condition,
+                    showlegend=row == 1,
+                    marker_color=CONDITION_COLOURS.get(condition),
+                    hovertext=hover,
+                    hoverinfo="text",
+                ),
+                row=row,
+                col=1,
+            )
+        fig.update_yaxes(title_text=metric, zeroline=True, row=row, col=1)
+    fig.update_layout(
+        title=title,
+        barmode="group",
+        template="plotly_white",
+        height=320 * len(interventions) + 80,
+        width=max(700, 110 * len(relations) + 300),
+    )
+    return fig
+
+
 def _show_token(token: str) -> str:
     shown = token.replace("\n", "\\n")
     return f"'{shown}'"
@@ -554,6 +632,173 @@ def knowledge_neurons(
     return fig
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Skill neurons
+# --------------------------------------------------------------------------------------------------------------
+
+
+def skill_predictivity(result: Any, *, top_k: int = 20, title: str | None = None) -> go.Figure:
+    """Skill-neuron predictivity: by layer (best, 99th percentile, median) and the ``top_k`` best neurons.
+
+    Args:
+        result: a :class:`kn_lens.skill.Predictivity`.
+        top_k: how many of the best neurons to list on the right.
+        title: the figure title.
+
+    Returns:
+        A two-panel figure: left, one line per statistic over layers (the median shows where chance sits: the
+        sign is chosen on the dev split, so even a useless neuron scores about 0.5); right, horizontal bars of
+        the best neurons' predictivity.
+
+    Example:
+        >>> skill_predictivity(kn_lens.skill.predictivity(model, task, prompt=soft))  # doctest: +SKIP
+    """
+    scores = _to_numpy(getattr(result, "scores", None), "result.scores")
+    if scores.ndim != 2:
+        raise ValueError(f"result.scores must be [n_layers, d_mlp], got {scores.shape}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    layers = [layer for layer in range(scores.shape[0]) if np.isfinite(scores[layer]).all()]
+    if not layers:
+        raise ValueError("result has no computed layer")
+    fig = make_subplots(
+        rows=1, cols=2, column_widths=[0.62, 0.38], subplot_titles=("predictivity by layer", f"best {top_k} neurons")
+    )
+    for name, fn, color in (
+        ("best", lambda a: a.max(), _AFTER),
+        ("99th percentile", lambda a: np.percentile(a, 99), "#67a9cf"),
+        ("median", np.median, _BEFORE),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=[float(fn(scores[layer])) for layer in layers],
+                mode="lines+markers",
+                name=name,
+                marker_color=color,
+                hovertemplate=f"L%{{x}} {name}: %{{y:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    flat = np.where(np.isfinite(scores), scores, -np.inf).ravel()
+    best = np.argsort(-flat, kind="stable")[: min(top_k, int(np.isfinite(flat).sum()))]
+    d_mlp = scores.shape[1]
+    names = [f"L{i // d_mlp}N{i % d_mlp}" for i in best]
+    fig.add_trace(
+        go.Bar(
+            x=flat[best],
+            y=names,
+            orientation="h",
+            marker_color=_AFTER,
+            showlegend=False,
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_yaxes(autorange="reversed", type="category", row=1, col=2)
+    fig.update_xaxes(title_text="layer", row=1, col=1)
+    fig.update_yaxes(title_text="dev accuracy of the threshold", row=1, col=1)
+    fig.update_xaxes(title_text="predictivity", range=[0.5, 1.0], row=1, col=2)
+    positions = len(getattr(result, "positions", ()) or ())
+    aggregate = getattr(result, "aggregate", "mean")
+    fig.update_layout(
+        title=title or f"Skill-neuron predictivity ({aggregate} over {positions} prompt positions)",
+        template="plotly_white",
+        height=max(420, 18 * len(names) + 160),
+        width=1100,
+    )
+    return fig
+
+
+def perturbation_curve(df: pd.DataFrame, *, title: str = "Perturbing skill neurons vs random neurons") -> go.Figure:
+    """Task accuracy against the fraction of perturbed neurons: skill neurons vs random (mean ± s.e.m. over seeds).
+
+    Args:
+        df: the DataFrame of :func:`kn_lens.skill.perturbation_curve` (columns ``fraction``, ``selection``,
+            ``seed``, ``accuracy``; the ``"none"`` row is the unperturbed accuracy, drawn as a dashed line).
+        title: the figure title.
+
+    Example:
+        >>> perturbation_curve(kn_lens.skill.perturbation_curve(model, task, skill, prompt=soft))  # doctest: +SKIP
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"perturbation_curve takes a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in ("fraction", "selection", "accuracy") if c not in df.columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks columns {missing}")
+    if df.empty:
+        raise ValueError("the DataFrame is empty")
+    fig = go.Figure()
+    colors = {"skill": "#b2182b", "random": _BEFORE}
+    for selection in [s for s in dict.fromkeys(df["selection"]) if s != "none"]:
+        part = df[df["selection"] == selection].groupby("fraction")["accuracy"]
+        stats = part.agg(["mean", _sem]).reset_index()
+        fig.add_trace(
+            go.Scatter(
+                x=stats["fraction"] * 100,
+                y=stats["mean"],
+                error_y=dict(type="data", array=stats["_sem"], visible=True),
+                mode="lines+markers",
+                name=f"{selection} neurons",
+                marker_color=colors.get(selection),
+                hovertemplate=f"{selection}, %{{x:.3g}}%: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    clean = df[df["selection"] == "none"]["accuracy"]
+    if len(clean):
+        fig.add_hline(y=float(clean.mean()), line_dash="dash", line_color="black", annotation_text="unperturbed")
+    fig.update_layout(
+        title=title,
+        xaxis_title="perturbed neurons (% of all)",
+        yaxis_title="task accuracy",
+        template="plotly_white",
+        height=420,
+        width=700,
+    )
+    return fig
+
+
+def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neurons") -> go.Figure:
+    """Accuracy (and speed-up, if given) of pruned models against the kept fraction: skill-guided vs random.
+
+    Args:
+        df: one row per pruned model with columns ``kept`` (fraction of neurons kept), ``selection``
+            (``"skill"`` / ``"random"``), ``accuracy`` and optionally ``speedup``.
+        title: the figure title.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"pruning_curve takes a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in ("kept", "selection", "accuracy") if c not in df.columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks columns {missing}")
+    has_speed = "speedup" in df.columns
+    fig = make_subplots(rows=1, cols=2 if has_speed else 1, subplot_titles=("accuracy", "speed-up")[: 1 + has_speed])
+    colors = {"skill": "#b2182b", "random": _BEFORE}
+    for selection in dict.fromkeys(df["selection"]):
+        part = df[df["selection"] == selection].groupby("kept")
+        for col, column in enumerate(["accuracy", "speedup"][: 1 + has_speed], start=1):
+            stats = part[column].agg(["mean", _sem]).reset_index()
+            fig.add_trace(
+                go.Scatter(
+                    x=stats["kept"] * 100,
+                    y=stats["mean"],
+                    error_y=dict(type="data", array=stats["_sem"], visible=True),
+                    mode="lines+markers",
+                    name=f"{selection} neurons kept",
+                    legendgroup=selection,
+                    showlegend=col == 1,
+                    marker_color=colors.get(selection),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="neurons kept (%)")
+    fig.update_layout(title=title, template="plotly_white", height=420, width=1000 if has_speed else 600)
+    return fig
+
+
 def save(fig: go.Figure, path: str | Path) -> Path:
     """Write a figure to a standalone ``.html`` (plotly.js embedded, opens offline) or, with kaleido, an image.
 
@@ -569,11 +814,16 @@ def save(fig: go.Figure, path: str | Path) -> Path:
 
 
 __all__ = [
+    "CONDITION_COLOURS",
     "activation_highlight",
     "attribution_heatmap",
     "intervention_bars",
     "knowledge_neurons",
     "layer_mass",
     "lens_table",
+    "perturbation_curve",
+    "pruning_curve",
+    "relation_effects",
     "save",
+    "skill_predictivity",
 ]

@@ -155,7 +155,7 @@ def test_target_given_as_ids(tiny_bert):
 def test_unsupported_model_type(tiny_bert):
     from transformers import BertConfig, BertForMaskedLM
 
-    with pytest.raises(TypeError, match="expected a transformer_lens HookedTransformer or HookedEncoder"):
+    with pytest.raises(TypeError, match="HookedEncoder or a TransformerBridge in compatibility mode"):
         make_prompt(BertForMaskedLM(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1)), "x")
 
 

@@ -43,3 +43,56 @@ def test_duplicate_and_unknown_keys():
         Quiz([Question("a", "?", equals(1)), Question("a", "?", equals(2))])
     with pytest.raises(KeyError, match="no question"):
         Quiz([Question("a", "?", equals(1))]).check("b", 1)
+
+
+# Registered exercises: the truth is computed by the package from the notebook's objects
+
+
+def test_matches_by_type():
+    from kn_lens import Neuron
+    from kn_lens.quiz import matches
+
+    assert matches(0.52, 0.5) and not matches(0.6, 0.5)
+    assert matches(3, 3) and not matches(4, 3)
+    assert matches(True, True) and not matches(1, True) and not matches(True, 1.0)
+    assert matches("L9N1094", Neuron(9, 1094)) and matches((9, 1094), Neuron(9, 1094))
+    assert not matches("L9N1095", Neuron(9, 1094))
+    assert matches([Neuron(1, 2), 0.3], [Neuron(1, 2), 0.31]) and not matches([Neuron(1, 2)], [Neuron(1, 2), 0.3])
+    assert matches({"a", "b"}, {"b", "a"}) and not matches(["a"], {"a", "b"})
+    assert matches(" these", "these") and not matches(0.5, "0.5")
+    assert matches(float("nan"), float("nan")) and not matches(0.0, float("nan"))
+
+
+def test_registered_exercise_recomputes_its_truth_from_the_context(capsys):
+    import torch
+
+    from kn_lens import quiz
+
+    calls = []
+
+    @quiz.exercise("test.norm", "What is the norm of v?", hint="torch.linalg.norm", rel=1e-3, abs_=0)
+    def _norm(*, v):
+        calls.append(v)
+        return float(torch.linalg.norm(v))
+
+    v = torch.tensor([3.0, 4.0])
+    assert quiz.check("test.norm", 5.0, v=v, strict=True)
+    assert not quiz.check("test.norm", 7.0, v=v, strict=False)
+    out = capsys.readouterr().out
+    assert "✓ test.norm" in out and "✗ test.norm: not quite. Hint: torch.linalg.norm" in out
+    assert "5.0" not in out, "the feedback must not give the answer away"
+    assert len(calls) == 2
+    with pytest.raises(QuizError):
+        quiz.check("test.norm", 7.0, v=v, strict=True)
+    assert not quiz.check("test.norm", ..., v=v, strict=False)
+    assert not quiz.check("test.norm", "five", v=v, strict=False)
+    assert "could not check" in capsys.readouterr().out
+
+
+def test_unknown_exercise_names_the_registered_ones():
+    from kn_lens import quiz
+
+    with pytest.raises(KeyError, match="no exercise"):
+        quiz.check("no.such.exercise", 1)
+    with pytest.raises(ValueError, match="non-empty"):
+        quiz.exercise("", "?")

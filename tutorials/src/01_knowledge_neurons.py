@@ -11,15 +11,28 @@
 #    and other facts must barely move.
 #
 # We use the tiny BERT that ships with kn_lens (2 layers, 1024 neurons per layer, trained on 48 synthetic facts),
-# so everything runs in seconds on a laptop. Quizzes along the way check your answers against the live model.
+# so everything runs in seconds on a laptop. Exercises along the way: write your answer in the cell marked
+# *Your turn* (filled in here, in the solution notebook), then run the checker below it, which recomputes the
+# right value from the model.
+
+# %%
+# On Colab (or wherever kn_lens is missing) install it; where it is installed (offline, CI) nothing happens.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("kn_lens") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "kn-lens[embedded] @ git+https://github.com/kn-lens/kn_lens"],
+        check=True,
+    )
 
 # %%
 import torch
 
 import kn_lens
-from kn_lens import hooks
+from kn_lens import hooks, quiz
 from kn_lens.fixtures import tiny_bert
-from kn_lens.quiz import Question, close_to, equals
 
 torch.manual_seed(0)
 model = tiny_bert.load()
@@ -38,16 +51,19 @@ for text in prompts:
     print(f"{text:45s} p({fact.answer}) = {p:.3f}")
 
 # %%
-kn_lens.top_predictions(model, prompts[0], k=5)
+from kn_lens import top_predictions
+
+top_predictions(model, prompts[0], k=5)
+
+# %% [markdown]
+# **Exercise 1.** Which token does the model rank first for the first prompt? (A string, e.g. `"Rome"`; read
+# it from the table, as a program would: `top_predictions(...)` returns a DataFrame.)
+
+# %% tags=["solution"]
+top_token = top_predictions(model, prompts[0], k=1)["token"].iloc[0].strip("'").strip()
 
 # %%
-q1 = Question(
-    "top-token",
-    f"Which token does the model rank first for {prompts[0]!r}?",
-    equals(kn_lens.top_predictions(model, prompts[0], k=1)["token"].iloc[0].strip("'")),
-    hint="look at the first row of the table above",
-)
-q1.check("Paris")
+quiz.check("01.top-token", top_token, model=model, prompt=prompts[0])
 
 # %% [markdown]
 # ## Attribution: integrated gradients on `mlp_post`
@@ -65,15 +81,22 @@ from kn_lens import plotting
 
 plotting.attribution_heatmap(scores, top_k=20, title=f"IG attribution for {fact.answer!r}")
 
+# %% [markdown]
+# **Exercise 2.** Which neuron has the highest attribution? Answer as `kn_lens.Neuron(layer, index)`.
+
+# %% tags=["solution"]
+best_neuron = kn_lens.top_neurons(scores, 1)[0]  # row i of scores is layer i: the flat argmax as a neuron
+
 # %%
-best = kn_lens.top_neurons(scores, 1)[0]
-q2 = Question(
-    "best-neuron",
-    "Which neuron has the highest attribution? Answer as kn_lens.Neuron(layer, index).",
-    equals(best),
-    hint="kn_lens.top_neurons(scores, k) turns the top scores into neurons (row i of scores is layer i here)",
+quiz.check(
+    "01.best-neuron",
+    best_neuron,
+    model=model,
+    prompt=prompts[0],
+    target=fact.answer,
+    n_steps=50,
+    method="gausslegendre",
 )
-q2.check(kn_lens.top_neurons(scores, 1)[0])
 
 # %% [markdown]
 # ## Selecting knowledge neurons
@@ -85,14 +108,14 @@ kns = kn_lens.find_knowledge_neurons(model, prompts, fact.answer)
 print(kns)
 kns.to_dataframe()
 
+# %% [markdown]
+# **Exercise 3.** How many knowledge neurons did the selection keep?
+
+# %% tags=["solution"]
+n_knowledge_neurons = len(kns.neurons)
+
 # %%
-q3 = Question(
-    "count",
-    "How many knowledge neurons did the selection keep?",
-    equals(len(kns.neurons)),
-    hint="len(kns.neurons)",
-)
-q3.check(len(kns.neurons))
+quiz.check("01.kn-count", n_knowledge_neurons, model=model, prompts=prompts, target=fact.answer)
 
 # %% [markdown]
 # ## Testing them: suppress and enhance, with controls
@@ -111,14 +134,15 @@ random_table = kn_lens.suppress(model, control, prompts, fact.answer)
 print("knowledge neurons:", round(table[table.condition == table.condition.iloc[0]].rel_change.mean(), 3))
 print("random neurons:   ", round(random_table.rel_change.mean(), 3))
 
+# %% [markdown]
+# **Exercise 4.** By what fraction does suppressing the knowledge neurons lower p(answer) on average? (A
+# positive float: 0.5 for a 50% drop.)
+
+# %% tags=["solution"]
+drop = -table[table.condition == "knowledge neurons"].rel_change.mean()
+
 # %%
-drop = -table[table.condition == table.condition.iloc[0]].rel_change.mean()
-q4 = Question(
-    "drop",
-    "By what fraction does suppressing the knowledge neurons lower p(answer) on average? (e.g. 0.5 for -50%)",
-    close_to(drop, rel=0.05, abs_=0.02),
-)
-q4.check(round(drop, 2))
+quiz.check("01.suppression-drop", drop, model=model, neurons=kns.neurons, prompts=prompts, target=fact.answer)
 
 # %% [markdown]
 # ## Using the hooks directly

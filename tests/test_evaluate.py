@@ -10,7 +10,7 @@ import torch
 
 from kn_lens import hooks
 from kn_lens._typing import Neuron
-from kn_lens.interventions import (
+from kn_lens.evaluate import (
     EFFECT_COLUMNS,
     compare,
     demo_table,
@@ -259,8 +259,8 @@ def test_fixture_enhance_is_reported(fixture_effects):
 
 
 def test_other_relation_facts():
+    from kn_lens.evaluate import other_relation_facts
     from kn_lens.fixtures import tiny_bert as fx
-    from kn_lens.interventions import other_relation_facts
 
     fact = fx.FACTS[0]
     pool = other_relation_facts(fx.FACTS, fact)
@@ -269,3 +269,185 @@ def test_other_relation_facts():
     drawn = other_relation_facts(fx.FACTS, fact, k=5, seed=1)
     assert len(drawn) == 5 and drawn == other_relation_facts(fx.FACTS, fact, k=5, seed=1)
     assert set(drawn) <= set(pool)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PARAREL metrics on the trained tiny BERT: controls, accuracy, erasure, editing, records
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bags(tiny_bert, tmp_path_factory):
+    from _tiny_pararel import write_tiny_pararel
+
+    from kn_lens.datasets import pararel
+
+    return pararel.load(write_tiny_pararel(tmp_path_factory.mktemp("tp"))).bags(tiny_bert)
+
+
+def _direct_top1(model, prompt):
+    with torch.no_grad():
+        logits = model(prompt.tokens[None])
+    return int(logits[0, prompt.site].argmax()) == prompt.target_ids[0]
+
+
+def test_measure_matches_target_scores_and_argmax(tiny_bert, bags):
+    from kn_lens.evaluate import measure
+    from kn_lens.prompts import make_prompt
+    from kn_lens.scoring import target_scores
+
+    prompts = [make_prompt(tiny_bert, p, b.target) for b in bags[:6] for p in b.prompts]
+    prompts.append(make_prompt(tiny_bert, bags[0].prompts[0], "Tokyo"))  # a wrong answer: not top-1
+    m = measure(tiny_bert, prompts, batch_size=5)
+    assert torch.allclose(m.prob, target_scores(tiny_bert, prompts), atol=1e-6)
+    assert m.top1.tolist() == [_direct_top1(tiny_bert, p) for p in prompts]
+    assert not m.top1[-1]
+
+
+def test_same_relation_control_accuracy_and_specificity(tiny_bert, bags):
+    from kn_lens.evaluate import specificity
+
+    fact, same, other = bags[0], bags[1:4], bags[12:15]
+    kns = find_knowledge_neurons(tiny_bert, fact.prompts[:3], fact.target)
+    df = intervention_effects(
+        tiny_bert, kns, heldout=fact.prompts[3:], same_relation=same, unrelated=other, relation=fact.relation
+    )
+    assert set(df["relation"]) == {"P36"}
+    same_rows = df[df.condition == "same relation"]
+    assert set(same_rows["target"]) == {b.target for b in same} and len(same_rows) == 2 * 12
+    summary = summarize_effects(df)
+    row = summary[(summary.intervention == "suppress") & (summary.condition == "knowledge neurons")].iloc[0]
+    part = df[(df.intervention == "suppress") & (df.condition == "knowledge neurons")]
+    assert row["acc_before"] == pytest.approx(part["top1_before"].mean())
+    assert row["acc_after"] == pytest.approx(part["top1_after"].mean())
+    assert row["rel_of_means_%"] == pytest.approx(100 * (part["after"].mean() / part["before"].mean() - 1))
+    # the trained fixture stores facts in its neurons: suppressing hurts the fact more than its neighbours
+    same_row = summary[(summary.intervention == "suppress") & (summary.condition == "same relation")].iloc[0]
+    assert row["rel_change_%"] < same_row["rel_change_%"] < 0.5
+    assert 0 < specificity(row["rel_change_%"], same_row["rel_change_%"]) <= 1
+    assert specificity(-40.0, -10.0) == pytest.approx(0.75)
+    assert math.isnan(specificity(0.0, -1.0))
+
+
+def test_erase_relation_restores_weights_and_hurts_the_relation(tiny_bert, bags):
+    from kn_lens.evaluate import erase_relation, evaluate_fact, relation_neurons
+
+    capitals = bags[:12]
+    records = [evaluate_fact(tiny_bert, b, same_relation=capitals[:2]) for b in capitals[:6]]
+    neurons = relation_neurons(records, top=5, min_count=1)
+    assert 0 < len(neurons) <= 5
+    w = tiny_bert.blocks[1].mlp.W_out.detach().clone()
+    table = erase_relation(tiny_bert, capitals, neurons, other_facts=bags[12:24])
+    assert torch.equal(w, tiny_bert.blocks[1].mlp.W_out)
+    assert set(table["condition"]) == {"same relation", "other relations"}  # an encoder: no text perplexity
+    own = table[(table.neurons == "knowledge neurons") & (table.condition == "same relation")].iloc[0]
+    rand = table[(table.neurons == "random neurons") & (table.condition == "same relation")].iloc[0]
+    assert own["ppl_after"] > own["ppl_before"] and own["ppl_change_%"] > rand["ppl_change_%"]
+    with pytest.raises(ValueError, match="no neurons"):
+        erase_relation(tiny_bert, capitals, [])
+    with pytest.raises(ValueError, match="empty"):
+        erase_relation(tiny_bert, [], neurons)
+
+
+def test_edit_effects_and_control(tiny_bert, bags):
+    from kn_lens.evaluate import edit_effects, random_active_neurons
+    from kn_lens.prompts import make_prompt
+
+    fact = bags[0]
+    kns = find_knowledge_neurons(tiny_bert, fact.prompts, fact.target)
+    w = tiny_bert.blocks[1].mlp.W_out.detach().clone()
+    table = edit_effects(tiny_bert, fact, kns, "Rome", neighbours=bags[2:5], lambda2=40.0)
+    assert torch.equal(w, tiny_bert.blocks[1].mlp.W_out)
+    assert list(table["neurons"]) == ["knowledge neurons", "random active neurons"]
+    assert table.loc[0, "old"] == "Paris"  # the model's current answer
+    assert table.loc[0, "success_before"] == 0 and table.loc[0, "neighbourhood_before"] == 1
+    from kn_lens.edit import edit_fact
+    from kn_lens.scoring import target_scores
+
+    rome = [make_prompt(tiny_bert, p, "Rome") for p in fact.prompts]
+    with edit_fact(tiny_bert, kns.neurons, "Paris", "Rome", lambda2=40.0):
+        expected = target_scores(tiny_bert, rome).mean()
+    assert table.loc[0, "new_prob_after"] == pytest.approx(float(expected), rel=1e-5)
+    assert table.loc[0, "new_prob_before"] == pytest.approx(float(target_scores(tiny_bert, rome).mean()), rel=1e-5)
+    prompts = [make_prompt(tiny_bert, p, fact.target) for p in fact.prompts]
+    control = random_active_neurons(tiny_bert, kns.neurons, prompts, seed=3)
+    assert sorted(n.layer for n in control) == sorted(n.layer for n in kns.neurons)
+    assert not set(control) & set(kns.neurons)
+
+
+def test_evaluate_fact_record_and_tables(tiny_bert, bags):
+    import json
+
+    from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
+
+    fact = bags[0]
+    record = evaluate_fact(tiny_bert, fact, same_relation=bags[1:4], other_relations=bags[12:15], seed=1)
+    assert json.loads(json.dumps(record)) == record  # JSON-ready
+    assert record["uuid"] == fact.uuid and record["n_prompts"] == 3 and record["n_heldout"] == 1
+    assert all(n.startswith("L") and "N" in n for n in record["neurons"])
+    again = evaluate_fact(tiny_bert, fact, same_relation=bags[1:4], other_relations=bags[12:15], seed=1)
+    assert again["effects"] == record["effects"] and again["random_neurons"] == record["random_neurons"]
+    specific = evaluate_fact(
+        tiny_bert, fact, same_relation=bags[1:12], other_relations=bags[12:15], seed=1, selection="fact-specific"
+    )
+    assert set(specific["neurons"]) <= set(record["neurons"]) | set(specific["dropped"].get("negatives", []))
+    frame = records_frame([record, {"relation": "P36", "uuid": "u", "known": False}])
+    assert set(frame["uuid"]) == {fact.uuid}
+    table = relation_table(frame)
+    assert set(table["relation"]) == {"P36", "all"}
+    assert {"specificity", "acc_before", "acc_after", "rel_of_means_%"} <= set(table.columns)
+    with pytest.raises(ValueError, match="selection"):
+        evaluate_fact(tiny_bert, fact, selection="best")
+
+
+def test_knowledge_neurons_json_round_trip(tiny_bert, bags):
+    import json
+
+    from kn_lens.neurons import KnowledgeNeurons
+
+    kns = find_knowledge_neurons(tiny_bert, bags[0].prompts, bags[0].target)
+    data = json.loads(json.dumps(kns.to_json(scores=True)))
+    back = KnowledgeNeurons.from_json(tiny_bert, data)
+    assert back.neurons == kns.neurons and back.coarse == kns.coarse and back.target == kns.target
+    assert [p.tokens.tolist() for p in back.prompts] == [p.tokens.tolist() for p in kns.prompts]
+    assert torch.allclose(back.scores, kns.scores)
+    light = KnowledgeNeurons.from_json(tiny_bert, kns.to_json())
+    assert light.neurons == kns.neurons and light.scores.shape == kns.scores.shape
+    with pytest.raises(ValueError, match="missing"):
+        KnowledgeNeurons.from_json(tiny_bert, {"neurons": []})
+
+
+def test_measure_pads_causal_prompts_without_changing_results(model):
+    from kn_lens.evaluate import measure
+    from kn_lens.prompts import make_prompt
+    from kn_lens.scoring import target_scores
+
+    texts = ["The capital of France is", "Paris", "What is the capital city of the French Republic? It is"]
+    prompts = [make_prompt(model, t, " Paris") for t in texts] + [make_prompt(model, texts[0], " New York")]
+    assert len({len(p) for p in prompts}) == 4
+    suppress_hook = hooks.Intervention("scale", NEURONS, 0.0, positions="site")
+    for fwd in ((), suppress_hook):
+        m = measure(model, prompts, fwd_hooks=fwd)
+        one_by_one = torch.cat([target_scores(model, [p], fwd_hooks=fwd) for p in prompts])
+        assert torch.allclose(m.prob, one_by_one, rtol=1e-4, atol=1e-7)
+    last = hooks.Intervention("scale", NEURONS, 0.0, positions="last")  # padding would move "last": not padded
+    m = measure(model, prompts[:3], fwd_hooks=last)
+    assert torch.allclose(m.prob, torch.cat([target_scores(model, [p], fwd_hooks=last) for p in prompts[:3]]))
+    assert _no_hooks_left(model)
+
+
+def test_relation_effects_figure(tiny_bert, bags):
+    from kn_lens import plotting
+    from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
+
+    records = [evaluate_fact(tiny_bert, b, same_relation=bags[1:3], other_relations=bags[12:14]) for b in bags[:2]]
+    records.append(evaluate_fact(tiny_bert, bags[12], same_relation=bags[13:15], other_relations=bags[:2]))
+    table = relation_table(records_frame(records))
+    fig = plotting.relation_effects(table)
+    assert {t.name for t in fig.data} == set(table["condition"])
+    own = next(t for t in fig.data if t.name == "knowledge neurons" and t.xaxis == "x")
+    expected = table[(table.intervention == fig.layout.annotations[0].text) & (table.condition == "knowledge neurons")]
+    assert list(own.x) == ["P36", "P37", "all"]
+    assert list(own.y) == pytest.approx(list(expected.set_index("relation").loc[list(own.x), "rel_change_%"]))
+    with pytest.raises(ValueError, match="relation_table"):
+        plotting.relation_effects(table.drop(columns="condition"))

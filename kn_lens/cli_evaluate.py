@@ -1,0 +1,324 @@
+"""The evaluation commands of ``kn-lens``: suppress, enhance, erase, edit, ``evaluate pararel`` and report.
+
+Every command takes ``--model`` (default: the embedded SmolLM2-135M; ``tiny-bert`` for the trained test BERT; a
+checkpoint folder), ``--device`` and ``--json`` (machine-readable output on stdout; progress goes to stderr).
+
+Examples::
+
+    kn-lens suppress " Paris" "The capital of France is" "France's capital city is" "The capital city of France is"
+    kn-lens enhance " Paris" "The capital of France is" "France's capital city is" --neurons L24N1005
+    kn-lens erase " Paris" "The capital of France is" --neurons L24N1005,L20N311 --mode zero
+    kn-lens edit "The capital of France is" "France's capital city is" --new " Rome" --neurons L24N1005
+    kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 --facts-per-relation 20
+    torchrun --nproc_per_node 4 -m kn_lens evaluate pararel --out runs/bert --data pararel/ --model bert-base-cased
+    kn-lens report runs/smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+import pandas as pd
+
+TINY_BERT = "tiny-bert"
+EMBEDDED = "SmolLM2-135M (embedded)"
+
+
+def load(name: str | None, device: str | None = None):
+    """The model named on the command line (``tiny-bert``, a folder, a TransformerLens name, None = embedded)."""
+    from kn_lens.models import load_model
+
+    if name == TINY_BERT:
+        from kn_lens.fixtures import tiny_bert
+
+        model = tiny_bert.load()
+        return model.to(device) if device else model
+    return load_model(name, device=device)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a --model given before the command (kn-lens --model X suppress ...) is not overwritten.
+    parser.add_argument("--model", default=argparse.SUPPRESS, help="model (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+def _model_arg(args: argparse.Namespace) -> str | None:
+    return getattr(args, "model", None)
+
+
+def _emit(args: argparse.Namespace, frame: pd.DataFrame, payload: dict[str, Any] | None = None) -> None:
+    if args.json:
+        data = dict(payload or {})
+        data["rows"] = json.loads(frame.to_json(orient="records"))
+        json.dump(data, sys.stdout, indent=None, allow_nan=False, default=str)
+        sys.stdout.write("\n")
+        return
+    for key, value in (payload or {}).items():
+        print(f"{key}: {value}")
+    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 4):
+        print(frame.to_string(index=False))
+
+
+def _neurons(model, args: argparse.Namespace, prompts: list[str], target: str):
+    """``--neurons`` if given, else the knowledge neurons found from the prompts (integrated gradients)."""
+    from kn_lens.neurons import find_knowledge_neurons
+
+    if args.neurons:
+        from kn_lens.inputs import to_neurons
+
+        return to_neurons([n.strip() for n in args.neurons.split(",") if n.strip()], model)
+    if len(prompts) < 2:
+        raise ValueError("give at least 2 paraphrases to find knowledge neurons, or pass --neurons L{l}N{i},...")
+    kns = find_knowledge_neurons(model, prompts, target, n_steps=args.steps, progress=not args.json)
+    if not kns.neurons:
+        raise ValueError("no knowledge neurons were selected for these prompts; pass --neurons to choose some")
+    return kns.neurons
+
+
+def _unrelated(items: list[str] | None) -> list[tuple[list[str], str]]:
+    out = []
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--unrelated takes 'PROMPT=TARGET', got {item!r}")
+        prompt, target = item.rsplit("=", 1)
+        out.append(([prompt], target))
+    return out
+
+
+def _scale(args: argparse.Namespace, name: str) -> None:
+    from kn_lens.evaluate import intervention_effects, summarize_effects
+
+    model = load(_model_arg(args), args.device)
+    neurons = _neurons(model, args, args.prompts, args.target)
+    effects = intervention_effects(
+        model,
+        neurons,
+        args.prompts,
+        args.target,
+        interventions={name: args.factor},
+        unrelated=_unrelated(args.unrelated) or None,
+        heldout=args.heldout or None,
+        random_seeds=(args.seed,),
+    )
+    table = summarize_effects(effects)
+    _emit(args, table, {"neurons": [str(n) for n in neurons], "factor": args.factor})
+
+
+def cmd_suppress(args: argparse.Namespace) -> None:
+    """``kn-lens suppress TARGET PROMPT...``: scale the neurons by 0 and compare with the controls."""
+    _scale(args, "suppress")
+
+
+def cmd_enhance(args: argparse.Namespace) -> None:
+    """``kn-lens enhance TARGET PROMPT...``: scale the neurons by 2 and compare with the controls."""
+    _scale(args, "enhance")
+
+
+def cmd_erase(args: argparse.Namespace) -> None:
+    """``kn-lens erase TARGET PROMPT... --neurons ...``: erase value vectors; accuracy and perplexity, with control."""
+    from kn_lens.evaluate import erase_relation
+
+    model = load(_model_arg(args), args.device)
+    neurons = _neurons(model, args, args.prompts, args.target)
+    table = erase_relation(
+        model,
+        [(args.prompts, args.target)],
+        neurons,
+        other_facts=_unrelated(args.unrelated),
+        mode=args.mode,
+        seed=args.seed,
+        relation="(given prompts)",
+    )
+    _emit(args, table, {"neurons": [str(n) for n in neurons], "mode": args.mode})
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    """``kn-lens edit PROMPT... --new ANSWER``: Dai et al.'s edit, scored beside random active neurons."""
+    from kn_lens.evaluate import edit_effects
+
+    model = load(_model_arg(args), args.device)
+    target = args.old
+    if target is None:
+        from kn_lens.prompts import make_prompt
+        from kn_lens.scoring import forward_logits
+
+        first = make_prompt(model, args.prompts[0])
+        logits = forward_logits(model, first.tokens[None].to(model.cfg.device))
+        target = [int(logits[0, first.site].argmax())]
+    neurons = _neurons(model, args, args.prompts, target)
+    table = edit_effects(
+        model,
+        args.prompts,
+        neurons,
+        args.new,
+        old=target,
+        heldout=args.heldout or (),
+        neighbours=_unrelated(args.neighbour),
+        seed=args.seed,
+        lambda1=args.lambda1,
+        lambda2=args.lambda2,
+    )
+    _emit(args, table, {"neurons": [str(n) for n in neurons]})
+
+
+def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
+    """``kn-lens evaluate pararel --out DIR``: the resumable, shardable PARAREL sweep (see kn_lens.sweeps)."""
+    from kn_lens import sweeps
+    from kn_lens.datasets import pararel
+
+    rank, world = sweeps.distributed()
+    model = load(_model_arg(args), sweeps.local_device(args.device))
+    data = pararel.load(args.data if args.data else pararel.download(), relations=args.relations)
+    out = sweeps.run_pararel(
+        model,
+        data,
+        args.out,
+        model_name=_model_arg(args) or EMBEDDED,
+        relations=args.relations,
+        facts_per_relation=args.facts_per_relation,
+        seed=args.seed,
+        n_steps=args.steps,
+        selection=args.selection,
+        progress=not args.no_progress and (rank == 0 or not args.json),
+    )
+    if rank == 0:
+        records = sweeps.read_records(out)
+        known = sweeps.read_known(out)
+        summary = dict(out=str(out), records=len(records), scanned=len(known),
+                       known=sum(bool(k["known"]) for k in known), processes=world)  # fmt: skip
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """``kn-lens report DIR``: one self-contained HTML page of a run."""
+    from kn_lens.report import write_report
+
+    path = write_report(args.run, args.output)
+    if args.json:
+        print(json.dumps({"report": str(path)}))
+    else:
+        print(f"wrote {path}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _relations(text: str) -> list[str]:
+    ids = [r.strip() for r in text.split(",") if r.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("give relation ids like P36,P37")
+    return ids
+
+
+def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``suppress``, ``enhance``, ``erase``, ``edit``, ``evaluate`` and ``report`` to the ``kn-lens`` parser."""
+    raw = argparse.RawDescriptionHelpFormatter
+    for name, factor, verb in (("suppress", 0.0, "x0"), ("enhance", 2.0, "x2")):
+        p = sub.add_parser(
+            name,
+            help=f"scale a fact's neurons ({verb}) beside random-neuron and unrelated-fact controls",
+            formatter_class=raw,
+            epilog=f'example:\n  kn-lens {name} " Paris" "The capital of France is" "The capital city of France is" '
+            f'"France\'s capital is"\n  kn-lens {name} " Paris" "The capital of France is" --neurons L24N1005',
+        )
+        p.add_argument("target", help="the answer, e.g. ' Paris' (leading space for causal models)")
+        p.add_argument("prompts", nargs="+", help="the fact's prompts (paraphrases)")
+        p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
+        p.add_argument("--factor", type=_finite, default=factor, help=f"activation factor (default {factor:g})")
+        p.add_argument("--heldout", nargs="*", help="held-out paraphrases (same target)")
+        p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
+        p.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradient steps")
+        p.add_argument("--seed", type=int, default=0, help="random-control seed")
+        _common(p)
+        p.set_defaults(func=cmd_suppress if name == "suppress" else cmd_enhance)
+
+    p = sub.add_parser(
+        "erase",
+        help="erase neurons' value vectors (zero / [UNK]): accuracy and perplexity, beside random neurons",
+        formatter_class=raw,
+        epilog='example:\n  kn-lens erase " Paris" "The capital of France is" "The capital city of France is" '
+        '--unrelated "The official language of Spain is= Spanish"',
+    )
+    p.add_argument("target")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
+    p.add_argument("--mode", choices=("zero", "unk"), default="zero")
+    p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
+    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser(
+        "edit",
+        help="rewrite a fact (Dai et al.'s edit): success, paraphrases, neighbours, perplexity, random control",
+        formatter_class=raw,
+        epilog='example:\n  kn-lens edit "The capital of France is" "The capital city of France is" --new " Rome" '
+        '--neighbour "The capital of Italy is= Rome"',
+    )
+    p.add_argument("prompts", nargs="+", help="the fact's prompts")
+    p.add_argument("--new", required=True, help="the new answer")
+    p.add_argument("--old", help="the answer to remove (default: the model's current top prediction)")
+    p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
+    p.add_argument("--heldout", nargs="*", help="held-out paraphrases")
+    p.add_argument("--neighbour", nargs="*", help="neighbour facts as 'PROMPT=TARGET'")
+    p.add_argument("--lambda1", type=_finite, default=1.0)
+    p.add_argument("--lambda2", type=_finite, default=8.0)
+    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=cmd_edit)
+
+    evaluate = sub.add_parser("evaluate", help="benchmark evaluations (pararel)")
+    which = evaluate.add_subparsers(dest="benchmark", required=True)
+    p = which.add_parser(
+        "pararel",
+        help="knowledge neurons on PARAREL with every control; resumable; torchrun-shardable",
+        formatter_class=raw,
+        epilog="examples:\n  kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 "
+        "--facts-per-relation 20\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel --out runs/smollm2 "
+        "--data pararel/\nRe-running the same command resumes the run.",
+    )
+    p.add_argument("--out", required=True, help="run folder (resumed if it holds this run)")
+    p.add_argument("--data", help="PARAREL folder (default: download into the cache)")
+    p.add_argument("--relations", type=_relations, help="relation ids, e.g. P36,P37 (default: all)")
+    p.add_argument("--facts-per-relation", type=_positive_int, help="known facts per relation (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradient steps")
+    p.add_argument("--selection", choices=("dai", "fact-specific"), default="dai")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate_pararel)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of an evaluate run",
+        formatter_class=raw,
+        epilog="example:\n  kn-lens report runs/smollm2            # writes runs/smollm2/report.html",
+    )
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--output", "-o", help="HTML file (default RUN/report.html)")
+    _common(p)
+    p.set_defaults(func=cmd_report)
+
+
+__all__ = ["add_evaluation_commands", "load"]

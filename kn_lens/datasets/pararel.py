@@ -1,0 +1,544 @@
+"""PARAREL: facts with many paraphrased templates, the benchmark of Dai et al.'s knowledge neurons.
+
+Context:
+    PARAREL (Elazar et al., 2021) pairs T-REx facts (``subject``, relation, ``object``) with hand-written
+    paraphrases of each relation ("[X] was born in [Y] .", "[X] is originally from [Y] ." ...). Dai et al. (2022)
+    render each fact with every template of its relation into a **bag** of prompts that share one answer, and
+    keep a neuron only if most prompts of the bag attribute the answer to it. Relations with 3 or fewer
+    templates are dropped: 34 relations, 23,749 bags.
+
+Intuition:
+    A masked LM answers "[X] was born in [MASK] ." directly. A causal LM can only answer at the *end*, so each
+    template is cut at ``[Y]`` ("[X] was born in" -> " Paris"): this works whenever ``[X]`` comes before
+    ``[Y]`` (172,351 prompts over the 34 relations; 165,104 in the 29 relations that keep >= 4 such templates),
+    many more than the templates that already end with ``[Y]`` (135,580 prompts; 123,402 in 24 relations).
+
+Caveats:
+    * Answers are single tokens of BERT/RoBERTa/ALBERT's common vocabulary, not of every model's: filter the
+      bags with a model (:meth:`Pararel.bags` does, per tokenizer) or keep multi-token targets on request.
+    * Small models know few PARAREL facts (SmolLM2-135M: capitals 12-16% top-1, place of birth ~0%). Every
+      table should be computed on :func:`known_facts` and state the coverage.
+
+Files (the layout of ``/work/shared/pararel`` and of :func:`download`'s cache)::
+
+    patterns/P19.jsonl   {"pattern": "[X] was born in [Y] .", ...}  one template a line
+    facts/P19.jsonl      {"sub_label": "...", "obj_label": "...", "uuid": "..."}  one fact a line
+    relations.jsonl      {"relation": "P19", "label": "place of birth", "type": "N-1", ...}  (optional)
+
+Example:
+    >>> from kn_lens.datasets import pararel
+    >>> data = pararel.load("path/to/pararel")            # or pararel.load(pararel.download())
+    >>> len(data.relations), len(data)
+    (34, 23749)
+    >>> bags = data.bags(model, relations=["P36"])        # prompts per fact, filtered for the tokenizer
+    >>> known, table = pararel.known_facts(model, bags)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from kn_lens._typing import Model, check_model, is_encoder
+
+SUBJECT = "[X]"
+OBJECT = "[Y]"
+#: Dai et al. keep relations with more than 3 templates.
+MIN_TEMPLATES = 4
+Style = Literal["mask", "cut", "end"]
+
+#: The public ParaRel repository (MIT): templates and the LAMA-vocabulary T-REx facts.
+PARAREL_URL = "https://raw.githubusercontent.com/yanaiela/pararel/main/data"
+#: Relation ids with facts in ParaRel's ``trex_lms_vocab`` (templates exist for all but P31 and P527).
+RELATION_IDS: tuple[str, ...] = (
+    "P1001", "P101", "P103", "P106", "P108", "P127", "P1303", "P131", "P136", "P1376", "P138", "P140", "P1412",
+    "P159", "P17", "P176", "P178", "P19", "P190", "P20", "P264", "P27", "P276", "P279", "P30", "P31", "P36",
+    "P361", "P364", "P37", "P39", "P407", "P413", "P449", "P463", "P47", "P495", "P527", "P530", "P740", "P937",
+)  # fmt: skip
+
+
+class PararelError(ValueError):
+    """A PARAREL file is missing or malformed, or a relation id is unknown."""
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One relation: its id (``"P36"``), label, LAMA type (1-1, N-1, N-M) and paraphrased templates."""
+
+    id: str
+    label: str
+    type: str
+    templates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One T-REx fact: ``subject`` fills ``[X]``, ``answer`` fills ``[Y]``."""
+
+    relation: str
+    uuid: str
+    subject: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Bag:
+    """One fact rendered with the templates of its relation: prompts sharing one target.
+
+    Usable wherever kn_lens takes a fact (``.prompts``, ``.target``, ``.relation``), e.g.
+    ``find_knowledge_neurons(model, bag.prompts, bag.target)`` or as an ``unrelated=`` control.
+
+    Attributes:
+        relation, uuid, subject, answer: the fact.
+        prompts: one prompt per kept template (``[MASK]`` for encoders, cut before the answer for causal models).
+        target: the answer as the model must produce it (``" Paris"`` after a cut, ``"Paris"`` at a mask).
+        templates: the index of each prompt's template in its relation's list.
+    """
+
+    relation: str
+    uuid: str
+    subject: str
+    answer: str
+    prompts: tuple[str, ...]
+    target: str
+    templates: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.relation}: {self.subject} -> {self.answer}"
+
+    def split(self, n_heldout: int = 1) -> tuple[Bag, Bag]:
+        """(attribution bag, held-out bag): the last ``n_heldout`` prompts are held out."""
+        if not 0 <= n_heldout < len(self.prompts):
+            raise ValueError(f"n_heldout must be in [0, {len(self.prompts) - 1}], got {n_heldout}")
+        k = len(self.prompts) - n_heldout
+        first = Bag(self.relation, self.uuid, self.subject, self.answer, self.prompts[:k], self.target,
+                    self.templates[:k])  # fmt: skip
+        rest = Bag(self.relation, self.uuid, self.subject, self.answer, self.prompts[k:], self.target,
+                   self.templates[k:])  # fmt: skip
+        return first, rest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PararelError(f"missing PARAREL file {path}") from None
+    except UnicodeDecodeError as err:
+        raise PararelError(f"{path} is not UTF-8 text ({err})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PararelError(f"{path}, line {number}: not valid JSON ({err.msg}): {line[:80]!r}") from None
+        if not isinstance(row, dict):
+            raise PararelError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if not isinstance(row.get(k), str)]
+        if missing:
+            raise PararelError(f"{path}, line {number}: missing or non-text field(s) {missing}")
+        rows.append(row)
+    return rows
+
+
+def _check_template(path: Path, number: int, pattern: str) -> None:
+    if pattern.count(SUBJECT) != 1 or pattern.count(OBJECT) != 1:
+        raise PararelError(f"{path}, line {number}: a template needs exactly one [X] and one [Y]: {pattern!r}")
+
+
+def _check_relations(requested: Iterable[str] | None, valid: Sequence[str]) -> list[str] | None:
+    if requested is None:
+        return None
+    if isinstance(requested, str):
+        requested = [r.strip() for r in requested.split(",") if r.strip()]
+    requested = list(requested)
+    unknown = [r for r in requested if r not in valid]
+    if unknown:
+        raise PararelError(f"unknown relation id(s) {unknown}; valid ids: {', '.join(sorted(valid, key=_id_key))}")
+    if not requested:
+        raise PararelError("no relation ids given")
+    return requested
+
+
+def _id_key(rid: str) -> tuple[int, str]:
+    digits = re.sub(r"\D", "", rid)
+    return (int(digits) if digits else 0, rid)
+
+
+@dataclass
+class Pararel:
+    """PARAREL as loaded: relations (with their templates) and their facts.
+
+    ``len(data)`` is the number of facts; :meth:`bags` renders them as prompts.
+
+    Example:
+        >>> data = load(folder)
+        >>> data.summary().head()
+    """
+
+    path: Path
+    relations: dict[str, Relation]
+    facts: dict[str, list[Fact]]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self.facts.values())
+
+    def __repr__(self) -> str:
+        return f"Pararel({str(self.path)!r}, relations={len(self.relations)}, facts={len(self)})"
+
+    def bags(
+        self,
+        model: Model | None = None,
+        *,
+        style: Style | None = None,
+        relations: Iterable[str] | str | None = None,
+        min_templates: int = MIN_TEMPLATES,
+        multi_token: bool = False,
+        mask: str | None = None,
+    ) -> list[Bag]:
+        """Every fact rendered with its relation's templates, optionally filtered for a model's tokenizer.
+
+        Args:
+            model: a model; its kind picks ``style`` (encoder: ``"mask"``, causal: ``"cut"``), its tokenizer
+                filters the answers to single tokens (unless ``multi_token``) and gives the mask token.
+            style: ``"mask"`` (``[Y]`` -> ``[MASK]``), ``"cut"`` (causal: the template up to ``[Y]``, for
+                templates where ``[X]`` precedes ``[Y]``) or ``"end"`` (causal: only templates ending in ``[Y]``).
+            relations: relation ids to keep (default all).
+            min_templates: after the style's template filter, relations with fewer templates are dropped.
+            multi_token: keep answers that are several tokens (targets for multi-token scoring).
+            mask: the mask text (default the tokenizer's mask token, else ``"[MASK]"``).
+
+        Returns:
+            One :class:`Bag` per kept fact, relation by relation, in file order.
+
+        Example:
+            >>> bags = data.bags(model, relations="P36,P37")
+            >>> bags[0].prompts[0], bags[0].target
+        """
+        if model is not None:
+            check_model(model)
+        if style is None:
+            if model is None:
+                raise ValueError("pass a model or style='mask' / 'cut' / 'end'")
+            style = "mask" if is_encoder(model) else "cut"
+        if style not in ("mask", "cut", "end"):
+            raise ValueError(f"style must be 'mask', 'cut' or 'end', got {style!r}")
+        if isinstance(min_templates, bool) or not isinstance(min_templates, int) or min_templates < 1:
+            raise ValueError(f"min_templates must be a positive int, got {min_templates!r}")
+        chosen = _check_relations(relations, list(self.relations)) or list(self.relations)
+        tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+        if mask is None:
+            mask = getattr(tokenizer, "mask_token", None) or "[MASK]"
+        single = _single_token_check(tokenizer) if (tokenizer is not None and not multi_token) else None
+        out: list[Bag] = []
+        for rid in chosen:
+            kept = [(i, t) for i, t in enumerate(self.relations[rid].templates) if _usable(t, style)]
+            if len(kept) < min_templates:
+                continue
+            for fact in self.facts[rid]:
+                target = fact.answer if style == "mask" else " " + fact.answer
+                if single is not None and not single(target):
+                    continue
+                prompts = tuple(_render(t, fact.subject, style, mask) for _, t in kept)
+                out.append(Bag(rid, fact.uuid, fact.subject, fact.answer, prompts, target, tuple(i for i, _ in kept)))
+        return out
+
+    def summary(self, bags: Sequence[Bag] | None = None) -> pd.DataFrame:
+        """One row per relation: id, label, type, templates, facts (and, given bags, bags and prompts)."""
+        rows = []
+        per: dict[str, list[Bag]] = {}
+        for bag in bags or ():
+            per.setdefault(bag.relation, []).append(bag)
+        for rid, rel in self.relations.items():
+            row = dict(relation=rid, label=rel.label, type=rel.type, templates=len(rel.templates),
+                       facts=len(self.facts[rid]))  # fmt: skip
+            if bags is not None:
+                row["bags"] = len(per.get(rid, []))
+                row["prompts"] = sum(len(b.prompts) for b in per.get(rid, []))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _usable(template: str, style: Style) -> bool:
+    if style == "mask":
+        return True
+    if template.index(SUBJECT) > template.index(OBJECT):
+        return False
+    if style == "end":
+        return template.rstrip(" .").endswith(OBJECT)
+    return True
+
+
+def _render(template: str, subject: str, style: Style, mask: str) -> str:
+    if style == "mask":
+        return template.replace(SUBJECT, subject).replace(OBJECT, mask)
+    return template[: template.index(OBJECT)].rstrip().replace(SUBJECT, subject)
+
+
+def _single_token_check(tokenizer: Any) -> Callable[[str], bool]:
+    cache: dict[str, bool] = {}
+
+    def single(target: str) -> bool:
+        if target not in cache:
+            cache[target] = len(tokenizer.encode(target, add_special_tokens=False)) == 1
+        return cache[target]
+
+    return single
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    relations: Iterable[str] | str | None = None,
+    min_templates: int = MIN_TEMPLATES,
+) -> Pararel:
+    """Load PARAREL from a folder (``patterns/``, ``facts/``, optional ``relations.jsonl``).
+
+    Relations with fewer than ``min_templates`` templates (Dai et al.: 4) or without templates are dropped and
+    listed in ``data.dropped``.
+
+    Args:
+        path: the folder (e.g. the one :func:`download` returns).
+        relations: relation ids to load (default every relation); an unknown id raises, listing valid ones.
+        min_templates: the fewest templates a relation needs.
+
+    Returns:
+        A :class:`Pararel`.
+
+    Raises:
+        PararelError: missing folder or file, a malformed line (file and line named), an unknown relation.
+
+    Example:
+        >>> data = load("pararel", relations=["P36", "P1376"])
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise PararelError(f"PARAREL folder {root} does not exist; pass the folder or use pararel.download()")
+    for sub in ("patterns", "facts"):
+        if not (root / sub).is_dir():
+            raise PararelError(f"{root} has no {sub}/ folder; expected {root}/{sub}/P*.jsonl")
+    if isinstance(min_templates, bool) or not isinstance(min_templates, int) or min_templates < 1:
+        raise ValueError(f"min_templates must be a positive int, got {min_templates!r}")
+    fact_ids = sorted((p.stem for p in (root / "facts").glob("P*.jsonl")), key=_id_key)
+    if not fact_ids:
+        raise PararelError(f"{root / 'facts'} holds no P*.jsonl files")
+    pattern_ids = {p.stem for p in (root / "patterns").glob("P*.jsonl")}
+    info: dict[str, dict[str, Any]] = {}
+    if (root / "relations.jsonl").exists():
+        info = {r["relation"]: r for r in _read_jsonl(root / "relations.jsonl", ("relation",))}
+
+    dropped: dict[str, str] = {}
+    usable: dict[str, tuple[str, ...]] = {}
+    for rid in fact_ids:
+        if rid not in pattern_ids:
+            dropped[rid] = "no templates"
+            continue
+        file = root / "patterns" / f"{rid}.jsonl"
+        rows = _read_jsonl(file, ("pattern",))
+        for number, row in enumerate(rows, start=1):
+            _check_template(file, number, row["pattern"])
+        templates = tuple(dict.fromkeys(r["pattern"] for r in rows))  # duplicates would double-count a prompt
+        if len(templates) < min_templates:
+            dropped[rid] = f"{len(templates)} templates"
+            continue
+        usable[rid] = templates
+    wanted = _check_relations(relations, [*usable, *dropped])
+    if wanted is not None:
+        bad = [r for r in wanted if r in dropped]
+        if bad:
+            raise PararelError(
+                f"relation(s) {bad} are not usable ({', '.join(dropped[r] for r in bad)}; need >= {min_templates}"
+                f" templates); usable ids: {', '.join(usable)}"
+            )
+    out_rel: dict[str, Relation] = {}
+    out_facts: dict[str, list[Fact]] = {}
+    for rid in wanted or usable:
+        meta = info.get(rid, {})
+        out_rel[rid] = Relation(rid, str(meta.get("label", rid)), str(meta.get("type", "")), usable[rid])
+        file = root / "facts" / f"{rid}.jsonl"
+        rows = _read_jsonl(file, ("sub_label", "obj_label"))
+        out_facts[rid] = [
+            Fact(rid, str(r.get("uuid") or f"{rid}-{n}"), r["sub_label"], r["obj_label"])
+            for n, r in enumerate(rows, start=1)
+        ]
+    return Pararel(root, out_rel, out_facts, dropped)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$KN_LENS_CACHE/pararel``, else ``~/.cache/kn_lens/pararel``."""
+    base = os.environ.get("KN_LENS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kn_lens")
+    return Path(base) / "pararel"
+
+
+def _fetch(url: str, dest: Path, *, missing_ok: bool = False) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except (OSError, ValueError) as err:
+        if missing_ok:
+            return False
+        raise ConnectionError(f"could not download {url}: {err}") from None
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(dest)  # atomic: an interrupted download never leaves a half file under the real name
+    return True
+
+
+def download(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    base_url: str = PARAREL_URL,
+    relations_url: str | None = None,
+    relation_ids: Sequence[str] = RELATION_IDS,
+    force: bool = False,
+) -> Path:
+    """Fetch PARAREL's templates and facts into a cache folder (once) and return the folder for :func:`load`.
+
+    Files already in the cache are kept unless ``force``. Templates come from ``{base_url}/pattern_data/
+    graphs_json/P*.jsonl`` (a relation without templates is skipped), facts from ``{base_url}/trex_lms_vocab/
+    P*.jsonl``; relation labels from ``relations_url`` (LAMA's ``relations.jsonl``) when given.
+
+    Args:
+        cache_dir: where to store it (default :func:`default_cache_dir`).
+        base_url: the ParaRel ``data`` folder (any URL ``urllib`` opens, ``file://`` included).
+        relations_url: optional URL of LAMA's ``relations.jsonl`` (labels and types).
+        relation_ids: which relations to fetch.
+        force: download again even if cached.
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        ConnectionError: a facts file could not be downloaded.
+
+    Example:
+        >>> data = load(download())
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    (root / "patterns").mkdir(parents=True, exist_ok=True)
+    (root / "facts").mkdir(parents=True, exist_ok=True)
+    base = base_url.rstrip("/")
+    for rid in relation_ids:
+        facts = root / "facts" / f"{rid}.jsonl"
+        if force or not facts.exists():
+            _fetch(f"{base}/trex_lms_vocab/{rid}.jsonl", facts)
+        patterns = root / "patterns" / f"{rid}.jsonl"
+        if force or not patterns.exists():
+            _fetch(f"{base}/pattern_data/graphs_json/{rid}.jsonl", patterns, missing_ok=True)
+    if relations_url and (force or not (root / "relations.jsonl").exists()):
+        _fetch(relations_url, root / "relations.jsonl")
+    return root
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the model knows
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def known_facts(
+    model: Model,
+    bags: Sequence[Bag],
+    *,
+    threshold: float | None = None,
+    share: float = 0.5,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[list[Bag], pd.DataFrame]:
+    """Which facts the model knows: the answer is top-1 (or has ``p >= threshold``) on ``share`` of the prompts.
+
+    Args:
+        model: the model.
+        bags: the facts (from :meth:`Pararel.bags` with this model).
+        threshold: None: a prompt is right when the answer is the top-1 token (its first token, for multi-token
+            answers); a number: when the answer's probability is at least ``threshold``.
+        share: the fraction of a bag's prompts that must be right (default: half).
+        batch_size: prompts per forward pass.
+        progress: a progress bar.
+
+    Returns:
+        ``(known, table)``: the known bags, and one row per bag (``relation, uuid, subject, answer, n_prompts,
+        top1_share, mean_prob, known``), unknown facts included: list them, don't drop them silently.
+
+    Example:
+        >>> known, table = known_facts(model, bags)
+        >>> table.groupby("relation")["known"].mean()   # coverage per relation
+    """
+    from kn_lens.evaluate import measure  # evaluate sits above datasets; import on use
+    from kn_lens.prompts import make_prompt
+
+    check_model(model)
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    rows, known = [], []
+    # Prompts of many bags share a forward pass (a forward costs about the same for 1 or 32 short prompts).
+    chunk = max(1, 4 * batch_size // 8)
+    starts = range(0, len(bags), chunk)
+    for start in _progress(starts, progress, f"known facts ({chunk} per step)"):
+        part = bags[start : start + chunk]
+        prompts = [make_prompt(model, p, bag.target) for bag in part for p in bag.prompts]
+        prob_all, top1_all = measure(model, prompts, batch_size=batch_size)[:2]
+        offset = 0
+        for bag in part:
+            n = len(bag.prompts)
+            prob, top1 = prob_all[offset : offset + n], top1_all[offset : offset + n]
+            offset += n
+            right = top1 if threshold is None else prob >= threshold
+            ok = bool(right.float().mean() >= share - 1e-9)
+            rows.append(dict(relation=bag.relation, uuid=bag.uuid, subject=bag.subject, answer=bag.answer,
+                             n_prompts=n, top1_share=float(top1.float().mean()), mean_prob=float(prob.mean()),
+                             known=ok))  # fmt: skip
+            if ok:
+                known.append(bag)
+    table = pd.DataFrame(rows, columns=["relation", "uuid", "subject", "answer", "n_prompts", "top1_share",
+                                        "mean_prob", "known"])  # fmt: skip
+    table.attrs["rule"] = f"top-1 on >= {share:g} of prompts" if threshold is None else f"p >= {threshold:g}"
+    return known, table
+
+
+def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
+    if not enabled:
+        return iter(items)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc=desc))
+
+
+__all__ = [
+    "MIN_TEMPLATES",
+    "PARAREL_URL",
+    "RELATION_IDS",
+    "Bag",
+    "Fact",
+    "Pararel",
+    "PararelError",
+    "Relation",
+    "default_cache_dir",
+    "download",
+    "known_facts",
+    "load",
+]

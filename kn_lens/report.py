@@ -1,0 +1,157 @@
+"""One self-contained HTML page of a PARAREL run: coverage, effects with controls, neurons, erase and edit.
+
+The page opens in any browser without a server or internet (plotly.js is inlined once). Every effect is shown
+beside its controls and every table states how many facts it rests on; facts the model does not know are listed.
+
+Example:
+    >>> from kn_lens.report import write_report
+    >>> write_report("runs/smollm2")          # -> runs/smollm2/report.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from kn_lens.evaluate import records_frame, relation_table
+from kn_lens.sweeps import MANIFEST, SweepError, read_known, read_records, read_relations
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1, h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; font-size: 13px; margin: .5em 0 1.5em; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.note { color: #555; font-size: 14px; max-width: 60em; }
+details { margin: .5em 0 1.5em; }
+"""
+
+
+def _table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p class='note'>(nothing yet)</p>"
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0, escape=True)
+
+
+class _Figures:
+    """Inline plotly figures; plotly.js goes into the first one only."""
+
+    def __init__(self) -> None:
+        self.first = True
+
+    def __call__(self, fig) -> str:
+        out = fig.to_html(full_html=False, include_plotlyjs=self.first, default_height=None)
+        self.first = False
+        return out
+
+
+def build_report(run: str | os.PathLike) -> str:
+    """The HTML text of the report of a run folder (see :func:`write_report`)."""
+    import plotly.graph_objects as go
+
+    from kn_lens import plotting
+
+    run = Path(run)
+    if not (run / MANIFEST).exists():
+        raise SweepError(f"{run} is not a run folder (no {MANIFEST}); run `kn-lens evaluate pararel --out {run}`")
+    manifest = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
+    records = read_records(run)
+    known = pd.DataFrame(read_known(run))
+    relations = read_relations(run)
+    figure = _Figures()
+    parts = [f"<h1>Knowledge neurons on PARAREL: {html.escape(str(manifest.get('model')))}</h1>"]
+    settings = {k: manifest.get(k) for k in ("model", "relations", "facts_per_relation", "seed", "n_steps",
+                                              "selection", "n_heldout", "n_controls", "known_rule")}  # fmt: skip
+    settings["versions"] = manifest.get("versions")
+    parts.append("<h2>Run</h2>" + _table(pd.DataFrame([{"setting": k, "value": json.dumps(v)}
+                                                         for k, v in settings.items()])))  # fmt: skip
+
+    parts.append("<h2>Coverage</h2>")
+    parts.append(
+        "<p class='note'>Facts are scanned in file order until enough known ones are found; a fact is known when "
+        f"{html.escape(str(manifest.get('known_rule')))}. Every number below is computed on known facts only.</p>"
+    )
+    if not known.empty:
+        cov = known.groupby("relation", sort=False).agg(scanned=("known", "size"), known=("known", "sum"))
+        cov["coverage_%"] = 100 * cov["known"] / cov["scanned"]
+        done = Counter(r["relation"] for r in records)
+        cov["evaluated"] = [done.get(r, 0) for r in cov.index]
+        parts.append(_table(cov.reset_index()))
+        unknown = known[~known["known"].astype(bool)]
+        parts.append(f"<details><summary>{len(unknown)} facts the model does not know</summary>"
+                     f"{_table(unknown)}</details>")  # fmt: skip
+
+    frame = records_frame(records)
+    parts.append("<h2>Suppress (x0) and enhance (x2), with controls</h2>")
+    parts.append(
+        "<p class='note'>Per relation: the fact's own prompts (knowledge neurons), held-out paraphrases, other "
+        "facts of the same relation, facts of other relations, and the same number of random neurons in the same "
+        "layers. <code>rel_change_%</code> is the mean of per-prompt relative changes (Dai et al.), "
+        "<code>rel_of_means_%</code> the relative change of the mean probability; specificity = 1 - same-relation "
+        "change / own change (1: only the fact moves; 0: the whole relation moves as much).</p>"
+    )
+    if not frame.empty:
+        table = relation_table(frame)
+        parts.append(figure(plotting.relation_effects(table)))
+        for name in dict.fromkeys(table["intervention"]):
+            parts.append(f"<h3>{html.escape(name)}</h3>" + _table(table[table["intervention"] == name]))
+
+        neurons = [n for r in records for n in r.get("neurons") or ()]
+        layers = Counter(int(n[1:].split("N")[0]) for n in neurons)
+        n_layers = manifest.get("model_config", {}).get("n_layers") or (max(layers) + 1 if layers else 1)
+        fig = go.Figure(go.Bar(x=list(range(n_layers)), y=[layers.get(i, 0) for i in range(n_layers)]))
+        fig.update_layout(title="Layer of the selected knowledge neurons", xaxis_title="layer",
+                          yaxis_title="neurons", template="plotly_white", height=350)  # fmt: skip
+        parts.append("<h2>Neurons</h2>" + figure(fig))
+        counts = Counter(len(r.get("neurons") or ()) for r in records)
+        fig = go.Figure(go.Bar(x=sorted(counts), y=[counts[k] for k in sorted(counts)]))
+        mean = sum(k * v for k, v in counts.items()) / max(sum(counts.values()), 1)
+        fig.update_layout(title=f"Knowledge neurons per fact (mean {mean:.2f}; Dai et al. ~4.13 on BERT)",
+                          xaxis_title="neurons", yaxis_title="facts", template="plotly_white", height=350)  # fmt: skip
+        parts.append(figure(fig))
+        top = Counter(neurons).most_common(20)
+        parts.append("<h3>Most frequent neurons</h3>" + _table(pd.DataFrame(top, columns=["neuron", "facts"])))
+
+    erase_rows = [row for r in relations if r["kind"] == "erase" for row in r["rows"]]
+    parts.append("<h2>Erasing a relation</h2>")
+    parts.append(
+        "<p class='note'>The relation's most frequent knowledge neurons are erased (value vectors set to zero or "
+        "to the [UNK] embedding), beside as many random neurons in the same layers. Answer perplexity on the "
+        "relation vs other relations, and (causal models) perplexity of a held-out text.</p>"
+    )
+    parts.append(_table(pd.DataFrame(erase_rows)))
+    edit_rows = [dict(uuid=r["uuid"], **row) for r in relations if r["kind"] == "edit" for row in r["rows"]]
+    parts.append("<h2>Editing facts</h2>")
+    parts.append(
+        "<p class='note'>Dai et al.'s edit (W_out += -E(old) + 8 E(new)) on the fact's neurons, beside the same "
+        "update on as many random active neurons: success (new answer top-1), paraphrase success, neighbourhood "
+        "(other facts of the relation keep their answer), perplexity of held-out text.</p>"
+    )
+    edits = pd.DataFrame(edit_rows)
+    if not edits.empty:
+        cols = [c for c in ("success", "paraphrase_success", "neighbourhood_after", "ppl_after") if c in edits]
+        parts.append("<h3>Mean over edited facts</h3>" + _table(edits.groupby("neurons")[cols].mean().reset_index()))
+    parts.append("<details><summary>Every edit</summary>" + _table(edits) + "</details>")
+    body = "\n".join(parts)
+    title = html.escape(f"kn_lens report: {manifest.get('model')}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style>"
+            f"</head><body>\n{body}\n</body></html>\n")  # fmt: skip
+
+
+def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Write the HTML report of a run folder (default ``RUN/report.html``) and return its path.
+
+    Example:
+        >>> write_report("runs/smollm2")
+    """
+    path = Path(output) if output else Path(run) / "report.html"
+    path.write_text(build_report(run), encoding="utf-8")
+    return path
+
+
+__all__ = ["build_report", "write_report"]

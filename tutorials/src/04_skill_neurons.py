@@ -1,0 +1,184 @@
+# %% [markdown]
+# # 4. Skill neurons: which neurons know the task?
+#
+# Knowledge neurons store one fact. Wang et al. (EMNLP 2022) asked a different question: when a frozen model is
+# *prompted* to do a task (sentiment, say), are there neurons whose activation at the prompt already tells you
+# the answer? They prompt-tuned RoBERTa (learned a few virtual-token embeddings in front of every input, all
+# weights frozen) and found neurons whose activation at those prompt tokens predicts the label almost perfectly:
+# **skill neurons**. Three tests make the claim:
+#
+# 1. *predictivity*: threshold the neuron at its mean training activation; how accurate is that on dev data?
+# 2. *perturbation*: disturbing the top skill neurons hurts the task much more than disturbing random neurons;
+# 3. *pruning*: keeping only skill neurons (the rest fixed at their mean) keeps much of the accuracy.
+#
+# This tutorial runs all three, first on kn_lens' tiny BERT with a learned soft prompt, then on SmolLM2 with a
+# text prompt. Everything is hooks: the soft prompt is a hook on the embedding output, perturbations are hooks
+# on `mlp_post`.
+
+# %%
+import torch
+
+import kn_lens
+from kn_lens import hooks, plotting, skill
+from kn_lens.fixtures import tiny_bert
+from kn_lens.quiz import Question, close_to, equals
+
+torch.manual_seed(0)
+bert = tiny_bert.load()
+sentences = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+task = skill.make_task(
+    [s.prompt.replace("[MASK]", "the") for s in sentences],
+    [int(s.plural) for s in sentences],
+    name="number",
+    classes=("singular", "plural"),
+)
+print(task)
+task.to_frame().head()
+
+# %% [markdown]
+# ## 1. Prompt tuning on a frozen model
+# The task: is the noun plural? The *verbalizer* maps the two labels to two words the model predicts at a
+# `[MASK]`: here two instruments, "violin" (singular) and "piano" (plural), which mean nothing for number, so the
+# prompt has to learn the mapping. `train_soft_prompt` learns 4 virtual-token embeddings; the model's weights
+# are never written (we check it, bit for bit). In this tiny model the prompt goes just before `[SEP]`
+# (`placement="end"`): it was trained with sentences at fixed positions, and a prompt after `[CLS]` would shift them.
+
+# %%
+weights_before = {k: v.clone() for k, v in bert.state_dict().items()}
+soft = skill.train_soft_prompt(
+    bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30
+)
+unchanged = all(torch.equal(weights_before[k], v) for k, v in bert.state_dict().items())
+print(soft, "weights unchanged:", unchanged)
+print("test accuracy:", skill.accuracy(bert, task, prompt=soft))
+
+# %%
+q1 = Question(
+    "frozen",
+    "Did prompt tuning change any model weight? (True / False)",
+    equals(not unchanged),
+    hint="compare every tensor of the state dict before and after, with torch.equal",
+)
+q1.check(not unchanged)
+
+# %% [markdown]
+# ## 2. Predictivity
+# For every neuron and every prompt position: threshold = mean activation on the training split; predict
+# "plural" when the activation is above (or, for the other sign, below) it; predictivity = dev accuracy of the
+# better sign, averaged over the prompt positions. Because the sign is picked on the dev split, even a useless
+# neuron scores about 0.5: the median in the figure shows where chance sits.
+
+# %%
+bert_skill = skill.predictivity(bert, task, prompt=soft)
+print(bert_skill)
+bert_skill.to_frame(top=5)
+
+# %%
+bert_skill.figure(top_k=15)
+
+# %%
+share = float((bert_skill.scores > 0.9).float().mean())
+q2 = Question(
+    "share",
+    "What fraction of the tiny BERT's neurons predict number above 0.9 at the prompt (to 2 decimals)?",
+    close_to(share, abs_=0.01),
+    hint="(bert_skill.scores > 0.9).float().mean()",
+)
+q2.check(round(share, 2))
+
+# %% [markdown]
+# Number is everywhere in this small model, trained mostly on agreement: a large share of its neurons track it.
+# That is why the next step, a causal test, matters more than predictivity alone.
+#
+# ## 3. SmolLM2 with a text prompt
+# A causal model's position only sees what comes before it, so the prompt positions are the template tokens
+# *after* the review: `"\nSentiment (positive or negative):"`. The task is a generated movie-review set
+# (with negations such as "not dull at all", so no single word gives the answer away).
+
+# %%
+model = kn_lens.load_model()
+reviews = skill.sentiment_task(120, dev=0.25, test=0.25)
+prompt = skill.HardPrompt("Review: {text}\nSentiment (positive or negative):", (" negative", " positive"))
+print("zero-shot test accuracy:", skill.accuracy(model, reviews, prompt=prompt))
+smol_skill = skill.predictivity(model, reviews, prompt=prompt)
+print(smol_skill)
+smol_skill.figure()
+
+# %%
+best = smol_skill.top(k=1)[0]
+q3 = Question(
+    "best-layer",
+    "In which layer is SmolLM2's most predictive neuron for sentiment?",
+    equals(best.layer),
+    hint="smol_skill.top(k=1)[0].layer",
+)
+q3.check(smol_skill.to_frame(top=1).layer[0])
+
+# %% [markdown]
+# ## 4. Perturbation: skill neurons vs random neurons
+# Set the top 1% and 3% of neurons to their per-position training mean at the prompt positions
+# (`hooks.perturb(..., "mean")`), and, as the control, the same number of random neurons in the same layers
+# (two seeds). The unperturbed accuracy is the dashed line.
+
+# %%
+curve = skill.perturbation_curve(model, reviews, smol_skill, prompt=prompt, fractions=[0.01, 0.03], seeds=(0, 1))
+summary = curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()
+print(summary)
+plotting.perturbation_curve(curve)
+
+# %%
+skill_drop = float(summary.loc[0.03, "random"] - summary.loc[0.03, "skill"])
+q4 = Question(
+    "contrast",
+    "At 3%, how many accuracy points lower is the skill-neuron run than the random-neuron runs (e.g. 0.1)?",
+    close_to(skill_drop, abs_=0.005),
+    hint="summary.loc[0.03, 'random'] - summary.loc[0.03, 'skill']",
+)
+q4.check(skill_drop)
+
+# %% [markdown]
+# The hooks are ordinary TransformerLens hooks, so you can use them on any input yourself:
+
+# %%
+top = smol_skill.mask(0.01)
+perturb_hooks = hooks.perturb(top, "mean", mean_cache=smol_skill.thresholds, positions=list(smol_skill.positions))
+tokens = prompt.to_tokens(model, "The plot was not dull at all.")[0][None]
+pos, neg = model.to_single_token(" positive"), model.to_single_token(" negative")
+clean = model(tokens)[0, -1]
+perturbed = model.run_with_hooks(tokens, fwd_hooks=perturb_hooks)[0, -1]
+print(
+    f"logit(positive) - logit(negative): clean {float(clean[pos] - clean[neg]):+.2f}, "
+    f"perturbed {float(perturbed[pos] - perturbed[neg]):+.2f}"
+)
+
+# %% [markdown]
+# ## 5. Pruning guided by skill neurons
+# Fix every non-skill neuron at its mean training activation; its contribution is then a constant that folds
+# into the MLP output bias, and the neuron can be dropped from `W_in` and `W_out`. `skill.prune` returns a
+# smaller TransformerLens model. Back to the tiny BERT, keeping 10% of each layer's neurons.
+
+# %%
+means = skill.mean_activations(bert, task, prompt=soft)
+keep = bert_skill.mask(0.1, per_layer=True)
+small = skill.prune(bert, keep, means)
+control = skill.prune(bert, skill.random_mask(keep, seed=0), means)
+print(f"d_mlp {bert.cfg.d_mlp} -> {small.cfg.d_mlp}")
+print("skill neurons kept: ", skill.accuracy(small, task, prompt=soft))
+print("random neurons kept:", skill.accuracy(control, task, prompt=soft))
+
+# %%
+q5 = Question(
+    "width",
+    "How many MLP neurons per layer does the pruned tiny BERT have?",
+    equals(small.cfg.d_mlp),
+    hint="small.cfg.d_mlp",
+)
+q5.check(int(keep[0].sum()))
+
+# %% [markdown]
+# ## Where next
+# * `skill.load_sst2()` (with internet) gives the paper's main task; `skill.binarize` turns MNLI-style
+#   multi-class sets into binary ones; `skill.pararel_place_or_language(folder)` builds a task from PARAREL.
+# * On a full-size model use `train_soft_prompt` with the default placement (after `[CLS]`, as in the paper).
+# * `benchmarks/skill_smollm2.py` runs the whole pipeline on SmolLM2, with a soft prompt and with a text prompt,
+#   and writes the figures to `benchmarks/RESULTS.md`.
