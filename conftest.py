@@ -42,7 +42,7 @@ DOCTESTED = {
 }
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"\b(kns|scores)\b")
+_NAMES = re.compile(r"(?<![.\w])(kns|scores)\b")  # the shared names, not attributes like result.scores
 
 
 def _base() -> dict:

@@ -200,8 +200,8 @@ def test_causal_lens_is_proportional_to_direct_effect(smollm2):
     assert ratios.abs().min() > 0
 
 
-@torch.inference_mode()
 @pytest.mark.parametrize("model_name", ["tiny_bert", "random_bert"])
+@torch.no_grad()  # not inference_mode: a session fixture first built in here would hold inference-mode weights
 def test_direct_effect_bert_earlier_layer_is_the_frozen_direct_path(request, model_name):
     """A neuron below the last layer: zero-ablate it while every later attention and MLP output is patched to its
     clean value and every LayerNorm scale on the path is frozen. What is left is exactly the direct path that
