@@ -19,28 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-#: Modules whose examples were made runnable and checked; the examples of the others are collected but skipped
-#: (reason given) until their owners make them run: add the module here then.
-DOCTESTED = {
-    "kn_lens",
-    "kn_lens._typing",
-    "kn_lens.attribution",
-    "kn_lens.cache",
-    "kn_lens.demo",
-    "kn_lens.edit",
-    "kn_lens.fixtures.tiny_bert",
-    "kn_lens.hooks",
-    "kn_lens.inputs",
-    "kn_lens.interventions",
-    "kn_lens.lens",
-    "kn_lens.models",
-    "kn_lens.neurons",
-    "kn_lens.plotting",
-    "kn_lens.prompts",
-    "kn_lens.quiz",
-    "kn_lens.scoring",
-}
-
 _SHARED: dict = {}
 _NAMES = re.compile(r"(?<![.\w])(kns|scores)\b")  # the shared names, not attributes like result.scores
 
@@ -90,13 +68,3 @@ def _doctest_names(request, doctest_namespace):
     for name in set(_NAMES.findall(source)):
         doctest_namespace[name] = _expensive(name)
     yield
-
-
-def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="this module's docstring examples are not yet checked (add it to DOCTESTED)")
-    for item in items:
-        if type(item).__name__ == "DoctestItem":
-            module = ".".join(Path(item.path).relative_to(config.rootpath).with_suffix("").parts)
-            module = module.removesuffix(".__init__")
-            if module not in DOCTESTED:
-                item.add_marker(skip)
