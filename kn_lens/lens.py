@@ -88,8 +88,8 @@ def final_norm(model: Model) -> backends.Norm | None:
     ``TransformerBridge``), reading the parameters the forward pass uses.
 
     Example:
-        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm
-        'RMSNorm'
+        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm, as a backend-neutral Norm
+        'Norm'
     """
     return backends.final_norm(model)
 

@@ -500,7 +500,7 @@ def find_knowledge_neurons(
     fallback: Literal["closest", "none"] = "closest",
     layers: int | Sequence[int] | None = None,
     scores: Float[Tensor, "prompt layer d_mlp"] | None = None,
-    progress: bool = False,
+    progress: bool = True,
     **attribution_kwargs: Any,
 ) -> KnowledgeNeurons:
     """Find the knowledge neurons of one fact from its paraphrased prompts (Dai et al. 2022).
