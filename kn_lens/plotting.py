@@ -651,7 +651,14 @@ def skill_predictivity(result: Any, *, top_k: int = 20, title: str | None = None
         the best neurons' predictivity.
 
     Example:
-        >>> skill_predictivity(kn_lens.skill.predictivity(model, task, prompt=soft))
+        ``skill``: the tiny BERT's predictivity (:func:`kn_lens.skill.predictivity`; also ``skill.figure()``):
+
+        >>> fig = skill_predictivity(kn_lens.skill.predictivity(bert, task, prompt=soft, progress=False), top_k=5)
+        >>> [trace.name for trace in fig.data]
+        ['best', '99th percentile', 'median', None]
+        >>> list(fig.data[0].x), len(fig.data[3].y)  # layers on the left, the 5 best neurons on the right
+        ([0, 1], 5)
+        >>> fig.show()  # doctest: +SKIP
     """
     scores = _to_numpy(getattr(result, "scores", None), "result.scores")
     if scores.ndim != 2:
@@ -721,7 +728,12 @@ def perturbation_curve(df: pd.DataFrame, *, title: str = "Perturbing skill neuro
         title: the figure title.
 
     Example:
-        >>> perturbation_curve(kn_lens.skill.perturbation_curve(model, task, skill, prompt=soft))
+        >>> df = kn_lens.skill.perturbation_curve(bert, task, skill, prompt=soft, fractions=[0.01, 0.05],
+        ...                                       progress=False)
+        >>> fig = perturbation_curve(df)
+        >>> [(trace.name, trace.x.tolist()) for trace in fig.data]  # x: percent of neurons
+        [('skill neurons', [1.0, 5.0]), ('random neurons', [1.0, 5.0])]
+        >>> fig.show()  # doctest: +SKIP
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"perturbation_curve takes a pandas DataFrame, got {type(df).__name__}")
@@ -767,6 +779,17 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
         df: one row per pruned model with columns ``kept`` (fraction of neurons kept), ``selection``
             (``"skill"`` / ``"random"``), ``accuracy`` and optionally ``speedup``.
         title: the figure title.
+
+    Example:
+        One row per pruned model, e.g. from :func:`kn_lens.skill.prune` and :func:`kn_lens.skill.accuracy` in a loop:
+
+        >>> df = pd.DataFrame(dict(kept=[0.5, 0.5, 0.5, 0.8, 0.8, 0.8], selection=["skill", "random", "random"] * 2,
+        ...                        accuracy=[0.9, 0.6, 0.7, 0.95, 0.8, 0.85], speedup=[1.6, 1.6, 1.6, 1.2, 1.2, 1.2]))
+        >>> fig = pruning_curve(df)
+        >>> [(trace.name, trace.y.tolist()) for trace in fig.data]  # accuracy panel, then speed-up panel
+        [('skill neurons kept', [0.9, 0.95]), ('skill neurons kept', [1.6, 1.2]),
+         ('random neurons kept', [0.65, 0.825]), ('random neurons kept', [1.6, 1.2])]
+        >>> fig.show()  # doctest: +SKIP
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"pruning_curve takes a pandas DataFrame, got {type(df).__name__}")

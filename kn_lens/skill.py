@@ -38,11 +38,24 @@ Caveats:
     always look at perturbation against random neurons before calling a neuron a skill neuron.
 
 Example:
-    >>> task = kn_lens.skill.sentiment_task(n=200)
+    Which SmolLM2 neurons, read at the template tokens after a review, tell positive reviews from negative ones?
+    (A small generated task keeps this quick; the paper's figures need hundreds of examples.)
+
+    >>> task = kn_lens.skill.sentiment_task(n=60)
+    >>> task
+    Task('sentiment', train=36, dev=12, test=12, classes=('negative', 'positive'))
     >>> prompt = kn_lens.skill.HardPrompt("Review: {text}\\nSentiment (positive or negative):")
-    >>> skill = kn_lens.skill.predictivity(model, task, prompt=prompt)
-    >>> skill.top(0.001), skill.scores.shape
-    >>> kn_lens.skill.perturbation_curve(model, task, skill, prompt=prompt, fractions=[0.01])
+    >>> prompt.layout(model).positions  # the 8 template tokens after the review
+    (-8, -7, -6, -5, -4, -3, -2, -1)
+    >>> result = kn_lens.skill.predictivity(model, task, prompt=prompt, progress=False)
+    >>> result  # doctest: +ELLIPSIS
+    Predictivity(30 layers x 1536 neurons, 8 prompt positions, aggregate='mean', best L...N... = 0.8...,
+                 n_train=36, n_dev=12)
+    >>> float(result.scores.median())  # the bulk: the sign is chosen on dev, so even noise scores above 0.5
+    0.61
+
+    Then perturb the best neurons against random ones (:func:`perturbation_curve`) and prune
+    (:func:`prune`); the examples below do it on the tiny BERT.
 """
 
 from __future__ import annotations
@@ -116,8 +129,14 @@ class Task:
         classes: names of label 0 and label 1 (for display).
 
     Example:
-        >>> task = make_task(texts, labels, name="mine")
-        >>> len(task.train), task.dev.texts[0], task.sizes()
+        >>> task = make_task(["good", "bad", "great", "awful", "fine", "poor"], [1, 0, 1, 0, 1, 0], name="mine",
+        ...                  dev=1/3, test=1/3)
+        >>> task
+        Task('mine', train=2, dev=2, test=2, classes=('negative', 'positive'))
+        >>> task.dev
+        Split(texts=(...), labels=(...))
+        >>> task.to_frame().columns.tolist()
+        ['split', 'text', 'label', 'cls']
     """
 
     name: str
@@ -305,7 +324,10 @@ def sentiment_task(n: int = 400, *, negation: float = 0.15, seed: int = 0, **spl
 
     Example:
         >>> task = sentiment_task(100)
+        >>> task
+        Task('sentiment', train=60, dev=20, test=20, classes=('negative', 'positive'))
         >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 6:
         raise ValueError(f"n must be an int >= 6, got {n!r}")
@@ -408,7 +430,11 @@ def pararel_place_or_language(folder: str | Path, n: int = 400, *, seed: int = 0
         **split: ``dev``, ``test`` fractions for :func:`make_task`.
 
     Example:
-        >>> task = pararel_place_or_language("path/to/pararel", n=200)
+        >>> task = pararel_place_or_language(pararel_folder, n=200)  # e.g. "../shared/pararel"
+        >>> task
+        Task('place-or-language', train=120, dev=40, test=40, classes=('place', 'language'))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     rng = random.Random(seed)
     places = _pararel_texts(folder, _PLACE_RELATIONS, n // 2, fill_object=False, rng=rng)
@@ -427,7 +453,11 @@ def pararel_relation_pair(
     Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact.
 
     Example:
-        >>> task = pararel_relation_pair("path/to/pararel", "P19", "P20", n=200)
+        >>> task = pararel_relation_pair(pararel_folder, "P19", "P20", n=200)  # e.g. "../shared/pararel"
+        >>> task
+        Task('P19-vs-P20', train=120, dev=40, test=40, classes=('P19', 'P20'))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     rng = random.Random(seed)
     zero = _pararel_texts(folder, [negative], n // 2, fill_object=True, rng=rng)
@@ -470,7 +500,19 @@ def load_hf_task(
         seed: sampling and split seed.
 
     Example:
-        >>> task = load_hf_task("json", data_files={"train": "train.jsonl", "validation": "dev.jsonl"})
+        Local files in the hub's format (here written on the spot):
+
+        >>> folder = getfixture("tmp_path")  # any folder
+        >>> rows = [{"sentence": f"review number {i}", "label": i % 2} for i in range(40)]
+        >>> _ = (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\\n" for row in rows[:30]))
+        >>> _ = (folder / "dev.jsonl").write_text("".join(json.dumps(row) + "\\n" for row in rows[30:]))
+        >>> files = {"train": str(folder / "train.jsonl"), "validation": str(folder / "dev.jsonl")}
+        >>> task = load_hf_task("json", data_files=files)
+        >>> task  # dev: 10% of train; test: the validation file
+        Task('json', train=26, dev=4, test=10, classes=('negative', 'positive'))
+        >>> task.test.texts[0], task.test.labels[0]
+        ('review number 30', 0)
+        >>> load_hf_task("glue", "sst2", limit=2000)  # from the hub  # doctest: +SKIP
     """
     try:
         import datasets
@@ -508,8 +550,16 @@ def load_sst2(*, data_files: str | dict[str, str] | None = None, **kwargs: Any) 
     Columns ``sentence`` and ``label`` (0 negative, 1 positive); the public validation split is the test split.
 
     Example:
-        >>> task = load_sst2(limit=2000)                    # stanfordnlp/sst2 from the hub
-        >>> task = load_sst2(data_files={"train": "sst2/train.jsonl", "validation": "sst2/dev.jsonl"})
+        >>> task = load_sst2(limit=2000)  # stanfordnlp/sst2 from the hub  # doctest: +SKIP
+
+        Or local copies (``.jsonl``, ``.json``, ``.csv`` or ``.parquet``), here two small csv files:
+
+        >>> folder = getfixture("tmp_path")  # any folder
+        >>> rows = "".join(f"text number {i},{i % 2}\\n" for i in range(20))
+        >>> _ = (folder / "train.csv").write_text("sentence,label\\n" + rows)
+        >>> _ = (folder / "dev.csv").write_text("sentence,label\\na fine film,1\\na dull film,0\\n")
+        >>> load_sst2(data_files={"train": str(folder / "train.csv"), "validation": str(folder / "dev.csv")})
+        Task('csv', train=18, dev=2, test=2, classes=('negative', 'positive'))
     """
     if data_files is None:
         return load_hf_task("stanfordnlp/sst2", **kwargs)
@@ -654,7 +704,13 @@ class HardPrompt:
 
     Example:
         >>> prompt = HardPrompt("Review: {text}\\nSentiment:", (" negative", " positive"))
-        >>> prompt.layout(model).positions
+        >>> prompt.layout(model).positions  # SmolLM2: "\\n", "Sent", "iment", ":" after the text
+        (-4, -3, -2, -1)
+        >>> [model.to_string(t) for t in prompt.to_tokens(model, "A fine film.")[0]]
+        ['Review', ':', ' A', ' fine', ' film', '.', '\\n', 'Sent', 'iment', ':']
+        >>> prompt = HardPrompt("{text} It was [MASK].", ("violin", "piano"))  # an encoder: BERT
+        >>> prompt.layout(bert).positions, prompt.layout(bert).site
+        ((-5, -4, -3, -2), -3)
     """
 
     template: str = "{text}"
@@ -718,8 +774,15 @@ class SoftPrompt:
         history: ``[(step, loss, dev_accuracy), ...]`` from training.
 
     Example:
-        >>> soft = train_soft_prompt(model, task, verbalizer=("a", "these"), n_tokens=4, steps=100)
-        >>> soft.dev_accuracy, soft.save("soft.pt"), SoftPrompt.load("soft.pt")
+        ``soft`` is trained on the tiny BERT as in :func:`train_soft_prompt`:
+
+        >>> soft
+        SoftPrompt(n_tokens=4, d_model=32, verbalizer=('violin', 'piano'), placement='end', dev_accuracy=1.000)
+        >>> bert.tokenizer.convert_ids_to_tokens(soft.to_tokens(bert, "Emma is buying the books.")[0])
+        ['[CLS]', 'Emma', 'is', 'buying', 'the', 'books', '.', '[MASK]', '[PAD]', '[PAD]', '[PAD]', '[PAD]', '[SEP]']
+        >>> path = soft.save(getfixture("tmp_path") / "soft.pt")
+        >>> torch.equal(SoftPrompt.load(path).embeddings, soft.embeddings)
+        True
     """
 
     embeddings: Tensor
@@ -932,7 +995,10 @@ def margins(
         progress: show a progress bar.
 
     Example:
-        >>> margins(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"))[:3]
+        >>> margins(bert, task, prompt=soft, progress=False)[:4]  # > 0: "piano" (label 1) wins
+        tensor([-1.2..., 1.2..., -1.2..., 1.2...])
+        >>> task.test.labels[:4]
+        (0, 1, 0, 1)
     """
     check_model(model)
     prompt = as_prompt(model, prompt, verbalizer)
@@ -963,8 +1029,14 @@ def accuracy(
     Arguments as in :func:`margins`.
 
     Example:
-        >>> accuracy(model, task, prompt=soft)                       # test split
-        >>> accuracy(model, task, prompt=soft, fwd_hooks=perturb_hooks)
+        >>> accuracy(bert, task, prompt=soft, progress=False)  # test split
+        1.0
+        >>> untrained = SoftPrompt(torch.zeros_like(soft.embeddings), soft.verbalizer, placement="end")
+        >>> accuracy(bert, task, prompt=untrained, progress=False)  # the words alone mean nothing for number
+        0.5
+        >>> noise = kn_lens.hooks.perturb(skill.mask(0.05), "gaussian", std=3.0, positions=list(skill.positions))
+        >>> accuracy(bert, task, prompt=soft, fwd_hooks=noise, progress=False)
+        1.0
     """
     labels = torch.tensor(_as_split(data, split).labels)
     scores = margins(
@@ -1030,8 +1102,25 @@ def train_soft_prompt(
         A :class:`SoftPrompt` with its dev accuracy and training history.
 
     Example:
-        >>> soft = train_soft_prompt(model, task, (" negative", " positive"), n_tokens=4, steps=100)
-        >>> accuracy(model, task, prompt=soft)
+        The tiny BERT's number agreement as a task; the verbalizer words (two instruments) mean nothing for number,
+        so the prompt has to learn the mapping:
+
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+        >>> texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+        >>> task = make_task(texts, [int(a.plural) for a in agreement], name="number", classes=("singular", "plural"))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
+        >>> soft = train_soft_prompt(
+        ...     bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30,
+        ...     progress=False,
+        ... )
+        >>> soft
+        SoftPrompt(n_tokens=4, d_model=32, verbalizer=('violin', 'piano'), placement='end', dev_accuracy=1.000)
+        >>> [step for step, loss, dev in soft.history]
+        [30, 60, 90]
+        >>> accuracy(bert, task, prompt=soft, progress=False)  # the held-out test split
+        1.0
     """
     check_model(model)
     if not isinstance(task, Task):
@@ -1112,8 +1201,14 @@ class Predictivity:
         n_train, n_dev: examples used for the thresholds and for the accuracies.
 
     Example:
-        >>> skill = predictivity(model, task, prompt=soft)
-        >>> skill.scores.shape, skill.top(0.01)[:5], skill.to_frame().head()
+        ``skill`` is :func:`predictivity` of the tiny BERT's soft prompt (see there):
+
+        >>> skill.scores.shape, skill.positions
+        (torch.Size([2, 1024]), (-5, -4, -3, -2))
+        >>> int(skill.mask(0.01).sum()), len(skill.top(0.01)), skill.top(k=2)
+        (20, 20, [L...N..., L...N...])
+        >>> skill.to_frame(top=3).columns.tolist()
+        ['neuron', 'layer', 'index', 'predictivity', 'best_position', 'best_position_accuracy', 'sign', 'threshold']
     """
 
     per_position: Tensor
@@ -1261,8 +1356,16 @@ def predictivity(
         ValueError: labels not binary, lengths differ, an empty split, unknown aggregation or positions.
 
     Example:
-        >>> skill = predictivity(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"))
-        >>> skill.top(k=5)
+        At the 4 soft-prompt positions of the tiny BERT (``task`` and ``soft`` as in :func:`train_soft_prompt`):
+
+        >>> skill = predictivity(bert, task, prompt=soft, progress=False)
+        >>> skill
+        Predictivity(2 layers x 1024 neurons, 4 prompt positions, aggregate='mean', best L...N... = 1.000,
+                     n_train=604, n_dev=202)
+        >>> skill.top(k=3)
+        [L...N..., L...N..., L...N...]
+        >>> float(skill.scores.median())  # number is everywhere in this tiny model: most neurons predict it
+        0.9...
     """
     check_model(model)
     if aggregate not in ("mean", "min"):
@@ -1411,8 +1514,15 @@ def perturbation_curve(
         A DataFrame: ``fraction, n_neurons, selection ("none" / "skill" / "random"), seed, accuracy``.
 
     Example:
-        >>> curve = perturbation_curve(model, task, skill, prompt=soft, fractions=[0.01, 0.05])
-        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()
+        >>> curve = perturbation_curve(bert, task, skill, prompt=soft, fractions=[0.01, 0.05], progress=False)
+        >>> curve.columns.tolist(), len(curve)  # the clean row, then 1 skill + 3 random rows per fraction
+        (['fraction', 'n_neurons', 'selection', 'seed', 'accuracy'], 9)
+        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()  # the tiny BERT shrugs it off
+        selection  none  random  skill
+        fraction
+        0.00        1.0     NaN    NaN
+        0.01        NaN     1.0    1.0
+        0.05        NaN     1.0    1.0
     """
     from kn_lens import hooks as hooks_module
 
@@ -1461,7 +1571,9 @@ def mean_activations(
     The constants :func:`prune` folds into the MLP output biases (each token counts once).
 
     Example:
-        >>> means = mean_activations(model, task, prompt=soft)   # train split
+        >>> means = mean_activations(bert, task, prompt=soft, progress=False)  # train split
+        >>> means.shape
+        torch.Size([2, 1024])
     """
     check_model(model)
     prompt = as_prompt(model, prompt)
@@ -1521,9 +1633,12 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
         The pruned model (eval mode, same tokenizer).
 
     Example:
-        >>> keep = skill.mask(0.2, per_layer=True)
-        >>> small = prune(model, keep, mean_activations(model, task, prompt=soft))
-        >>> accuracy(small, task, prompt=soft)
+        >>> keep = skill.mask(0.8, per_layer=True)  # the best 80% of each layer
+        >>> small = prune(bert, keep, mean_activations(bert, task, prompt=soft, progress=False))
+        >>> small.cfg.d_mlp, bert.cfg.d_mlp
+        (819, 1024)
+        >>> accuracy(small, task, prompt=soft, progress=False)
+        1.0
     """
     check_model(model)
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
