@@ -24,7 +24,7 @@ import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"(?<![\w.])(kns|scores|task|soft|skill)\b")  # not attributes: skill.scores
+_NAMES = re.compile(r"(?<![.\w])(kns|scores|task|soft|skill)\b")  # the shared names, not attributes like result.scores
 
 
 def _base() -> dict:

@@ -24,11 +24,19 @@ with a random-neuron control and, for causal models, the perplexity of a held-ou
 :func:`records_frame` / :func:`relation_table` turn records into tidy tables with a ``relation`` column.
 
 Example:
-    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")
-    >>> effects = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=other_facts)
-    >>> summarize_effects(effects)
-    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": hooks.Intervention(
+    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")  # doctest: +SKIP
+    >>> other_facts = [(["The capital of Italy is"], " Rome"), (["People in Spain speak"], " Spanish")]
+    >>> effects = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=other_facts)
+    >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]]
+      intervention                     condition  n  rel_change_%
+    0     suppress             knowledge neurons  3  ...
+    ...
+    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": kn_lens.hooks.Intervention(
     ...     "scale", kns.neurons, 0.0)})
+               clean  suppress
+    candidate
+    Paris     0.7725    0.1389
+    Lyon      0.0008    0.0002
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -74,6 +83,8 @@ EFFECT_COLUMNS = (
     "logodds_change",
     "top1_before",
     "top1_after",
+    "nll_before",
+    "nll_after",
 )
 _EPS = 1e-12
 
@@ -110,9 +121,9 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     the target tokens (teacher-forced) and ``top1`` refers to the first token.
 
     Example:
-        >>> m = measure(model, make_prompts(model, ["The capital of France is"], " Paris"))
-        >>> m.prob, m.top1
-        (tensor([0.7725]), tensor([True]))
+        >>> m = measure(model, kn_lens.make_prompts(model, ["The capital of France is"], " Paris"))
+        >>> m.top1
+        tensor([True])
     """
     check_model(model)
     if not prompts:
@@ -215,14 +226,18 @@ def intervention_effects(
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
         ``before``/``after`` probabilities of the correct answer, ``rel_change``, ``logodds_change`` and
-        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?).
+        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?), ``nll_before``/``nll_after`` (the
+        answer's negative log-likelihood per token).
         ``condition`` is ``"knowledge neurons"``, ``"knowledge neurons (held-out)"``, ``"random neurons"``,
         ``"random neurons (held-out)"``, ``"same relation"`` or ``"other facts"`` (the frame
         ``kn_lens.plotting.intervention_bars`` takes).
 
     Example:
-        >>> df = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=[rome_fact])
-        >>> summarize_effects(df)
+        >>> rome_fact = (["The capital of Italy is"], " Rome")
+        >>> df = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=[rome_fact])
+        >>> sorted(set(df["condition"]))  # doctest: +NORMALIZE_WHITESPACE
+        ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
+         'random neurons (held-out)']
     """
     check_model(model)
     result = neurons if isinstance(neurons, KnowledgeNeurons) else None
@@ -303,6 +318,8 @@ def intervention_effects(
                         logodds_change=float(lo_after[i] - lo_before[i]),
                         top1_before=bool(base.top1[i]),
                         top1_after=bool(now.top1[i]),
+                        nll_before=float(-base.logprob[i] / base.n_tokens[i]),
+                        nll_after=float(-now.logprob[i] / now.n_tokens[i]),
                     )
                 )
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
@@ -325,10 +342,17 @@ def summarize_effects(
     Returns:
         One row per group: ``n``, ``before``, ``after`` (means), ``rel_change_%`` (mean of per-prompt relative
         changes, x100, Dai et al.'s number), ``rel_of_means_%`` (relative change of the mean probability, x100),
-        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share).
+        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share) and
+        ``ppl_before``/``ppl_after`` (answer perplexity, exp of the mean per-token negative log-likelihood).
 
     Example:
-        >>> summarize_effects(df, base_split=(0.9,))
+        >>> df = intervention_effects(model, kns)
+        >>> summarize_effects(df, base_split=(0.9,))[["intervention", "condition", "base", "n"]]
+          intervention          condition   base  n
+        0     suppress  knowledge neurons  p<0.9  3
+        1     suppress     random neurons  p<0.9  3
+        2      enhance  knowledge neurons  p<0.9  3
+        3      enhance     random neurons  p<0.9  3
     """
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
@@ -354,7 +378,12 @@ def summarize_effects(
         frame["top1_before"] = frame["top1_before"].astype(float)
         frame["top1_after"] = frame["top1_after"].astype(float)
         aggregations.update(acc_before=("top1_before", "mean"), acc_after=("top1_after", "mean"))
+    if {"nll_before", "nll_after"} <= set(frame.columns):
+        aggregations.update(nll_before=("nll_before", "mean"), nll_after=("nll_after", "mean"))
     out = grouped.agg(**aggregations).reset_index()
+    if "nll_before" in out:  # answer perplexity: exp of the mean per-token negative log-likelihood
+        out["ppl_before"] = np.exp(out.pop("nll_before"))
+        out["ppl_after"] = np.exp(out.pop("nll_after"))
     out["rel_change_%"] = 100 * out.pop("rel_change")
     out["rel_of_means_%"] = 100 * (out["after"] - out["before"]) / out["before"].where(out["before"] > 0)
     return out
@@ -427,7 +456,12 @@ def suppress(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])[["condition", "before", "after"]]
+                   condition  before   after
+        0  knowledge neurons  0.7725  0.1389
+        1  knowledge neurons  0.0157  0.0011
+        2  knowledge neurons  0.4078  0.0449
+        3        other facts  0.3803  0.0042
     """
     return _scale_helper(model, neurons, prompts, target, factor, "suppress", unrelated, positions)
 
@@ -453,7 +487,8 @@ def enhance(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])["condition"].tolist()
+        ['knowledge neurons', 'knowledge neurons', 'knowledge neurons', 'other facts']
     """
     return _scale_helper(model, neurons, prompts, target, factor, "enhance", unrelated, positions)
 
@@ -472,7 +507,10 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
         The unrelated facts, in their original order.
 
     Example:
+        >>> from kn_lens.fixtures import tiny_bert
         >>> others = other_relation_facts(tiny_bert.FACTS, tiny_bert.FACTS[0], k=6)
+        >>> sorted({fact.relation for fact in others}) != ["capital"]
+        True
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
@@ -503,7 +541,8 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     language, not only at the edited fact.
 
     Example:
-        >>> text_perplexity(model)            # SmolLM2 on the Gettysburg Address
+        >>> text_perplexity(model) > 1            # SmolLM2 on the Gettysburg Address
+        True
     """
     check_model(model)
     if is_encoder(model):
@@ -540,7 +579,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
 
     Example:
-        >>> relation_neurons([kns_france, kns_italy, kns_spain], top=3)
+        >>> relation_neurons([["L1N2", "L3N4"], ["L1N2"], ["L1N2", "L3N4", "L5N6"]], top=2)
+        [L1N2, L3N4]
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
@@ -588,7 +628,13 @@ def erase_relation(
         and ``"held-out text"`` (perplexity of the text, accuracy NaN).
 
     Example:
-        >>> erase_relation(model, capital_bags, relation_neurons(capital_kns), other_facts=language_bags)
+        >>> tb = kn_lens.fixtures.tiny_bert
+        >>> capitals = [(tb.train_prompts(f), f.answer) for f in tb.facts_of("capital")[:4]]
+        >>> languages = [(tb.train_prompts(f), f.answer) for f in tb.facts_of("language")[:4]]
+        >>> table = erase_relation(bert, capitals, ["L1N152", "L1N410"], other_facts=languages)
+        >>> table[["neurons", "condition"]].values.tolist()
+        [['knowledge neurons', 'same relation'], ['knowledge neurons', 'other relations'],
+         ['random neurons', 'same relation'], ['random neurons', 'other relations']]
     """
     check_model(model)
     own = _prompts(model, relation_facts, None, "relation")
@@ -633,7 +679,9 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     at the prompts' sites) and not in ``like``.
 
     Example:
-        >>> random_active_neurons(model, kns.neurons, kns.prompts, seed=0)
+        >>> control = random_active_neurons(model, kns.neurons, kns.prompts, seed=0)
+        >>> sorted(n.layer for n in control) == sorted(n.layer for n in kns.neurons)
+        True
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
@@ -702,7 +750,10 @@ def edit_effects(
         neighbours on their own answers), ``ppl_before/after`` (held-out text).
 
     Example:
-        >>> edit_effects(model, bag, kns, " Rome", neighbours=other_capitals)
+        >>> fact = kn_lens.fixtures.tiny_bert.FACTS[0]
+        >>> table = edit_effects(bert, kn_lens.fixtures.tiny_bert.train_prompts(fact), ["L1N253", "L1N292"], "Rome")
+        >>> table[["neurons", "old", "new"]].values.tolist()
+        [['knowledge neurons', 'Paris', 'Rome'], ['random active neurons', 'Paris', 'Rome']]
     """
     check_model(model)
     texts = _texts(fact)
@@ -822,7 +873,12 @@ def evaluate_fact(
         :func:`summarize_effects`), ``specificity`` (per intervention), ``seconds``.
 
     Example:
-        >>> record = evaluate_fact(model, bags[0], same_relation=bags[1:5], other_relations=other_bags[:5])
+        >>> tb = kn_lens.fixtures.tiny_bert
+        >>> FactPrompts = kn_lens.neurons.FactPrompts
+        >>> facts = [FactPrompts(tuple(tb.train_prompts(f)), f.answer, f.relation) for f in tb.FACTS[:3]]
+        >>> record = evaluate_fact(bert, facts[0], same_relation=facts[1:])
+        >>> record["target"], len(record["neurons"]) > 0, sorted(record["specificity"])
+        ('Paris', True, ['enhance', 'suppress'])
     """
     check_model(model)
     if selection not in SELECTIONS:
@@ -895,7 +951,9 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     Records of unknown facts (``known`` false) carry no effects and add no rows.
 
     Example:
-        >>> records_frame(kn_lens.sweeps.read_records("runs/smollm2"))
+        >>> effect = {"intervention": "suppress", "condition": "knowledge neurons", "rel_change_%": -30.0}
+        >>> records_frame([{"relation": "P36", "uuid": "a", "neurons": ["L1N2"], "effects": [effect]}]).columns.tolist()
+        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'rel_change_%']
     """
     rows = []
     for r in records:
@@ -928,16 +986,23 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
 
     Returns:
         Columns ``relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
-        acc_before, acc_after, specificity`` (specificity from the own and same-relation mean changes).
+        acc_before, acc_after, ppl_before, ppl_after, specificity`` (specificity from the own and same-relation
+        mean changes).
 
     Example:
-        >>> relation_table(records_frame(records)).query("intervention == 'suppress'")
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"relation": "P36", "intervention": "suppress", "rel_change_%": [-40.0, -10.0],
+        ...                       "condition": ["knowledge neurons", "same relation"]})
+        >>> relation_table(frame)[["relation", "condition", "specificity"]].values.tolist()
+        [['P36', 'knowledge neurons', 0.75], ['P36', 'same relation', 0.75],
+         ['all', 'knowledge neurons', 0.75], ['all', 'same relation', 0.75]]
     """
     if frame.empty:
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
-    metrics = [c for c in ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after") if c in data]
+    names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")
+    metrics = [c for c in names if c in data]
     out = data.groupby(["relation", "intervention", "condition"], sort=False)[metrics].mean().reset_index()
     out.insert(3, "facts", data.groupby(["relation", "intervention", "condition"], sort=False).size().to_numpy())
     spec = {}
@@ -983,7 +1048,8 @@ def compare(
 
     Example:
         >>> compare(bert, "Raymond is selling [MASK] sketches.", ["these", "this"],
-        ...         {"L9N1094 x0": kn_lens.hooks.Intervention("scale", ["L9N1094"], 0.0)})
+        ...         {"L1N3 x0": kn_lens.hooks.Intervention("scale", ["L1N3"], 0.0)}).columns.tolist()
+        ['clean', 'L1N3 x0']
     """
     check_model(model)
     text = prompt.text if isinstance(prompt, Prompt) else prompt
@@ -1060,7 +1126,13 @@ def demo_table(
         ``table.attrs["effects"]``.
 
     Example:
-        >>> print(demo_table(kn_lens.load_model()))
+        >>> fact = kn_lens.fixtures.tiny_bert.FACTS[0]
+        >>> table = demo_table(bert, kn_lens.fixtures.tiny_bert.train_prompts(fact), fact.answer, progress=False)
+        >>> table[["intervention", "condition"]].head(3)
+          intervention          condition
+        0     suppress  knowledge neurons
+        1     suppress     random neurons
+        2      enhance  knowledge neurons
     """
     check_model(model)
     default_fact = prompts is None

@@ -518,9 +518,13 @@ def perturb(
             fitting ``mean``.
 
     Example:
-        >>> skill = kn_lens.skill.predictivity(model, task, prompt=soft)
-        >>> hooks = perturb(skill.mask(0.02), "mean", mean_cache=skill.thresholds, positions=skill.positions)
-        >>> kn_lens.skill.accuracy(model, task.test, prompt=soft, fwd_hooks=hooks)
+        >>> task, prompt = kn_lens.skill.sentiment_task(24), kn_lens.skill.HardPrompt("{text} [MASK].", ("a", "these"))
+        >>> result = kn_lens.skill.predictivity(bert, task, prompt=prompt, progress=False)
+        >>> fwd_hooks = perturb(result.mask(0.02), "mean", mean_cache=result.thresholds, positions=result.positions)
+        >>> [name for name, _ in fwd_hooks]
+        ['blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post']
+        >>> 0 <= kn_lens.skill.accuracy(bert, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False) <= 1
+        True
     """
     if kind not in ("gaussian", "zero", "mean"):
         raise ValueError(f"unknown perturbation kind {kind!r}; use 'gaussian', 'zero' or 'mean'")

@@ -371,7 +371,8 @@ class KnowledgeNeurons:
 
         Example:
             >>> data = kns.to_json()
-            >>> same = KnowledgeNeurons.from_json(model, data)
+            >>> KnowledgeNeurons.from_json(model, data).neurons == kns.neurons
+            True
         """
 
         def plain(value: Any) -> Any:
@@ -409,7 +410,8 @@ class KnowledgeNeurons:
         saved).
 
         Example:
-            >>> kns = KnowledgeNeurons.from_json(model, json.loads(line))
+            >>> KnowledgeNeurons.from_json(model, kns.to_json(scores=True)).scores.shape == kns.scores.shape
+            True
         """
         check_model(model)
         if not isinstance(data, Mapping):

@@ -350,7 +350,7 @@ def relation_effects(
         One panel per intervention (suppress, enhance, ...), relations on the x axis, one bar per condition.
 
     Example:
-        >>> relation_effects(kn_lens.evaluate.relation_table(records_frame(records))).show()
+        >>> relation_effects(kn_lens.evaluate.relation_table(records_frame(records))).show()  # doctest: +SKIP
     """
     missing = [c for c in ("relation", "intervention", "condition", metric) if c not in table.columns]
     if missing:

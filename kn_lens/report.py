@@ -4,8 +4,8 @@ The page opens in any browser without a server or internet (plotly.js is inlined
 beside its controls and every table states how many facts it rests on; facts the model does not know are listed.
 
 Example:
-    >>> from kn_lens.report import write_report
-    >>> write_report("runs/smollm2")          # -> runs/smollm2/report.html
+    >>> from kn_lens.report import write_report  # doctest: +SKIP
+    >>> write_report("runs/smollm2")          # -> runs/smollm2/report.html  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
     """Write the HTML report of a run folder (default ``RUN/report.html``) and return its path.
 
     Example:
-        >>> write_report("runs/smollm2")
+        >>> write_report("runs/smollm2")  # doctest: +SKIP
     """
     path = Path(output) if output else Path(run) / "report.html"
     path.write_text(build_report(run), encoding="utf-8")

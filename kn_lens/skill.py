@@ -77,6 +77,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, to_layers
 
@@ -742,6 +743,8 @@ def _soft_hook(embed: Float[Tensor, "batch pos d_model"], hook: Any, *, weight: 
 
 
 def _embed_hook_name(model: Model) -> str:
+    if backends.is_bridge(model):  # its hook_embed alias is after the embedding LayerNorm for BERT/RoBERTa
+        return backends.token_embed_hook(model)
     names = getattr(model, "hook_dict", {})
     for name in ("hook_embed", "embed.hook_embed"):
         if name in names:
@@ -1651,6 +1654,11 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
     counts = keep.sum(1)
     if int(counts.min()) < 1:
         raise ValueError("every layer must keep at least one neuron")
+    if backends.is_bridge(model):
+        raise TypeError(
+            "prune builds a smaller HookedTransformer / HookedEncoder and cannot resize a TransformerBridge's "
+            "wrapped transformers model; load the model with backend='hooked' to prune it"
+        )
     if str(getattr(model.cfg, "act_fn", "")).endswith("_ln"):
         raise ValueError(f"act_fn {model.cfg.act_fn} normalises across neurons: dropping neurons would change the rest")
     blocks = getattr(model, "blocks", None)
