@@ -7,7 +7,11 @@ Every example may use these names without defining them:
 * ``paraphrases`` (three ways to ask for the capital of France), ``prompts`` (them as Prompts with " Paris"),
   ``tokens`` (``[1, pos]`` tokens of "The capital of France is");
 * ``kns``: the knowledge neurons of that fact, ``scores``: its integrated gradients ``[30, 1536]`` (computed the
-  first time an example uses them).
+  first time an example uses them);
+* skill neurons on the tiny BERT (also computed on first use): ``task``, a number-agreement task ("Emma is buying
+  the books." -> plural); ``soft``, a 4-token soft prompt trained for it (verbalizer ``("violin", "piano")``);
+  ``skill``, its predictivity (``kn_lens.skill.predictivity(bert, task, prompt=soft)``);
+* ``pararel_folder``: the PARAREL release at ``../shared/pararel``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"(?<![.\w])(kns|scores)\b")  # the shared names, not attributes like result.scores
+_NAMES = re.compile(r"(?<![.\w])(kns|scores|task|soft|skill)\b")  # the shared names, not attributes like result.scores
 
 
 def _base() -> dict:
@@ -39,6 +43,7 @@ def _base() -> dict:
             io=io,
             Path=Path,
             paraphrases=paraphrases,
+            pararel_folder=Path(__file__).resolve().parent.parent / "shared" / "pararel",
             prompts=kn_lens.make_prompts(model, paraphrases, " Paris"),
             tokens=kn_lens.make_prompt(model, paraphrases[0]).tokens[None],
         )
@@ -50,11 +55,31 @@ def _expensive(name: str) -> object:
         import kn_lens
 
         base = _base()
-        if name == "scores":
+        if name in ("task", "soft", "skill"):
+            _SHARED.update(_skill_names(base["bert"]))
+        elif name == "scores":
             _SHARED["scores"] = kn_lens.integrated_gradients(base["model"], base["paraphrases"][0], " Paris")
         else:
             _SHARED["kns"] = kn_lens.find_knowledge_neurons(base["model"], base["paraphrases"], " Paris")
     return _SHARED[name]
+
+
+def _skill_names(bert) -> dict:
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    if "skill" not in _SHARED:
+        agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+        texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+        labels = [int(a.plural) for a in agreement]
+        task = skill.make_task(texts, labels, name="number", classes=("singular", "plural"))
+        soft = skill.train_soft_prompt(
+            bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30,
+            progress=False,
+        )  # fmt: skip
+        result = skill.predictivity(bert, task, prompt=soft, progress=False)
+        _SHARED.update(task=task, soft=soft, skill=result)
+    return {name: _SHARED[name] for name in ("task", "soft", "skill")}
 
 
 @pytest.fixture(autouse=True)
