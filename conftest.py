@@ -7,20 +7,32 @@ Every example may use these names without defining them:
 * ``paraphrases`` (three ways to ask for the capital of France), ``prompts`` (them as Prompts with " Paris"),
   ``tokens`` (``[1, pos]`` tokens of "The capital of France is");
 * ``kns``: the knowledge neurons of that fact, ``scores``: its integrated gradients ``[30, 1536]`` (computed the
-  first time an example uses them).
+  first time an example uses them);
+* ``pararel_dir``: a tiny folder in PARAREL's format (relations P36 capital, P37 language, P106 profession,
+  P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished :func:`kn_lens.sweeps.run_pararel`
+  run of the tiny BERT on two of its relations (both built in a temporary folder the first time they are used);
+* ``tmp_path``: an empty temporary folder of the example's own (pytest's fixture).
 """
 
 from __future__ import annotations
 
 import io
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"\b(kns|scores)\b")
+_NAMES = re.compile(r"\b(kns|scores|pararel_dir|run_dir)\b")
+#: tiny_bert relation -> (PARAREL id, label, type) of the matching PARAREL relation.
+_PARAREL_IDS = {
+    "capital": ("P36", "capital", "1-1"),
+    "language": ("P37", "official language", "N-1"),
+    "profession": ("P106", "occupation", "N-M"),
+    "instrument": ("P1303", "instrument", "N-M"),
+}
 
 
 def _base() -> dict:
@@ -50,11 +62,41 @@ def _expensive(name: str) -> object:
         import kn_lens
 
         base = _base()
-        if name == "scores":
+        if name == "pararel_dir":
+            _SHARED[name] = _write_pararel(Path(tempfile.mkdtemp(prefix="kn_lens_pararel_")))
+        elif name == "run_dir":
+            from kn_lens import sweeps
+            from kn_lens.datasets import pararel
+
+            data = pararel.load(_expensive("pararel_dir"), relations=["P36", "P37"])
+            out = Path(tempfile.mkdtemp(prefix="kn_lens_run_")) / "tiny-bert"
+            _SHARED[name] = sweeps.run_pararel(base["bert"], data, out, model_name="tiny-bert", facts_per_relation=3,
+                                               n_steps=5, n_controls=2, n_edits=1, progress=False)  # fmt: skip
+        elif name == "scores":
             _SHARED["scores"] = kn_lens.integrated_gradients(base["model"], base["paraphrases"][0], " Paris")
         else:
             _SHARED["kns"] = kn_lens.find_knowledge_neurons(base["model"], base["paraphrases"], " Paris")
     return _SHARED[name]
+
+
+def _write_pararel(root: Path) -> Path:
+    """The tiny BERT's facts as a PARAREL folder (``[MASK]`` of its templates -> ``[Y]``)."""
+    import json
+
+    from kn_lens.fixtures import tiny_bert
+
+    (root / "patterns").mkdir(parents=True)
+    (root / "facts").mkdir()
+    relations = []
+    for relation, (rid, label, kind) in _PARAREL_IDS.items():
+        templates = [t.replace(tiny_bert.MASK, "[Y]") for t in tiny_bert.RELATIONS[relation]]
+        facts = [dict(sub_label=f.subject, obj_label=f.answer, uuid=f"{rid}-{f.subject}")
+                 for f in tiny_bert.facts_of(relation)]  # fmt: skip
+        (root / "patterns" / f"{rid}.jsonl").write_text("".join(json.dumps(dict(pattern=t)) + "\n" for t in templates))
+        (root / "facts" / f"{rid}.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+        relations.append(dict(relation=rid, label=label, type=kind))
+    (root / "relations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in relations))
+    return root
 
 
 @pytest.fixture(autouse=True)
@@ -67,4 +109,6 @@ def _doctest_names(request, doctest_namespace):
     source = "\n".join(example.source for example in item.dtest.examples)
     for name in set(_NAMES.findall(source)):
         doctest_namespace[name] = _expensive(name)
+    if re.search(r"\btmp_path\b", source):
+        doctest_namespace["tmp_path"] = request.getfixturevalue("tmp_path")
     yield

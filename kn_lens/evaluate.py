@@ -23,12 +23,34 @@ with a random-neuron control and, for causal models, the perplexity of a held-ou
 :func:`evaluate_fact` bundles it all into one JSON-ready record per fact (the unit of :mod:`kn_lens.sweeps`), and
 :func:`records_frame` / :func:`relation_table` turn records into tidy tables with a ``relation`` column.
 
-Example:
-    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")
-    >>> effects = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=other_facts)
-    >>> summarize_effects(effects)
-    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": hooks.Intervention(
-    ...     "scale", kns.neurons, 0.0)})
+Example (on the bundled tiny BERT; the same calls work on SmolLM2 with its prompts and " Paris"):
+    >>> from kn_lens.fixtures import tiny_bert
+    >>> france, italy = tiny_bert.FACTS[0], tiny_bert.FACTS[2]
+    >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+    >>> effects = intervention_effects(bert, found, heldout=tiny_bert.heldout_prompts(france),
+    ...                                unrelated=[(tiny_bert.train_prompts(italy), "Rome")])
+    >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]].round(1)
+      intervention                     condition  n  rel_change_%
+    0     suppress             knowledge neurons  3         -15.8
+    1     suppress  knowledge neurons (held-out)  1         -18.1
+    2     suppress                random neurons  3          -0.0
+    3     suppress     random neurons (held-out)  1           0.3
+    4     suppress                   other facts  3         -10.5
+    5      enhance             knowledge neurons  3           2.4
+    6      enhance  knowledge neurons (held-out)  1           2.9
+    7      enhance                random neurons  3          -0.2
+    8      enhance     random neurons (held-out)  1          -0.7
+    9      enhance                   other facts  3          -5.2
+
+    Suppressing the five neurons takes 16% off "Paris" (18% on the held-out paraphrase), random neurons of the
+    same layers do nothing, but Rome loses 10% too: these neurons are partly about capitals, not only Paris.
+
+    >>> compare(bert, "The capital of France is [MASK].", ["Paris", "Rome"],
+    ...         {"suppress": Intervention("scale", found.neurons, 0.0)}).round(4)
+                clean  suppress
+    candidate
+    Paris      0.8874    0.7268
+    Rome       0.0009    0.0020
 """
 
 from __future__ import annotations
@@ -110,9 +132,9 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     the target tokens (teacher-forced) and ``top1`` refers to the first token.
 
     Example:
-        >>> m = measure(model, make_prompts(model, ["The capital of France is"], " Paris"))
+        >>> m = measure(bert, kn_lens.make_prompts(bert, ["The capital of France is [MASK]."], "Paris"))
         >>> m.prob, m.top1
-        (tensor([0.7725]), tensor([True]))
+        (tensor([0.8874]), tensor([True]))
     """
     check_model(model)
     if not prompts:
@@ -221,8 +243,26 @@ def intervention_effects(
         ``kn_lens.plotting.intervention_bars`` takes).
 
     Example:
-        >>> df = intervention_effects(model, kns, heldout=["Paris is the capital of"], unrelated=[rome_fact])
-        >>> summarize_effects(df)
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> df = intervention_effects(bert, found, heldout=tiny_bert.heldout_prompts(france),
+        ...                           unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
+        >>> df.shape
+        (18, 18)
+        >>> df.groupby(["intervention", "condition"], sort=False)["rel_change"].mean().round(3)
+        intervention  condition
+        suppress      knowledge neurons              -0.158
+                      knowledge neurons (held-out)   -0.181
+                      random neurons                 -0.000
+                      random neurons (held-out)       0.003
+                      other facts                    -0.096
+        enhance       knowledge neurons               0.024
+                      knowledge neurons (held-out)    0.029
+                      random neurons                 -0.002
+                      random neurons (held-out)      -0.007
+                      other facts                    -0.049
+        Name: rel_change, dtype: float64
     """
     check_model(model)
     result = neurons if isinstance(neurons, KnowledgeNeurons) else None
@@ -328,7 +368,13 @@ def summarize_effects(
         ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share).
 
     Example:
-        >>> summarize_effects(df, base_split=(0.9,))
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> df = intervention_effects(bert, found, interventions={"enhance": 2.0}, random_seeds=())
+        >>> summarize_effects(df, base_split=(0.9,))[["condition", "base", "n", "before", "rel_change_%"]].round(3)
+                   condition   base  n  before  rel_change_%
+        0  knowledge neurons  p<0.9  3   0.895         2.352
     """
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
@@ -427,7 +473,15 @@ def suppress(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+        >>> table = suppress(bert, found, unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
+        >>> table[["condition", "target", "before", "after", "logodds_change"]].round(3)
+                   condition target  before  after  logodds_change
+        0  knowledge neurons  Paris   0.895  0.753          -1.023
+        1  knowledge neurons  Paris   0.894  0.749          -1.042
+        2  knowledge neurons  Paris   0.896  0.757          -1.012
+        3        other facts   Rome   0.894  0.808          -0.695
     """
     return _scale_helper(model, neurons, prompts, target, factor, "suppress", unrelated, positions)
 
@@ -453,7 +507,15 @@ def enhance(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+        >>> table = enhance(bert, found, unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
+        >>> table[["condition", "target", "before", "after", "logodds_change"]].round(3)
+                   condition target  before  after  logodds_change
+        0  knowledge neurons  Paris   0.895  0.914           0.229
+        1  knowledge neurons  Paris   0.894  0.916           0.249
+        2  knowledge neurons  Paris   0.896  0.918           0.262
+        3        other facts   Rome   0.894  0.850          -0.398
     """
     return _scale_helper(model, neurons, prompts, target, factor, "enhance", unrelated, positions)
 
@@ -472,7 +534,10 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
         The unrelated facts, in their original order.
 
     Example:
+        >>> from kn_lens.fixtures import tiny_bert
         >>> others = other_relation_facts(tiny_bert.FACTS, tiny_bert.FACTS[0], k=6)
+        >>> [f.subject for f in others]
+        ['Korea', 'Finland', 'Denmark', 'Noah', 'Quinn', 'Tina']
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
@@ -503,7 +568,8 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     language, not only at the edited fact.
 
     Example:
-        >>> text_perplexity(model)            # SmolLM2 on the Gettysburg Address
+        >>> round(text_perplexity(model), 1)            # SmolLM2 on the Gettysburg Address
+        12.9
     """
     check_model(model)
     if is_encoder(model):
@@ -540,7 +606,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
 
     Example:
-        >>> relation_neurons([kns_france, kns_italy, kns_spain], top=3)
+        >>> relation_neurons([["L1N5", "L0N3"], ["L1N5", "L1N7", "L0N3"], ["L1N5", "L1N9"]], top=3)
+        [L1N5, L0N3]
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
@@ -588,7 +655,20 @@ def erase_relation(
         and ``"held-out text"`` (perplexity of the text, accuracy NaN).
 
     Example:
-        >>> erase_relation(model, capital_bags, relation_neurons(capital_kns), other_facts=language_bags)
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> capitals = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("capital")]
+        >>> languages = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("language")]
+        >>> found = [kn_lens.find_knowledge_neurons(bert, texts, answer) for texts, answer in capitals[:4]]
+        >>> erased = erase_relation(bert, capitals, relation_neurons(found), other_facts=languages)
+        >>> erased[["neurons", "n_neurons", "condition", "n", "acc_before", "acc_after"]]
+                     neurons  n_neurons        condition   n  acc_before  acc_after
+        0  knowledge neurons          3    same relation  36         1.0        1.0
+        1  knowledge neurons          3  other relations  36         1.0        1.0
+        2     random neurons          3    same relation  36         1.0        1.0
+        3     random neurons          3  other relations  36         1.0        1.0
+
+        The tiny BERT keeps every capital with three neurons erased: a relation is rarely stored in a handful of
+        neurons (on an encoder there is no held-out text perplexity row).
     """
     check_model(model)
     own = _prompts(model, relation_facts, None, "relation")
@@ -633,7 +713,12 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     at the prompts' sites) and not in ``like``.
 
     Example:
-        >>> random_active_neurons(model, kns.neurons, kns.prompts, seed=0)
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+        >>> found.neurons
+        [L1N253, L1N292, L1N990, L0N721, L1N1001]
+        >>> random_active_neurons(bert, found.neurons, found.prompts, seed=0)
+        [L0N618, L1N91, L1N100, L1N161, L1N1019]
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
@@ -702,7 +787,20 @@ def edit_effects(
         neighbours on their own answers), ``ppl_before/after`` (held-out text).
 
     Example:
-        >>> edit_effects(model, bag, kns, " Rome", neighbours=other_capitals)
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> others = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("capital")[1:5]]
+        >>> edited = edit_effects(bert, found, found.neurons, "Rome", heldout=tiny_bert.heldout_prompts(france),
+        ...                       neighbours=others)
+        >>> edited.set_index("neurons")[["success", "new_prob_after", "neighbourhood_after"]].round(4)
+                               success  new_prob_after  neighbourhood_after
+        neurons
+        knowledge neurons          0.0          0.0005                 0.25
+        random active neurons      0.0          0.0063                 1.00
+
+        The edit fails on this model (Rome stays improbable) and breaks three of the four neighbouring capitals:
+        the kind of result the random-neuron row is there to expose.
     """
     check_model(model)
     texts = _texts(fact)
@@ -822,7 +920,15 @@ def evaluate_fact(
         :func:`summarize_effects`), ``specificity`` (per intervention), ``seconds``.
 
     Example:
-        >>> record = evaluate_fact(model, bags[0], same_relation=bags[1:5], other_relations=other_bags[:5])
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert)          # the tiny BERT's facts, in PARAREL's format
+        >>> capitals, others = bags[:12], bags[12:]
+        >>> record = evaluate_fact(bert, capitals[0], same_relation=capitals[1:3], other_relations=others[:2],
+        ...                        n_steps=5)
+        >>> record["subject"], record["answer"], record["neurons"]
+        ('France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
+        >>> record["specificity"]
+        {'suppress': 0.46, 'enhance': 1.56}
     """
     check_model(model)
     if selection not in SELECTIONS:
@@ -895,7 +1001,12 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     Records of unknown facts (``known`` false) carry no effects and add no rows.
 
     Example:
-        >>> records_frame(kn_lens.sweeps.read_records("runs/smollm2"))
+        >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
+        >>> frame.shape
+        (72, 14)
+        >>> frame.columns.tolist()
+        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after',
+         'logodds_change', 'acc_before', 'acc_after', 'rel_change_%', 'rel_of_means_%']
     """
     rows = []
     for r in records:
@@ -931,7 +1042,15 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         acc_before, acc_after, specificity`` (specificity from the own and same-relation mean changes).
 
     Example:
-        >>> relation_table(records_frame(records)).query("intervention == 'suppress'")
+        >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))
+        >>> table.query("intervention == 'suppress' and relation == 'all'")[["condition", "rel_change_%"]].round(1)
+                               condition  rel_change_%
+        30             knowledge neurons         -38.1
+        31  knowledge neurons (held-out)         -35.7
+        32                 same relation          -8.8
+        33                   other facts          -9.4
+        34                random neurons          -0.1
+        35     random neurons (held-out)          -0.2
     """
     if frame.empty:
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
@@ -982,8 +1101,14 @@ def compare(
         A DataFrame indexed by candidate, with a ``clean`` column and one column per intervention.
 
     Example:
-        >>> compare(bert, "Raymond is selling [MASK] sketches.", ["these", "this"],
-        ...         {"L9N1094 x0": kn_lens.hooks.Intervention("scale", ["L9N1094"], 0.0)})
+        >>> prompt = "Raymond is selling [MASK] sketches."
+        >>> found = kn_lens.find_knowledge_neurons(bert, [prompt], "these")
+        >>> compare(bert, prompt, ["these", "this"],
+        ...         {"found x0": kn_lens.hooks.Intervention("scale", found.neurons, 0.0)}).round(4)
+                    clean  found x0
+        candidate
+        these      0.3005    0.2746
+        this       0.0006    0.0033
     """
     check_model(model)
     text = prompt.text if isinstance(prompt, Prompt) else prompt
@@ -1060,7 +1185,23 @@ def demo_table(
         ``table.attrs["effects"]``.
 
     Example:
-        >>> print(demo_table(kn_lens.load_model()))
+        ``demo_table(kn_lens.load_model())`` runs the default fact on SmolLM2 (about half a minute on a CPU);
+        here a fact of the tiny BERT:
+
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> table = demo_table(bert, tiny_bert.train_prompts(france), "Paris", n_steps=5, progress=False,
+        ...                    heldout=tiny_bert.heldout_prompts(france))
+        >>> table[["intervention", "condition", "n", "rel_change_%"]].round(1)
+          intervention                     condition  n  rel_change_%
+        0     suppress             knowledge neurons  3         -15.8
+        1     suppress  knowledge neurons (held-out)  1         -18.1
+        2     suppress                random neurons  3          -0.0
+        3     suppress     random neurons (held-out)  1           0.3
+        4      enhance             knowledge neurons  3           2.4
+        5      enhance  knowledge neurons (held-out)  1           2.9
+        6      enhance                random neurons  3          -0.2
+        7      enhance     random neurons (held-out)  1          -0.7
     """
     check_model(model)
     default_fact = prompts is None
