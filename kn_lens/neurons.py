@@ -409,7 +409,13 @@ class KnowledgeNeurons:
         saved).
 
         Example:
-            >>> kns = KnowledgeNeurons.from_json(model, json.loads(line))
+            >>> import json
+            >>> from kn_lens.fixtures import tiny_bert
+            >>> found = find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+            >>> line = json.dumps(found.to_json())                # e.g. one line of a JSONL file
+            >>> again = KnowledgeNeurons.from_json(bert, json.loads(line))
+            >>> again.neurons == found.neurons, again.target, len(again.prompts)
+            (True, 'Paris', 3)
         """
         check_model(model)
         if not isinstance(data, Mapping):
