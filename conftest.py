@@ -16,8 +16,10 @@ Every example may use these names without defining them:
 
 from __future__ import annotations
 
+import atexit
 import io
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,13 +65,13 @@ def _expensive(name: str) -> object:
 
         base = _base()
         if name == "pararel_dir":
-            _SHARED[name] = _write_pararel(Path(tempfile.mkdtemp(prefix="kn_lens_pararel_")))
+            _SHARED[name] = _write_pararel(_temporary_folder("kn_lens_pararel_"))
         elif name == "run_dir":
             from kn_lens import sweeps
             from kn_lens.datasets import pararel
 
             data = pararel.load(_expensive("pararel_dir"), relations=["P36", "P37"])
-            out = Path(tempfile.mkdtemp(prefix="kn_lens_run_")) / "tiny-bert"
+            out = _temporary_folder("kn_lens_run_") / "tiny-bert"
             _SHARED[name] = sweeps.run_pararel(base["bert"], data, out, model_name="tiny-bert", facts_per_relation=3,
                                                n_steps=5, n_controls=2, n_edits=1, progress=False)  # fmt: skip
         elif name == "scores":
@@ -77,6 +79,13 @@ def _expensive(name: str) -> object:
         else:
             _SHARED["kns"] = kn_lens.find_knowledge_neurons(base["model"], base["paraphrases"], " Paris")
     return _SHARED[name]
+
+
+def _temporary_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the test session ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _write_pararel(root: Path) -> Path:
