@@ -27,7 +27,7 @@ import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"\b(kns|scores|pararel_dir|run_dir)\b")
+_NAMES = re.compile(r"(?<![.\w])(kns|scores|pararel_dir|run_dir)\b")  # shared names, not attributes (result.scores)
 #: tiny_bert relation -> (PARAREL id, label, type) of the matching PARAREL relation.
 _PARAREL_IDS = {
     "capital": ("P36", "capital", "1-1"),

@@ -104,7 +104,10 @@ SmolLM2-135M as a `TransformerBridge` (TransformerLens {version}), {args.prompts
 {args.steps} steps, target probability; each method in its own process. "batched" is the bridge's fast path
 (every layer's steps share passes through the bridge's hooks); "hooked fast" is the same weights as a
 `HookedTransformer` on kn_lens' fast path, for context (a bridge cannot use it: TransformerLens 3.9's bridge
-rejects `start_at_layer`, 4.x's still runs the lower blocks). Measured on {plain["machine"]}.
+rejects `start_at_layer`, 4.x's still runs the lower blocks). The batched path does the same arithmetic per row
+as the plain one (hence the 0 difference); it only saves per-call overhead, so expect a modest gain, at the cost
+of more memory for the larger passes. On a shared machine "CPU s" is the steadier figure (1 thread).
+Measured on {plain["machine"]}.
 
 {markdown_table(HEADERS, rows)}
 """

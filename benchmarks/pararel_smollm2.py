@@ -84,7 +84,8 @@ def main() -> None:
 
     table = relation_table(records_frame(records))
     keep = ["relation", "intervention", "condition", "facts", "before", "after", "rel_change_%", "rel_of_means_%",
-            "acc_before", "acc_after", "specificity"]  # fmt: skip
+            "acc_before", "acc_after", "ppl_before", "ppl_after", "specificity"]  # fmt: skip
+    keep = [c for c in keep if c in table]
     erase_rows = pd.DataFrame([row for r in sweeps.read_relations(out) if r["kind"] == "erase" for row in r["rows"]])
     edits = pd.DataFrame([row for r in sweeps.read_relations(out) if r["kind"] == "edit" for row in r["rows"]])
     parts = [

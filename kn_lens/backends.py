@@ -236,6 +236,18 @@ def pre_unembed_norm(model: Any) -> Norm | None:
     return norm(model.mlm_head.ln, model)
 
 
+def token_embed_hook(model: Any) -> str:
+    """The hook on the token embeddings alone (``W_E[tokens]``, before positions and any embedding norm).
+
+    ``hook_embed`` on a ``HookedTransformer`` and ``embed.hook_embed`` on a ``HookedEncoder``. On a bridge,
+    ``embed.hook_out``: its ``hook_embed`` alias is the same point for GPT-2/Llama, but for BERT and RoBERTa
+    (TransformerLens 3.9 and 4.3) it is ``embed_ln.hook_out``, after positions and the embedding LayerNorm.
+    """
+    if is_bridge(model):
+        return "embed.hook_out"
+    return "embed.hook_embed" if HookedEncoder is not None and isinstance(model, HookedEncoder) else "hook_embed"
+
+
 def encoder_output_hook(model: Any) -> str:
     """The hook on a post-LN encoder's last residual stream (after the last block's ``ln2``), the MLM head's input."""
     last = model.cfg.n_layers - 1
@@ -293,5 +305,6 @@ __all__ = [
     "mlp_w_out",
     "norm",
     "pre_unembed_norm",
+    "token_embed_hook",
     "unembed",
 ]

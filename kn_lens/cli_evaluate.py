@@ -28,21 +28,24 @@ TINY_BERT = "tiny-bert"
 EMBEDDED = "SmolLM2-135M (embedded)"
 
 
-def load(name: str | None, device: str | None = None):
+def load(name: str | None, device: str | None = None, backend: str | None = None):
     """The model named on the command line (``tiny-bert``, a folder, a TransformerLens name, None = embedded)."""
     from kn_lens.models import load_model
 
     if name == TINY_BERT:
         from kn_lens.fixtures import tiny_bert
 
-        model = tiny_bert.load()
+        model = tiny_bert.load(backend)
         return model.to(device) if device else model
-    return load_model(name, device=device)
+    return load_model(name, device=device, backend=backend)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a --model given before the command (kn-lens --model X suppress ...) is not overwritten.
     parser.add_argument("--model", default=argparse.SUPPRESS, help="model (default: the embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help="TransformerLens backend"
+    )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
 
@@ -93,7 +96,7 @@ def _unrelated(items: list[str] | None) -> list[tuple[list[str], str]]:
 def _scale(args: argparse.Namespace, name: str) -> None:
     from kn_lens.evaluate import intervention_effects, summarize_effects
 
-    model = load(_model_arg(args), args.device)
+    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
     neurons = _neurons(model, args, args.prompts, args.target)
     effects = intervention_effects(
         model,
@@ -123,7 +126,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
     """``kn-lens erase TARGET PROMPT... --neurons ...``: erase value vectors; accuracy and perplexity, with control."""
     from kn_lens.evaluate import erase_relation
 
-    model = load(_model_arg(args), args.device)
+    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
     neurons = _neurons(model, args, args.prompts, args.target)
     table = erase_relation(
         model,
@@ -141,7 +144,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     """``kn-lens edit PROMPT... --new ANSWER``: Dai et al.'s edit, scored beside random active neurons."""
     from kn_lens.evaluate import edit_effects
 
-    model = load(_model_arg(args), args.device)
+    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
     target = args.old
     if target is None:
         from kn_lens.prompts import make_prompt
@@ -172,7 +175,7 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
     from kn_lens.datasets import pararel
 
     rank, world = sweeps.distributed()
-    model = load(_model_arg(args), sweeps.local_device(args.device))
+    model = load(_model_arg(args), sweeps.local_device(args.device), getattr(args, "backend", None))
     data = pararel.load(args.data if args.data else pararel.download(), relations=args.relations)
     out = sweeps.run_pararel(
         model,

@@ -64,6 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -96,6 +97,8 @@ EFFECT_COLUMNS = (
     "logodds_change",
     "top1_before",
     "top1_after",
+    "nll_before",
+    "nll_after",
 )
 _EPS = 1e-12
 
@@ -237,7 +240,8 @@ def intervention_effects(
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
         ``before``/``after`` probabilities of the correct answer, ``rel_change``, ``logodds_change`` and
-        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?).
+        ``top1_before``/``top1_after`` (is the answer the top-1 prediction?), ``nll_before``/``nll_after`` (the
+        answer's negative log-likelihood per token).
         ``condition`` is ``"knowledge neurons"``, ``"knowledge neurons (held-out)"``, ``"random neurons"``,
         ``"random neurons (held-out)"``, ``"same relation"`` or ``"other facts"`` (the frame
         ``kn_lens.plotting.intervention_bars`` takes).
@@ -248,8 +252,8 @@ def intervention_effects(
         >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
         >>> df = intervention_effects(bert, found, heldout=tiny_bert.heldout_prompts(france),
         ...                           unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
-        >>> df.shape
-        (18, 18)
+        >>> len(df)          # 2 interventions x (3 prompts x 2 neuron sets + 1 held-out x 2 + 1 other fact)
+        18
         >>> df.groupby(["intervention", "condition"], sort=False)["rel_change"].mean().round(3)
         intervention  condition
         suppress      knowledge neurons              -0.158
@@ -343,6 +347,8 @@ def intervention_effects(
                         logodds_change=float(lo_after[i] - lo_before[i]),
                         top1_before=bool(base.top1[i]),
                         top1_after=bool(now.top1[i]),
+                        nll_before=float(-base.logprob[i] / base.n_tokens[i]),
+                        nll_after=float(-now.logprob[i] / now.n_tokens[i]),
                     )
                 )
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
@@ -365,7 +371,8 @@ def summarize_effects(
     Returns:
         One row per group: ``n``, ``before``, ``after`` (means), ``rel_change_%`` (mean of per-prompt relative
         changes, x100, Dai et al.'s number), ``rel_of_means_%`` (relative change of the mean probability, x100),
-        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share).
+        ``logodds_change`` (mean) and, when the frame has them, ``acc_before``/``acc_after`` (top-1 share) and
+        ``ppl_before``/``ppl_after`` (answer perplexity, exp of the mean per-token negative log-likelihood).
 
     Example:
         >>> from kn_lens.fixtures import tiny_bert
@@ -400,7 +407,12 @@ def summarize_effects(
         frame["top1_before"] = frame["top1_before"].astype(float)
         frame["top1_after"] = frame["top1_after"].astype(float)
         aggregations.update(acc_before=("top1_before", "mean"), acc_after=("top1_after", "mean"))
+    if {"nll_before", "nll_after"} <= set(frame.columns):
+        aggregations.update(nll_before=("nll_before", "mean"), nll_after=("nll_after", "mean"))
     out = grouped.agg(**aggregations).reset_index()
+    if "nll_before" in out:  # answer perplexity: exp of the mean per-token negative log-likelihood
+        out["ppl_before"] = np.exp(out.pop("nll_before"))
+        out["ppl_after"] = np.exp(out.pop("nll_after"))
     out["rel_change_%"] = 100 * out.pop("rel_change")
     out["rel_of_means_%"] = 100 * (out["after"] - out["before"]) / out["before"].where(out["before"] > 0)
     return out
@@ -473,15 +485,12 @@ def suppress(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> from kn_lens.fixtures import tiny_bert
-        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
-        >>> table = suppress(bert, found, unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
-        >>> table[["condition", "target", "before", "after", "logodds_change"]].round(3)
-                   condition target  before  after  logodds_change
-        0  knowledge neurons  Paris   0.895  0.753          -1.023
-        1  knowledge neurons  Paris   0.894  0.749          -1.042
-        2  knowledge neurons  Paris   0.896  0.757          -1.012
-        3        other facts   Rome   0.894  0.808          -0.695
+        >>> suppress(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])[["condition", "before", "after"]]
+                   condition  before   after
+        0  knowledge neurons  0.7725  0.1389
+        1  knowledge neurons  0.0157  0.0011
+        2  knowledge neurons  0.4078  0.0449
+        3        other facts  0.3803  0.0042
     """
     return _scale_helper(model, neurons, prompts, target, factor, "suppress", unrelated, positions)
 
@@ -1002,11 +1011,11 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     Example:
         >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
-        >>> frame.shape
-        (72, 14)
+        >>> len(frame)       # 6 facts x 2 interventions x 6 conditions
+        72
         >>> frame.columns.tolist()
-        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after',
-         'logodds_change', 'acc_before', 'acc_after', 'rel_change_%', 'rel_of_means_%']
+        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
+         'rel_change_%', 'rel_of_means_%']
     """
     rows = []
     for r in records:
@@ -1039,7 +1048,8 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
 
     Returns:
         Columns ``relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
-        acc_before, acc_after, specificity`` (specificity from the own and same-relation mean changes).
+        acc_before, acc_after, ppl_before, ppl_after, specificity`` (specificity from the own and same-relation
+        mean changes).
 
     Example:
         >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))
@@ -1056,7 +1066,8 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
-    metrics = [c for c in ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after") if c in data]
+    names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")
+    metrics = [c for c in names if c in data]
     out = data.groupby(["relation", "intervention", "condition"], sort=False)[metrics].mean().reset_index()
     out.insert(3, "facts", data.groupby(["relation", "intervention", "condition"], sort=False).size().to_numpy())
     spec = {}

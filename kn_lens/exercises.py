@@ -307,3 +307,65 @@ def _top5_without_relation(*, model, neuron, texts: dict[str, list[str]], relati
     everything = [t for group in texts.values() for t in group]
     top = top_activating(model, neuron, everything, k=5, progress=False)
     return _mean([float(t not in texts[relation]) for t in top.texts])
+
+
+# ------------------------------------------------------------------------------------------- 04: skill neurons
+
+
+@exercise(
+    "04.tuned-accuracy",
+    "What is the soft prompt's accuracy on the test split? (a float, e.g. 0.8)",
+    hint="kn_lens.skill.accuracy(model, task, prompt=soft) measures the test split by default",
+    abs_=0.005,
+)
+def _tuned_accuracy(*, model, task, prompt) -> float:
+    from kn_lens import skill
+
+    return skill.accuracy(model, task, prompt=prompt, progress=False)
+
+
+@exercise(
+    "04.predictive-share",
+    "What fraction of all the model's neurons have a predictivity above 0.9 at the prompt?",
+    hint="compare result.scores (one value per neuron, [n_layers, d_mlp]) with 0.9 and take the mean",
+    abs_=0.005,
+)
+def _predictive_share(*, model, task, prompt) -> float:
+    from kn_lens import skill
+
+    scores = skill.predictivity(model, task, prompt=prompt, progress=False).scores
+    return float((scores > 0.9).float().mean())
+
+
+@exercise(
+    "04.best-layer",
+    "In which layer is the most predictive neuron?",
+    hint="result.top(k=1) lists the best neuron; a Neuron has .layer",
+    rel=0,
+    abs_=0,
+)
+def _best_layer(*, result) -> int:
+    return int(result.top(k=1)[0].layer)
+
+
+@exercise(
+    "04.skill-vs-random",
+    "At the given fraction, how much lower is the accuracy with skill neurons perturbed than with random neurons "
+    "perturbed (mean over seeds)? (a float, e.g. 0.1)",
+    hint="curve.groupby(['fraction', 'selection']).accuracy.mean(): random minus skill at that fraction",
+    abs_=0.005,
+)
+def _skill_vs_random(*, curve, fraction: float) -> float:
+    means = curve[curve.fraction == fraction].groupby("selection").accuracy.mean()
+    return float(means["random"] - means["skill"])
+
+
+@exercise(
+    "04.pruned-width",
+    "How many MLP neurons per layer does the pruned model have?",
+    hint="the pruned model's cfg says it (d_mlp)",
+    rel=0,
+    abs_=0,
+)
+def _pruned_width(*, keep) -> int:
+    return int(keep.sum(1).max())

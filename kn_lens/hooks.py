@@ -518,23 +518,13 @@ def perturb(
             fitting ``mean``.
 
     Example:
-        For skill neurons, perturb the most predictive ones at the soft prompt's positions:
-        ``perturb(skill.mask(0.02), "mean", mean_cache=skill.thresholds, positions=skill.positions)`` with
-        ``skill = kn_lens.skill.predictivity(model, task, prompt=soft)``, then
-        ``kn_lens.skill.accuracy(model, task.test, prompt=soft, fwd_hooks=hooks)``. On the tiny BERT's Paris
-        neurons:
-
-        >>> from kn_lens.fixtures import tiny_bert
-        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
-        >>> hooks = perturb(found.neurons, "gaussian", std=1.0, seed=0, model=bert)
-        >>> [name for name, _ in hooks]
+        >>> task, prompt = kn_lens.skill.sentiment_task(24), kn_lens.skill.HardPrompt("{text} [MASK].", ("a", "these"))
+        >>> result = kn_lens.skill.predictivity(bert, task, prompt=prompt, progress=False)
+        >>> fwd_hooks = perturb(result.mask(0.02), "mean", mean_cache=result.thresholds, positions=result.positions)
+        >>> [name for name, _ in fwd_hooks]
         ['blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post']
-        >>> prompt = kn_lens.make_prompt(bert, "The capital of France is [MASK].", "Paris")
-        >>> measure = kn_lens.evaluate.measure
-        >>> measure(bert, [prompt]).prob, measure(bert, [prompt], fwd_hooks=hooks).prob
-        (tensor([0.8874]), tensor([0.7178]))
-        >>> measure(bert, [prompt], fwd_hooks=perturb(found.neurons, "zero")).prob   # zero at every position
-        tensor([0.7282])
+        >>> 0 <= kn_lens.skill.accuracy(bert, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False) <= 1
+        True
     """
     if kind not in ("gaussian", "zero", "mean"):
         raise ValueError(f"unknown perturbation kind {kind!r}; use 'gaussian', 'zero' or 'mean'")

@@ -12,7 +12,10 @@ Every public function of kn_lens accepts the same loose forms, because they all 
 * **positions** (one name, one default everywhere): ``"site"`` (the default: where each prompt's answer is read,
   the ``[MASK]`` of an encoder or the last prompt token of a causal model), ``"all"``, ``"last"``, an int or a
   list of ints (negative values count from the end), or a 1-D integer tensor with one position per batch row;
-* **counts and numbers**: batch sizes are positive ints, factors / values / baselines / means are finite.
+* **counts and numbers**: batch sizes are positive ints, factors / values / baselines / means are finite;
+* **mean activations** are passed as ``mean_cache=`` everywhere (:func:`to_means` reads every accepted form);
+* **progress** (one name everywhere): ``True`` by default for functions that run the model over a list
+  (prompts, facts, texts), ``False`` for functions of one prompt, whose callers' bars cover them.
 
 A mistake is reported here as a ``ValueError`` / ``TypeError`` that names the argument and the fix, before any
 model runs.

@@ -151,27 +151,32 @@ def load_model(
         raise ValueError(
             f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype}"
         )
-    if backends.is_hooked(name) or backends.is_bridge(name):
-        model = name
-    else:
-        backend = _check_backend(backend)
-        if name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
-            model = load_embedded() if backend == "hooked" else load_embedded_bridge()
-        elif isinstance(name, str | os.PathLike) and (
-            Path(name).expanduser().exists() or _looks_like_path(str(name), hub=backend == "bridge")
-        ):
-            model = load_local(name) if backend == "hooked" else load_local_bridge(name)
-        elif isinstance(name, str):
-            if backend == "hooked":
-                model = _load_official(name, device=device, dtype=dtype)
-            else:
-                model = _boot_bridge(name, device=device, dtype=dtype)
+    # Built under torch.inference_mode() (a notebook cell, a decorated function), the weights would be inference
+    # tensors: no gradients through them and no in-place edits, so attribution and kn_lens.edit would fail later.
+    with torch.inference_mode(False):
+        if backends.is_hooked(name) or backends.is_bridge(name):
+            model = name
         else:
-            raise TypeError(f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}")
-    if device is not None:
-        model = model.to(device)
-    if dtype is not None:
-        model = model.to(dtype)
+            backend = _check_backend(backend)
+            if name is None or (isinstance(name, str) and name.lower() == EMBEDDED_NAME):
+                model = load_embedded() if backend == "hooked" else load_embedded_bridge()
+            elif isinstance(name, str | os.PathLike) and (
+                Path(name).expanduser().exists() or _looks_like_path(str(name), hub=backend == "bridge")
+            ):
+                model = load_local(name) if backend == "hooked" else load_local_bridge(name)
+            elif isinstance(name, str):
+                if backend == "hooked":
+                    model = _load_official(name, device=device, dtype=dtype)
+                else:
+                    model = _boot_bridge(name, device=device, dtype=dtype)
+            else:
+                raise TypeError(
+                    f"name must be None, a str, a path or a TransformerLens model, got {type(name).__name__}"
+                )
+        if device is not None:
+            model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
     return model.eval()
 
 

@@ -656,7 +656,9 @@ def skill_predictivity(result: Any, *, top_k: int = 20, title: str | None = None
         the best neurons' predictivity.
 
     Example:
-        >>> skill_predictivity(kn_lens.skill.predictivity(model, task, prompt=soft))
+        >>> result = kn_lens.skill.predictivity(bert, kn_lens.skill.sentiment_task(24), progress=False)
+        >>> len(skill_predictivity(result, top_k=5).data)  # best / 99th percentile / median, and the bars
+        4
     """
     scores = _to_numpy(getattr(result, "scores", None), "result.scores")
     if scores.ndim != 2:
@@ -726,7 +728,10 @@ def perturbation_curve(df: pd.DataFrame, *, title: str = "Perturbing skill neuro
         title: the figure title.
 
     Example:
-        >>> perturbation_curve(kn_lens.skill.perturbation_curve(model, task, skill, prompt=soft))
+        >>> curve = pd.DataFrame(dict(fraction=[0.0, 0.01, 0.01, 0.01], selection=["none", "skill", "random", "random"],
+        ...                           seed=[-1, 0, 0, 1], accuracy=[0.9, 0.6, 0.88, 0.86]))
+        >>> [trace.name for trace in perturbation_curve(curve).data]
+        ['skill neurons', 'random neurons']
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"perturbation_curve takes a pandas DataFrame, got {type(df).__name__}")
@@ -772,6 +777,12 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
         df: one row per pruned model with columns ``kept`` (fraction of neurons kept), ``selection``
             (``"skill"`` / ``"random"``), ``accuracy`` and optionally ``speedup``.
         title: the figure title.
+
+    Example:
+        >>> table = pd.DataFrame(dict(kept=[0.5, 0.5], selection=["skill", "random"], accuracy=[0.8, 0.6],
+        ...                           speedup=[1.3, 1.3]))
+        >>> len(pruning_curve(table).data)  # accuracy and speed-up, for each selection
+        4
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"pruning_curve takes a pandas DataFrame, got {type(df).__name__}")

@@ -171,10 +171,10 @@ def matches(answer: Any, truth: Any, *, rel: float = 0.05, abs_: float = 0.02) -
         >>> matches(0.31, 0.3), matches(True, 1), matches(["L1N2", "L0N5"], ["L1N2", "L0N5"])
         (True, False, True)
     """
-    if isinstance(truth, bool) or isinstance(answer, bool):
-        return isinstance(answer, bool) and isinstance(truth, bool) and answer == truth
     if hasattr(answer, "item") and getattr(answer, "ndim", 1) == 0:  # 0-d tensors and numpy scalars
         answer = answer.item()
+    if isinstance(truth, bool) or isinstance(answer, bool):
+        return isinstance(answer, bool) and isinstance(truth, bool) and answer == truth
     if isinstance(truth, int | float):
         if isinstance(answer, str):
             raise TypeError(f"expected a number, got the string {answer!r}")

@@ -38,11 +38,14 @@ Caveats:
     always look at perturbation against random neurons before calling a neuron a skill neuron.
 
 Example:
-    >>> task = kn_lens.skill.sentiment_task(n=200)
+    >>> task = kn_lens.skill.sentiment_task(n=24)
     >>> prompt = kn_lens.skill.HardPrompt("Review: {text}\\nSentiment (positive or negative):")
-    >>> skill = kn_lens.skill.predictivity(model, task, prompt=prompt)
-    >>> skill.top(0.001), skill.scores.shape
-    >>> kn_lens.skill.perturbation_curve(model, task, skill, prompt=prompt, fractions=[0.01])
+    >>> result = kn_lens.skill.predictivity(model, task, prompt=prompt, progress=False)
+    >>> result.per_position.shape  # 8 template tokens after the review, 30 layers, 1536 neurons
+    torch.Size([8, 30, 1536])
+    >>> curve = kn_lens.skill.perturbation_curve(model, task, result, prompt=prompt, fractions=[0.01], seeds=(0,))
+    >>> list(curve.selection)
+    ['none', 'skill', 'random']
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, to_layers
 
@@ -116,8 +120,9 @@ class Task:
         classes: names of label 0 and label 1 (for display).
 
     Example:
-        >>> task = make_task(texts, labels, name="mine")
-        >>> len(task.train), task.dev.texts[0], task.sizes()
+        >>> task = make_task(["good", "bad", "great", "awful", "fine", "poor"], [1, 0, 1, 0, 1, 0], dev=1/3, test=1/3)
+        >>> task
+        Task('task', train=2, dev=2, test=2, classes=('negative', 'positive'))
     """
 
     name: str
@@ -305,7 +310,8 @@ def sentiment_task(n: int = 400, *, negation: float = 0.15, seed: int = 0, **spl
 
     Example:
         >>> task = sentiment_task(100)
-        >>> task.train.texts[0], task.train.labels[0]
+        >>> task.sizes(), sum(task.train.labels)
+        ({'train': 60, 'dev': 20, 'test': 20}, 30)
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 6:
         raise ValueError(f"n must be an int >= 6, got {n!r}")
@@ -408,7 +414,7 @@ def pararel_place_or_language(folder: str | Path, n: int = 400, *, seed: int = 0
         **split: ``dev``, ``test`` fractions for :func:`make_task`.
 
     Example:
-        >>> task = pararel_place_or_language("path/to/pararel", n=200)
+        >>> task = pararel_place_or_language("path/to/pararel", n=200)  # doctest: +SKIP
     """
     rng = random.Random(seed)
     places = _pararel_texts(folder, _PLACE_RELATIONS, n // 2, fill_object=False, rng=rng)
@@ -427,7 +433,7 @@ def pararel_relation_pair(
     Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact.
 
     Example:
-        >>> task = pararel_relation_pair("path/to/pararel", "P19", "P20", n=200)
+        >>> task = pararel_relation_pair("path/to/pararel", "P19", "P20", n=200)  # doctest: +SKIP
     """
     rng = random.Random(seed)
     zero = _pararel_texts(folder, [negative], n // 2, fill_object=True, rng=rng)
@@ -470,7 +476,8 @@ def load_hf_task(
         seed: sampling and split seed.
 
     Example:
-        >>> task = load_hf_task("json", data_files={"train": "train.jsonl", "validation": "dev.jsonl"})
+        >>> files = {"train": "train.jsonl", "validation": "dev.jsonl"}
+        >>> task = load_hf_task("json", data_files=files)  # doctest: +SKIP
     """
     try:
         import datasets
@@ -508,8 +515,8 @@ def load_sst2(*, data_files: str | dict[str, str] | None = None, **kwargs: Any) 
     Columns ``sentence`` and ``label`` (0 negative, 1 positive); the public validation split is the test split.
 
     Example:
-        >>> task = load_sst2(limit=2000)                    # stanfordnlp/sst2 from the hub
-        >>> task = load_sst2(data_files={"train": "sst2/train.jsonl", "validation": "sst2/dev.jsonl"})
+        >>> task = load_sst2(limit=2000)  # stanfordnlp/sst2 from the hub  # doctest: +SKIP
+        >>> task = load_sst2(data_files={"train": "train.jsonl", "validation": "dev.jsonl"})  # doctest: +SKIP
     """
     if data_files is None:
         return load_hf_task("stanfordnlp/sst2", **kwargs)
@@ -654,7 +661,8 @@ class HardPrompt:
 
     Example:
         >>> prompt = HardPrompt("Review: {text}\\nSentiment:", (" negative", " positive"))
-        >>> prompt.layout(model).positions
+        >>> prompt.layout(model).positions  # the tokens of "\\nSentiment:", counted from the end
+        (-4, -3, -2, -1)
     """
 
     template: str = "{text}"
@@ -686,6 +694,8 @@ def _soft_hook(embed: Float[Tensor, "batch pos d_model"], hook: Any, *, weight: 
 
 
 def _embed_hook_name(model: Model) -> str:
+    if backends.is_bridge(model):  # its hook_embed alias is after the embedding LayerNorm for BERT/RoBERTa
+        return backends.token_embed_hook(model)
     names = getattr(model, "hook_dict", {})
     for name in ("hook_embed", "embed.hook_embed"):
         if name in names:
@@ -718,8 +728,13 @@ class SoftPrompt:
         history: ``[(step, loss, dev_accuracy), ...]`` from training.
 
     Example:
-        >>> soft = train_soft_prompt(model, task, verbalizer=("a", "these"), n_tokens=4, steps=100)
-        >>> soft.dev_accuracy, soft.save("soft.pt"), SoftPrompt.load("soft.pt")
+        >>> soft = SoftPrompt(torch.zeros(4, 32), ("a", "these"), placement="end")  # or train_soft_prompt(...)
+        >>> soft.layout(bert).soft  # just before [SEP]
+        (-5, -4, -3, -2)
+        >>> import tempfile
+        >>> path = soft.save(Path(tempfile.mkdtemp()) / "soft.pt")
+        >>> torch.equal(SoftPrompt.load(path).embeddings, soft.embeddings)
+        True
     """
 
     embeddings: Tensor
@@ -932,7 +947,9 @@ def margins(
         progress: show a progress bar.
 
     Example:
-        >>> margins(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"))[:3]
+        >>> task = sentiment_task(24)
+        >>> margins(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"), progress=False).shape
+        torch.Size([4])
     """
     check_model(model)
     prompt = as_prompt(model, prompt, verbalizer)
@@ -963,8 +980,13 @@ def accuracy(
     Arguments as in :func:`margins`.
 
     Example:
-        >>> accuracy(model, task, prompt=soft)                       # test split
-        >>> accuracy(model, task, prompt=soft, fwd_hooks=perturb_hooks)
+        >>> task = sentiment_task(24)
+        >>> prompt = HardPrompt("Review: {text}\\nSentiment (positive or negative):")
+        >>> 0 <= accuracy(model, task, prompt=prompt, progress=False) <= 1  # test split
+        True
+        >>> noise = kn_lens.hooks.perturb(["L14N1133"], "zero", positions=[-1])
+        >>> 0 <= accuracy(model, task, prompt=prompt, fwd_hooks=noise, progress=False) <= 1
+        True
     """
     labels = torch.tensor(_as_split(data, split).labels)
     scores = margins(
@@ -1030,8 +1052,11 @@ def train_soft_prompt(
         A :class:`SoftPrompt` with its dev accuracy and training history.
 
     Example:
-        >>> soft = train_soft_prompt(model, task, (" negative", " positive"), n_tokens=4, steps=100)
-        >>> accuracy(model, task, prompt=soft)
+        >>> task = sentiment_task(24)
+        >>> soft = train_soft_prompt(model, task, (" negative", " positive"), n_tokens=2, steps=2, batch_size=4,
+        ...                          progress=False)
+        >>> soft.n_tokens, soft.placement, len(soft.history)
+        (2, 'end', 1)
     """
     check_model(model)
     if not isinstance(task, Task):
@@ -1112,8 +1137,9 @@ class Predictivity:
         n_train, n_dev: examples used for the thresholds and for the accuracies.
 
     Example:
-        >>> skill = predictivity(model, task, prompt=soft)
-        >>> skill.scores.shape, skill.top(0.01)[:5], skill.to_frame().head()
+        >>> result = predictivity(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False)
+        >>> result.per_position.shape, len(result.top(0.01)), len(result.to_frame(top=5))
+        (torch.Size([2, 2, 1024]), 20, 5)
     """
 
     per_position: Tensor
@@ -1261,8 +1287,11 @@ def predictivity(
         ValueError: labels not binary, lengths differ, an empty split, unknown aggregation or positions.
 
     Example:
-        >>> skill = predictivity(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"))
-        >>> skill.top(k=5)
+        >>> result = predictivity(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False)
+        >>> result.positions  # the [MASK] and the "." (counted from the end, before [SEP])
+        (-3, -2)
+        >>> len(result.top(k=5)), bool(result.mask(0.1, per_layer=True).sum() == 2 * 102)
+        (5, True)
     """
     check_model(model)
     if aggregate not in ("mean", "min"):
@@ -1411,8 +1440,11 @@ def perturbation_curve(
         A DataFrame: ``fraction, n_neurons, selection ("none" / "skill" / "random"), seed, accuracy``.
 
     Example:
-        >>> curve = perturbation_curve(model, task, skill, prompt=soft, fractions=[0.01, 0.05])
-        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()
+        >>> task, prompt = sentiment_task(24), HardPrompt("{text} [MASK].", ("a", "these"))
+        >>> result = predictivity(bert, task, prompt=prompt, progress=False)
+        >>> curve = perturbation_curve(bert, task, result, prompt=prompt, fractions=[0.01, 0.05], progress=False)
+        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack().shape
+        (3, 3)
     """
     from kn_lens import hooks as hooks_module
 
@@ -1461,7 +1493,8 @@ def mean_activations(
     The constants :func:`prune` folds into the MLP output biases (each token counts once).
 
     Example:
-        >>> means = mean_activations(model, task, prompt=soft)   # train split
+        >>> mean_activations(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False).shape
+        torch.Size([2, 1024])
     """
     check_model(model)
     prompt = as_prompt(model, prompt)
@@ -1521,9 +1554,11 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
         The pruned model (eval mode, same tokenizer).
 
     Example:
-        >>> keep = skill.mask(0.2, per_layer=True)
-        >>> small = prune(model, keep, mean_activations(model, task, prompt=soft))
-        >>> accuracy(small, task, prompt=soft)
+        >>> task, prompt = sentiment_task(24), "{text} [MASK]."
+        >>> keep = predictivity(bert, task, prompt=prompt, progress=False).mask(0.2, per_layer=True)
+        >>> small = prune(bert, keep, mean_activations(bert, task, prompt=prompt, progress=False))
+        >>> small.cfg.d_mlp, bert.cfg.d_mlp
+        (205, 1024)
     """
     check_model(model)
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
@@ -1536,6 +1571,11 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
     counts = keep.sum(1)
     if int(counts.min()) < 1:
         raise ValueError("every layer must keep at least one neuron")
+    if backends.is_bridge(model):
+        raise TypeError(
+            "prune builds a smaller HookedTransformer / HookedEncoder and cannot resize a TransformerBridge's "
+            "wrapped transformers model; load the model with backend='hooked' to prune it"
+        )
     if str(getattr(model.cfg, "act_fn", "")).endswith("_ln"):
         raise ValueError(f"act_fn {model.cfg.act_fn} normalises across neurons: dropping neurons would change the rest")
     blocks = getattr(model, "blocks", None)

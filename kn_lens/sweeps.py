@@ -510,8 +510,9 @@ def _relation_level(
                 train = list(bag.prompts[: len(bag.prompts) - k])
                 held = list(bag.prompts[len(bag.prompts) - k :]) if k else []
                 neighbours = [b for b in bags if b.uuid != bag.uuid][:5]
-                table = edit_effects(model, train, record["neurons"], new, heldout=held, neighbours=neighbours,
-                                     seed=fact_seed(seed, bag.uuid), relation=rid)  # fmt: skip
+                # old = the fact's answer: the model knows it (on most prompts, not always the first one)
+                table = edit_effects(model, train, record["neurons"], new, old=bag.target, heldout=held,
+                                     neighbours=neighbours, seed=fact_seed(seed, bag.uuid), relation=rid)  # fmt: skip
                 rows = _rows(table)
             append_jsonl(path, dict(kind="edit", relation=rid, uuid=bag.uuid, rows=rows))
 

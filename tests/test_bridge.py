@@ -191,6 +191,8 @@ def _prompts(pair, model):
 
 def test_load_model_backends(pair):
     assert backends.is_bridge(pair.bridge) and pair.bridge.compatibility_mode
+    assert isinstance(pair.bridge, kn_lens.Model) and not isinstance(torch.nn.Linear(2, 2), kn_lens.Model)
+    assert pair.hooked is None or isinstance(pair.hooked, kn_lens.Model)  # the protocol covers both backends
     assert kn_lens._typing.is_encoder(pair.bridge) == (pair.family in ENCODERS)
     default = kn_lens.load_model(pair.folder) if pair.family != "roberta" or not backends.HAS_HOOKED else None
     if default is not None:
@@ -441,6 +443,24 @@ def test_cli_on_a_bridge(pair, capsys):
         assert token.strip() in out
 
 
+def test_processed_bridge_gives_the_same_science(pair):
+    """A bridge in the default compatibility mode (layer norms folded, weights centred): logits move by a constant
+    per position, so probabilities, IG scores and the lens's token rankings stay the same."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    processed = TransformerBridge.boot_transformers(str(pair.folder), device="cpu")
+    processed.enable_compatibility_mode(disable_warnings=True)
+    prompt, again = _prompts(pair, pair.bridge)[0], _prompts(pair, processed)[0]
+    with torch.no_grad():
+        probs = pair.bridge(prompt.tokens[None]).softmax(-1)
+        torch.testing.assert_close(processed(again.tokens[None]).softmax(-1), probs, atol=1e-6, rtol=0)
+    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=5)
+    torch.testing.assert_close(
+        kn_lens.integrated_gradients(processed, again, n_steps=5), scores, atol=1e-4 * scores.abs().max().item(), rtol=0
+    )
+    assert kn_lens.decode(processed, (1, 5), k=5).top_ids == kn_lens.decode(pair.bridge, (1, 5), k=5).top_ids
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The embedded model and the trained tiny BERT on the bridge
 # ---------------------------------------------------------------------------------------------------------------
@@ -476,6 +496,77 @@ def test_tiny_bert_knowledge_neurons_on_the_bridge():
         again = kn_lens.find_knowledge_neurons(hooked, tiny_bert.train_prompts(fact), fact.answer, n_steps=10)
         assert again.neurons == found.neurons
         pd.testing.assert_frame_equal(table, kn_lens.suppress(hooked, again), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge():
+    from kn_lens.fixtures import tiny_bert
+
+    return tiny_bert.load("bridge")
+
+
+@pytest.fixture(scope="module")
+def number_task():
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+    texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+    return skill.make_task(texts, [int(a.plural) for a in agreement], name="number", classes=("singular", "plural"))
+
+
+def test_skill_neurons_on_the_bridge(tiny_bridge, number_task):
+    """Soft prompts write the token embeddings (not the bridge's post-LayerNorm ``hook_embed`` alias of BERT)."""
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    hook = skill._embed_hook_name(tiny_bridge)
+    prompt = kn_lens.make_prompt(tiny_bridge, "The capital of France is [MASK] .", "Paris")
+    seen = {}
+    with torch.no_grad():
+        tiny_bridge.run_with_hooks(prompt.tokens[None], fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x))])
+    torch.testing.assert_close(seen["x"][0], backends.embed(tiny_bridge)[prompt.tokens], atol=0, rtol=0)
+
+    generator = torch.Generator().manual_seed(0)
+    soft = skill.SoftPrompt(torch.randn(3, tiny_bridge.cfg.d_model, generator=generator), ("violin", "piano"))
+    margins = skill.margins(tiny_bridge, number_task, prompt=soft, split="dev", progress=False)
+    assert torch.isfinite(margins).all()
+    means = skill.mean_activations(tiny_bridge, number_task, prompt=soft)
+    predictivity = skill.predictivity(tiny_bridge, number_task, prompt=soft, progress=False)
+    with pytest.raises(TypeError, match="backend='hooked'"):
+        skill.prune(tiny_bridge, predictivity.mask(0.5, per_layer=True), means)
+    if backends.HAS_HOOKED:
+        hooked = tiny_bert.load("hooked")
+        torch.testing.assert_close(
+            margins, skill.margins(hooked, number_task, prompt=soft, split="dev", progress=False), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(means, skill.mean_activations(hooked, number_task, prompt=soft), atol=1e-4, rtol=0)
+        again = skill.predictivity(hooked, number_task, prompt=soft, progress=False)
+        assert again.mask(0.01).sum() == predictivity.mask(0.01).sum()
+
+
+def test_evaluation_on_the_bridge(tiny_bridge, tmp_path):
+    from _tiny_pararel import write_tiny_pararel
+
+    from kn_lens.datasets import pararel
+    from kn_lens.evaluate import erase_relation, evaluate_fact, relation_neurons
+
+    bags = pararel.load(write_tiny_pararel(tmp_path)).bags(tiny_bridge)
+    capitals = bags[:12]
+    saved = _state(tiny_bridge)
+    records = [evaluate_fact(tiny_bridge, bag, same_relation=capitals[:2]) for bag in capitals[:2]]
+    neurons = relation_neurons(records, top=5, min_count=1)
+    table = erase_relation(tiny_bridge, capitals, neurons, other_facts=bags[12:16])
+    _assert_bit_exact(tiny_bridge, saved)
+    if backends.HAS_HOOKED:
+        from kn_lens.fixtures import tiny_bert
+
+        hooked = tiny_bert.load("hooked")
+        hooked_bags = pararel.load(write_tiny_pararel(tmp_path / "again")).bags(hooked)
+        hooked_records = [evaluate_fact(hooked, bag, same_relation=hooked_bags[:2]) for bag in hooked_bags[:2]]
+        assert [r["neurons"] for r in hooked_records] == [r["neurons"] for r in records]
+        again = erase_relation(hooked, hooked_bags[:12], neurons, other_facts=hooked_bags[12:16])
+        pd.testing.assert_frame_equal(table, again, atol=1e-4, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -528,3 +619,53 @@ def test_unknown_backend():
     if not backends.HAS_HOOKED:
         with pytest.raises(ValueError, match="backend='bridge'"):
             kn_lens.load_model(backend="hooked")
+
+
+def test_cli_evaluation_commands_take_the_bridge(capsys):
+    import json
+
+    from kn_lens.cli import main
+
+    prompts = ["The capital of France is [MASK].", "France has its capital in [MASK]."]
+    base = ["enhance", "Paris", prompts[0], "--neurons", "L1N253", "--json", "--model", "tiny-bert"]
+    assert main([*base, "--backend", "bridge"]) == 0
+    bridge_rows = json.loads(capsys.readouterr().out)["rows"]
+    assert bridge_rows and all(r["after"] >= 0 for r in bridge_rows)
+    if backends.HAS_HOOKED:
+        assert main([*base, "--backend", "hooked"]) == 0
+        hooked_rows = json.loads(capsys.readouterr().out)["rows"]
+        assert [r["after"] for r in hooked_rows] == pytest.approx([r["after"] for r in bridge_rows], abs=1e-5)
+
+
+def test_skill_neurons_on_a_bridge(pair):
+    """kn_lens.skill on every family, RoBERTa (the paper's model) included where the bridge has an adapter."""
+    from kn_lens import hooks, skill
+
+    encoder = pair.family in ENCODERS
+    texts = [f"The {w} {v} there." for w in ("cat", "dog", "bird", "cow") for v in ("sat", "ran", "slept")]
+    task = skill.make_task(texts, [i % 2 for i in range(len(texts))], dev=1 / 3, test=1 / 6)
+    verbalizer = ("a", "these") if encoder else (" bad", " good")
+    prompt = skill.HardPrompt("{text} [MASK]." if encoder else "{text} It was", verbalizer)
+    result = skill.predictivity(pair.bridge, task, prompt=prompt, progress=False)
+    assert result.per_position.shape[1:] == (2, pair.bridge.cfg.d_mlp) and float(result.per_position.min()) >= 0.5
+    if pair.hooked is not None:
+        reference = skill.predictivity(pair.hooked, task, prompt=prompt, progress=False)
+        torch.testing.assert_close(result.thresholds, reference.thresholds, atol=1e-5, rtol=1e-4)
+        assert result.positions == reference.positions
+    mask = result.mask(0.5)
+    perturbed = hooks.perturb(mask, "zero", positions=list(result.positions))
+    clean = skill.margins(pair.bridge, task, prompt=prompt, split="train", progress=False)
+    changed = skill.margins(pair.bridge, task, prompt=prompt, split="train", fwd_hooks=perturbed, progress=False)
+    assert not torch.equal(changed, clean)
+    if pair.hooked is not None:
+        expected = skill.margins(pair.hooked, task, prompt=prompt, split="train", fwd_hooks=perturbed, progress=False)
+        torch.testing.assert_close(changed, expected, atol=1e-4, rtol=1e-4)
+    before = _state(pair.bridge)
+    soft = skill.train_soft_prompt(
+        pair.bridge, task, verbalizer, n_tokens=2, steps=3, batch_size=4, eval_every=3, progress=False,
+        placement="end",
+    )  # fmt: skip
+    _assert_bit_exact(pair.bridge, before)
+    assert soft.history and 0 <= soft.dev_accuracy <= 1
+    with pytest.raises(TypeError, match="backend='hooked'"):
+        skill.prune(pair.bridge, mask | True, torch.zeros(mask.shape))

@@ -321,6 +321,8 @@ def test_same_relation_control_accuracy_and_specificity(tiny_bert, bags):
     assert row["acc_before"] == pytest.approx(part["top1_before"].mean())
     assert row["acc_after"] == pytest.approx(part["top1_after"].mean())
     assert row["rel_of_means_%"] == pytest.approx(100 * (part["after"].mean() / part["before"].mean() - 1))
+    assert row["ppl_before"] == pytest.approx(math.exp(-part["before"].apply(math.log).mean()), rel=1e-5)
+    assert row["ppl_after"] == pytest.approx(math.exp(-part["after"].apply(math.log).mean()), rel=1e-5)
     # the trained fixture stores facts in its neurons: suppressing hurts the fact more than its neighbours
     same_row = summary[(summary.intervention == "suppress") & (summary.condition == "same relation")].iloc[0]
     assert row["rel_change_%"] < same_row["rel_change_%"] < 0.5

@@ -285,3 +285,17 @@ def test_dtype_must_be_a_torch_dtype(random_gpt2):
         kn_lens.load_model(random_gpt2, dtype="float16")
     with pytest.raises(ValueError, match="floating-point"):
         kn_lens.load_model(random_gpt2, dtype=torch.int64)
+
+
+def test_a_model_loaded_under_inference_mode_can_still_be_edited_and_attributed():
+    """Loaded inside torch.inference_mode(), the weights used to be inference tensors: kn_lens.edit and every
+    gradient-based attribution then failed much later, far from the cause."""
+    from kn_lens.fixtures import tiny_bert as fx
+
+    with torch.inference_mode():
+        model = kn_lens.load_model(fx.PATH)
+    assert not any(p.is_inference() for p in model.parameters())
+    with kn_lens.erase(model, ["L1N2"]):
+        pass
+    fact = fx.FACTS[0]
+    assert torch.isfinite(kn_lens.integrated_gradients(model, fx.train_prompts(fact)[0], fact.answer, n_steps=2)).all()

@@ -61,6 +61,12 @@ def test_matches_by_type():
     assert matches({"a", "b"}, {"b", "a"}) and not matches(["a"], {"a", "b"})
     assert matches(" these", "these") and not matches(0.5, "0.5")
     assert matches(float("nan"), float("nan")) and not matches(0.0, float("nan"))
+    # what pandas, numpy and torch hand back count as plain Python values
+    import numpy as np
+    import torch
+
+    assert matches(np.bool_(True), True) and matches(np.int64(3), 3) and matches(torch.tensor(0.5), 0.51)
+    assert not matches(np.bool_(False), True)
 
 
 def test_registered_exercise_recomputes_its_truth_from_the_context(capsys):
@@ -96,3 +102,34 @@ def test_unknown_exercise_names_the_registered_ones():
         quiz.check("no.such.exercise", 1)
     with pytest.raises(ValueError, match="non-empty"):
         quiz.exercise("", "?")
+
+
+def test_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert):
+    """Two exercises' hidden truths, recomputed independently with kn_lens' own tables."""
+    import kn_lens
+    from kn_lens import hooks, quiz
+
+    sentence = "Raymond is selling [MASK] sketches."
+    table = kn_lens.compare(
+        tiny_bert, sentence, ["these"], {"x0": hooks.Intervention("scale", ["L1N5"], 0.0, positions="site")}
+    )
+    expected = float(table.loc["these", "x0"] - table.loc["these", "clean"])
+    truth = quiz.get("02.determiner-change").truth
+    assert truth(model=tiny_bert, neuron="L1N5", sentence=sentence, determiner="these") == pytest.approx(
+        expected, abs=1e-6
+    )
+
+    prompts = ["The capital of France is [MASK].", "France has its capital in [MASK]."]
+    suppressed = kn_lens.suppress(tiny_bert, ["L1N5", "L0N7"], prompts, "Paris")
+    truth = quiz.get("01.suppression-drop").truth
+    value = truth(model=tiny_bert, neurons=["L1N5", "L0N7"], prompts=prompts, target="Paris")
+    assert value == pytest.approx(-suppressed.rel_change.mean(), abs=1e-5)
+    assert not quiz.check(
+        "01.suppression-drop",
+        value + 0.1,
+        strict=False,
+        model=tiny_bert,
+        neurons=["L1N5", "L0N7"],
+        prompts=prompts,
+        target="Paris",
+    )

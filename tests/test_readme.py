@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import kn_lens
+
 README = Path(__file__).parent.parent / "README.md"
 
 
@@ -28,3 +30,10 @@ def test_readme_examples_run():
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["kns"].neurons, "the tour's fact should have knowledge neurons"
     assert namespace["scores"].shape == (30, 1536)
+    # the values the README writes in its comments are what the calls return
+    shown = re.search(r"kns\.neurons  # \[(.*?)\]", README.read_text()).group(1)
+    assert shown == ", ".join(map(str, namespace["kns"].neurons))
+    top = re.search(r"top_neurons\(scores, 5\)  # .*?: \[(.*?), \.\.\.\]", README.read_text()).group(1)
+    assert [str(n) for n in kn_lens.top_neurons(namespace["scores"], 5)][:3] == top.split(", ")
+    quick = re.search(r"target_scores\(model, \[prompt\]\)  # tensor\(\[(.*?)\]\)", README.read_text()).group(1)
+    assert f"{float(kn_lens.target_scores(namespace['model'], [namespace['prompt']])[0]):.4f}" == quick

@@ -174,3 +174,13 @@ def test_cli_suppress_erase_edit_json(capsys):
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["suppress", "Paris", prompts[0], "--factor", "nan"])
+
+
+@pytest.mark.parametrize("command", [["suppress"], ["enhance"], ["erase"], ["edit"], ["evaluate", "pararel"],
+                                     ["report"]])  # fmt: skip
+def test_every_evaluation_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "example" in text and "--json" in text and "--device" in text and "--model" in text

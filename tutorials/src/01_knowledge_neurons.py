@@ -51,7 +51,7 @@ for text in prompts:
     print(f"{text:45s} p({fact.answer}) = {p:.3f}")
 
 # %%
-from kn_lens.cli import top_predictions
+from kn_lens import top_predictions
 
 top_predictions(model, prompts[0], k=5)
 
@@ -85,7 +85,7 @@ plotting.attribution_heatmap(scores, top_k=20, title=f"IG attribution for {fact.
 # **Exercise 2.** Which neuron has the highest attribution? Answer as `kn_lens.Neuron(layer, index)`.
 
 # %% tags=["solution"]
-best_neuron = kn_lens.Neuron(*divmod(int(scores.argmax()), model.cfg.d_mlp))
+best_neuron = kn_lens.top_neurons(scores, 1)[0]  # row i of scores is layer i: the flat argmax as a neuron
 
 # %%
 quiz.check(

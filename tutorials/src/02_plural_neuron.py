@@ -10,6 +10,9 @@
 # **Which model?** With the Hugging Face hub (Colab) the cells run on `bert-base-cased` and neuron L9 N1094.
 # Offline (CI, a laptop without network) the same cells run on the tiny BERT bundled with kn_lens (2 layers,
 # trained on determiner-noun agreement among other things), with the neuron kn_lens finds for the job.
+#
+# Exercises: write your answer in the cell marked *Your turn* (filled in here, in the solution notebook), then
+# run the checker below it, which recomputes the right value from the model.
 
 # %%
 # On Colab (or wherever kn_lens is missing) install it; where it is installed (offline, CI) nothing happens.

