@@ -11,20 +11,34 @@ Every example may use these names without defining them:
 * skill neurons on the tiny BERT (also computed on first use): ``task``, a number-agreement task ("Emma is buying
   the books." -> plural); ``soft``, a 4-token soft prompt trained for it (verbalizer ``("violin", "piano")``);
   ``skill``, its predictivity (``kn_lens.skill.predictivity(bert, task, prompt=soft)``);
-* ``pararel_folder``: the PARAREL release at ``../shared/pararel``.
+* ``pararel_folder``: the PARAREL release at ``../shared/pararel`` (tests may read ``../shared``; the package never does);
+* ``pararel_dir``: a tiny folder in PARAREL's format (relations P36 capital, P37 language, P106 profession,
+  P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished :func:`kn_lens.sweeps.run_pararel`
+  run of the tiny BERT on two of its relations (both built in a temporary folder the first time they are used);
+* ``tmp_path``: an empty temporary folder of the example's own (pytest's fixture).
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"(?<![.\w])(kns|scores|task|soft|skill)\b")  # the shared names, not attributes like result.scores
+_NAMES = re.compile(r"(?<![.\w])(kns|scores|task|soft|skill|pararel_dir|run_dir)\b")  # not attributes (result.scores)
+#: tiny_bert relation -> (PARAREL id, label, type) of the matching PARAREL relation.
+_PARAREL_IDS = {
+    "capital": ("P36", "capital", "1-1"),
+    "language": ("P37", "official language", "N-1"),
+    "profession": ("P106", "occupation", "N-M"),
+    "instrument": ("P1303", "instrument", "N-M"),
+}
 
 
 def _base() -> dict:
@@ -57,6 +71,16 @@ def _expensive(name: str) -> object:
         base = _base()
         if name in ("task", "soft", "skill"):
             _SHARED.update(_skill_names(base["bert"]))
+        elif name == "pararel_dir":
+            _SHARED[name] = _write_pararel(_temporary_folder("kn_lens_pararel_"))
+        elif name == "run_dir":
+            from kn_lens import sweeps
+            from kn_lens.datasets import pararel
+
+            data = pararel.load(_expensive("pararel_dir"), relations=["P36", "P37"])
+            out = _temporary_folder("kn_lens_run_") / "tiny-bert"
+            _SHARED[name] = sweeps.run_pararel(base["bert"], data, out, model_name="tiny-bert", facts_per_relation=3,
+                                               n_steps=5, n_controls=2, n_edits=1, progress=False)  # fmt: skip
         elif name == "scores":
             _SHARED["scores"] = kn_lens.integrated_gradients(base["model"], base["paraphrases"][0], " Paris")
         else:
@@ -82,6 +106,33 @@ def _skill_names(bert) -> dict:
     return {name: _SHARED[name] for name in ("task", "soft", "skill")}
 
 
+def _temporary_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the test session ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _write_pararel(root: Path) -> Path:
+    """The tiny BERT's facts as a PARAREL folder (``[MASK]`` of its templates -> ``[Y]``)."""
+    import json
+
+    from kn_lens.fixtures import tiny_bert
+
+    (root / "patterns").mkdir(parents=True)
+    (root / "facts").mkdir()
+    relations = []
+    for relation, (rid, label, kind) in _PARAREL_IDS.items():
+        templates = [t.replace(tiny_bert.MASK, "[Y]") for t in tiny_bert.RELATIONS[relation]]
+        facts = [dict(sub_label=f.subject, obj_label=f.answer, uuid=f"{rid}-{f.subject}")
+                 for f in tiny_bert.facts_of(relation)]  # fmt: skip
+        (root / "patterns" / f"{rid}.jsonl").write_text("".join(json.dumps(dict(pattern=t)) + "\n" for t in templates))
+        (root / "facts" / f"{rid}.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+        relations.append(dict(relation=rid, label=label, type=kind))
+    (root / "relations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in relations))
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _doctest_names(request, doctest_namespace):
     item = request.node
@@ -92,4 +143,6 @@ def _doctest_names(request, doctest_namespace):
     source = "\n".join(example.source for example in item.dtest.examples)
     for name in set(_NAMES.findall(source)):
         doctest_namespace[name] = _expensive(name)
+    if re.search(r"\btmp_path\b", source):
+        doctest_namespace["tmp_path"] = request.getfixturevalue("tmp_path")
     yield

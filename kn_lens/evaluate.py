@@ -23,20 +23,34 @@ with a random-neuron control and, for causal models, the perplexity of a held-ou
 :func:`evaluate_fact` bundles it all into one JSON-ready record per fact (the unit of :mod:`kn_lens.sweeps`), and
 :func:`records_frame` / :func:`relation_table` turn records into tidy tables with a ``relation`` column.
 
-Example:
-    >>> kns = kn_lens.find_knowledge_neurons(model, paraphrases, " Paris")  # doctest: +SKIP
-    >>> other_facts = [(["The capital of Italy is"], " Rome"), (["People in Spain speak"], " Spanish")]
-    >>> effects = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=other_facts)
-    >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]]
+Example (on the bundled tiny BERT; the same calls work on SmolLM2 with its prompts and " Paris"):
+    >>> from kn_lens.fixtures import tiny_bert
+    >>> france, italy = tiny_bert.FACTS[0], tiny_bert.FACTS[2]
+    >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+    >>> effects = intervention_effects(bert, found, heldout=tiny_bert.heldout_prompts(france),
+    ...                                unrelated=[(tiny_bert.train_prompts(italy), "Rome")])
+    >>> summarize_effects(effects)[["intervention", "condition", "n", "rel_change_%"]].round(1)
       intervention                     condition  n  rel_change_%
-    0     suppress             knowledge neurons  3  ...
-    ...
-    >>> compare(model, "The capital of France is", [" Paris", " Lyon"], {"suppress": kn_lens.hooks.Intervention(
-    ...     "scale", kns.neurons, 0.0)})
-               clean  suppress
+    0     suppress             knowledge neurons  3         -15.8
+    1     suppress  knowledge neurons (held-out)  1         -18.1
+    2     suppress                random neurons  3          -0.0
+    3     suppress     random neurons (held-out)  1           0.3
+    4     suppress                   other facts  3         -10.5
+    5      enhance             knowledge neurons  3           2.4
+    6      enhance  knowledge neurons (held-out)  1           2.9
+    7      enhance                random neurons  3          -0.2
+    8      enhance     random neurons (held-out)  1          -0.7
+    9      enhance                   other facts  3          -5.2
+
+    Suppressing the five neurons takes 16% off "Paris" (18% on the held-out paraphrase), random neurons of the
+    same layers do nothing, but Rome loses 10% too: these neurons are partly about capitals, not only Paris.
+
+    >>> compare(bert, "The capital of France is [MASK].", ["Paris", "Rome"],
+    ...         {"suppress": Intervention("scale", found.neurons, 0.0)}).round(4)
+                clean  suppress
     candidate
-    Paris     0.7725    0.1389
-    Lyon      0.0008    0.0002
+    Paris      0.8874    0.7268
+    Rome       0.0009    0.0020
 """
 
 from __future__ import annotations
@@ -121,9 +135,9 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     the target tokens (teacher-forced) and ``top1`` refers to the first token.
 
     Example:
-        >>> m = measure(model, kn_lens.make_prompts(model, ["The capital of France is"], " Paris"))
-        >>> m.top1
-        tensor([True])
+        >>> m = measure(bert, kn_lens.make_prompts(bert, ["The capital of France is [MASK]."], "Paris"))
+        >>> m.prob, m.top1
+        (tensor([0.8874]), tensor([True]))
     """
     check_model(model)
     if not prompts:
@@ -233,11 +247,26 @@ def intervention_effects(
         ``kn_lens.plotting.intervention_bars`` takes).
 
     Example:
-        >>> rome_fact = (["The capital of Italy is"], " Rome")
-        >>> df = intervention_effects(model, kns, heldout=["The capital of France is called"], unrelated=[rome_fact])
-        >>> sorted(set(df["condition"]))  # doctest: +NORMALIZE_WHITESPACE
-        ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
-         'random neurons (held-out)']
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> df = intervention_effects(bert, found, heldout=tiny_bert.heldout_prompts(france),
+        ...                           unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
+        >>> len(df)          # 2 interventions x (3 prompts x 2 neuron sets + 1 held-out x 2 + 1 other fact)
+        18
+        >>> df.groupby(["intervention", "condition"], sort=False)["rel_change"].mean().round(3)
+        intervention  condition
+        suppress      knowledge neurons              -0.158
+                      knowledge neurons (held-out)   -0.181
+                      random neurons                 -0.000
+                      random neurons (held-out)       0.003
+                      other facts                    -0.096
+        enhance       knowledge neurons               0.024
+                      knowledge neurons (held-out)    0.029
+                      random neurons                 -0.002
+                      random neurons (held-out)      -0.007
+                      other facts                    -0.049
+        Name: rel_change, dtype: float64
     """
     check_model(model)
     result = neurons if isinstance(neurons, KnowledgeNeurons) else None
@@ -346,13 +375,13 @@ def summarize_effects(
         ``ppl_before``/``ppl_after`` (answer perplexity, exp of the mean per-token negative log-likelihood).
 
     Example:
-        >>> df = intervention_effects(model, kns)
-        >>> summarize_effects(df, base_split=(0.9,))[["intervention", "condition", "base", "n"]]
-          intervention          condition   base  n
-        0     suppress  knowledge neurons  p<0.9  3
-        1     suppress     random neurons  p<0.9  3
-        2      enhance  knowledge neurons  p<0.9  3
-        3      enhance     random neurons  p<0.9  3
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> df = intervention_effects(bert, found, interventions={"enhance": 2.0}, random_seeds=())
+        >>> summarize_effects(df, base_split=(0.9,))[["condition", "base", "n", "before", "rel_change_%"]].round(3)
+                   condition   base  n  before  rel_change_%
+        0  knowledge neurons  p<0.9  3   0.895         2.352
     """
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
@@ -487,8 +516,15 @@ def enhance(
         A DataFrame with ``condition, prompt, target, before, after, rel_change, logodds_change``.
 
     Example:
-        >>> enhance(model, kns, unrelated=[(["The capital of Italy is"], " Rome")])["condition"].tolist()
-        ['knowledge neurons', 'knowledge neurons', 'knowledge neurons', 'other facts']
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+        >>> table = enhance(bert, found, unrelated=[(["The capital of Italy is [MASK]."], "Rome")])
+        >>> table[["condition", "target", "before", "after", "logodds_change"]].round(3)
+                   condition target  before  after  logodds_change
+        0  knowledge neurons  Paris   0.895  0.914           0.229
+        1  knowledge neurons  Paris   0.894  0.916           0.249
+        2  knowledge neurons  Paris   0.896  0.918           0.262
+        3        other facts   Rome   0.894  0.850          -0.398
     """
     return _scale_helper(model, neurons, prompts, target, factor, "enhance", unrelated, positions)
 
@@ -509,8 +545,8 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
     Example:
         >>> from kn_lens.fixtures import tiny_bert
         >>> others = other_relation_facts(tiny_bert.FACTS, tiny_bert.FACTS[0], k=6)
-        >>> sorted({fact.relation for fact in others}) != ["capital"]
-        True
+        >>> [f.subject for f in others]
+        ['Korea', 'Finland', 'Denmark', 'Noah', 'Quinn', 'Tina']
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
@@ -541,8 +577,8 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     language, not only at the edited fact.
 
     Example:
-        >>> text_perplexity(model) > 1            # SmolLM2 on the Gettysburg Address
-        True
+        >>> round(text_perplexity(model), 1)            # SmolLM2 on the Gettysburg Address
+        12.9
     """
     check_model(model)
     if is_encoder(model):
@@ -579,8 +615,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
 
     Example:
-        >>> relation_neurons([["L1N2", "L3N4"], ["L1N2"], ["L1N2", "L3N4", "L5N6"]], top=2)
-        [L1N2, L3N4]
+        >>> relation_neurons([["L1N5", "L0N3"], ["L1N5", "L1N7", "L0N3"], ["L1N5", "L1N9"]], top=3)
+        [L1N5, L0N3]
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
@@ -628,13 +664,20 @@ def erase_relation(
         and ``"held-out text"`` (perplexity of the text, accuracy NaN).
 
     Example:
-        >>> tb = kn_lens.fixtures.tiny_bert
-        >>> capitals = [(tb.train_prompts(f), f.answer) for f in tb.facts_of("capital")[:4]]
-        >>> languages = [(tb.train_prompts(f), f.answer) for f in tb.facts_of("language")[:4]]
-        >>> table = erase_relation(bert, capitals, ["L1N152", "L1N410"], other_facts=languages)
-        >>> table[["neurons", "condition"]].values.tolist()
-        [['knowledge neurons', 'same relation'], ['knowledge neurons', 'other relations'],
-         ['random neurons', 'same relation'], ['random neurons', 'other relations']]
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> capitals = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("capital")]
+        >>> languages = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("language")]
+        >>> found = [kn_lens.find_knowledge_neurons(bert, texts, answer) for texts, answer in capitals[:4]]
+        >>> erased = erase_relation(bert, capitals, relation_neurons(found), other_facts=languages)
+        >>> erased[["neurons", "n_neurons", "condition", "n", "acc_before", "acc_after"]]
+                     neurons  n_neurons        condition   n  acc_before  acc_after
+        0  knowledge neurons          3    same relation  36         1.0        1.0
+        1  knowledge neurons          3  other relations  36         1.0        1.0
+        2     random neurons          3    same relation  36         1.0        1.0
+        3     random neurons          3  other relations  36         1.0        1.0
+
+        Erasing these three neurons does not take a single capital from the tiny BERT (on an encoder there is no
+        held-out text perplexity row).
     """
     check_model(model)
     own = _prompts(model, relation_facts, None, "relation")
@@ -679,9 +722,12 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     at the prompts' sites) and not in ``like``.
 
     Example:
-        >>> control = random_active_neurons(model, kns.neurons, kns.prompts, seed=0)
-        >>> sorted(n.layer for n in control) == sorted(n.layer for n in kns.neurons)
-        True
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(tiny_bert.FACTS[0]), "Paris")
+        >>> found.neurons
+        [L1N253, L1N292, L1N990, L0N721, L1N1001]
+        >>> random_active_neurons(bert, found.neurons, found.prompts, seed=0)
+        [L0N618, L1N91, L1N100, L1N161, L1N1019]
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
@@ -750,10 +796,20 @@ def edit_effects(
         neighbours on their own answers), ``ppl_before/after`` (held-out text).
 
     Example:
-        >>> fact = kn_lens.fixtures.tiny_bert.FACTS[0]
-        >>> table = edit_effects(bert, kn_lens.fixtures.tiny_bert.train_prompts(fact), ["L1N253", "L1N292"], "Rome")
-        >>> table[["neurons", "old", "new"]].values.tolist()
-        [['knowledge neurons', 'Paris', 'Rome'], ['random active neurons', 'Paris', 'Rome']]
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> found = kn_lens.find_knowledge_neurons(bert, tiny_bert.train_prompts(france), "Paris")
+        >>> others = [(tiny_bert.train_prompts(f), f.answer) for f in tiny_bert.facts_of("capital")[1:5]]
+        >>> edited = edit_effects(bert, found, found.neurons, "Rome", heldout=tiny_bert.heldout_prompts(france),
+        ...                       neighbours=others)
+        >>> edited.set_index("neurons")[["success", "new_prob_after", "neighbourhood_after"]].round(4)
+                               success  new_prob_after  neighbourhood_after
+        neurons
+        knowledge neurons          0.0          0.0005                 0.25
+        random active neurons      0.0          0.0063                 1.00
+
+        The edit fails on this model (Rome stays improbable), yet the other capitals keep their own answer on only
+        a quarter of their prompts, while the same update on random active neurons leaves them intact.
     """
     check_model(model)
     texts = _texts(fact)
@@ -873,12 +929,15 @@ def evaluate_fact(
         :func:`summarize_effects`), ``specificity`` (per intervention), ``seconds``.
 
     Example:
-        >>> tb = kn_lens.fixtures.tiny_bert
-        >>> FactPrompts = kn_lens.neurons.FactPrompts
-        >>> facts = [FactPrompts(tuple(tb.train_prompts(f)), f.answer, f.relation) for f in tb.FACTS[:3]]
-        >>> record = evaluate_fact(bert, facts[0], same_relation=facts[1:])
-        >>> record["target"], len(record["neurons"]) > 0, sorted(record["specificity"])
-        ('Paris', True, ['enhance', 'suppress'])
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert)          # the tiny BERT's facts, in PARAREL's format
+        >>> capitals, others = bags[:12], bags[12:]
+        >>> record = evaluate_fact(bert, capitals[0], same_relation=capitals[1:3], other_relations=others[:2],
+        ...                        n_steps=5)
+        >>> record["subject"], record["answer"], record["neurons"]
+        ('France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
+        >>> record["specificity"]
+        {'suppress': 0.46, 'enhance': 1.56}
     """
     check_model(model)
     if selection not in SELECTIONS:
@@ -951,9 +1010,12 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     Records of unknown facts (``known`` false) carry no effects and add no rows.
 
     Example:
-        >>> effect = {"intervention": "suppress", "condition": "knowledge neurons", "rel_change_%": -30.0}
-        >>> records_frame([{"relation": "P36", "uuid": "a", "neurons": ["L1N2"], "effects": [effect]}]).columns.tolist()
-        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'rel_change_%']
+        >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
+        >>> len(frame)       # 6 facts x 2 interventions x 6 conditions
+        72
+        >>> frame.columns.tolist()
+        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
+         'rel_change_%', 'rel_of_means_%']
     """
     rows = []
     for r in records:
@@ -990,12 +1052,15 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         mean changes).
 
     Example:
-        >>> import pandas as pd
-        >>> frame = pd.DataFrame({"relation": "P36", "intervention": "suppress", "rel_change_%": [-40.0, -10.0],
-        ...                       "condition": ["knowledge neurons", "same relation"]})
-        >>> relation_table(frame)[["relation", "condition", "specificity"]].values.tolist()
-        [['P36', 'knowledge neurons', 0.75], ['P36', 'same relation', 0.75],
-         ['all', 'knowledge neurons', 0.75], ['all', 'same relation', 0.75]]
+        >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))
+        >>> table.query("intervention == 'suppress' and relation == 'all'")[["condition", "rel_change_%"]].round(1)
+                               condition  rel_change_%
+        30             knowledge neurons         -38.1
+        31  knowledge neurons (held-out)         -35.7
+        32                 same relation          -8.8
+        33                   other facts          -9.4
+        34                random neurons          -0.1
+        35     random neurons (held-out)          -0.2
     """
     if frame.empty:
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
@@ -1047,9 +1112,14 @@ def compare(
         A DataFrame indexed by candidate, with a ``clean`` column and one column per intervention.
 
     Example:
-        >>> compare(bert, "Raymond is selling [MASK] sketches.", ["these", "this"],
-        ...         {"L1N3 x0": kn_lens.hooks.Intervention("scale", ["L1N3"], 0.0)}).columns.tolist()
-        ['clean', 'L1N3 x0']
+        >>> prompt = "Raymond is selling [MASK] sketches."
+        >>> found = kn_lens.find_knowledge_neurons(bert, [prompt], "these")
+        >>> compare(bert, prompt, ["these", "this"],
+        ...         {"found x0": kn_lens.hooks.Intervention("scale", found.neurons, 0.0)}).round(4)
+                    clean  found x0
+        candidate
+        these      0.3005    0.2746
+        this       0.0006    0.0033
     """
     check_model(model)
     text = prompt.text if isinstance(prompt, Prompt) else prompt
@@ -1126,13 +1196,23 @@ def demo_table(
         ``table.attrs["effects"]``.
 
     Example:
-        >>> fact = kn_lens.fixtures.tiny_bert.FACTS[0]
-        >>> table = demo_table(bert, kn_lens.fixtures.tiny_bert.train_prompts(fact), fact.answer, progress=False)
-        >>> table[["intervention", "condition"]].head(3)
-          intervention          condition
-        0     suppress  knowledge neurons
-        1     suppress     random neurons
-        2      enhance  knowledge neurons
+        ``demo_table(kn_lens.load_model())`` runs the default fact on SmolLM2 (about half a minute on a CPU);
+        here a fact of the tiny BERT:
+
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> france = tiny_bert.FACTS[0]
+        >>> table = demo_table(bert, tiny_bert.train_prompts(france), "Paris", n_steps=5, progress=False,
+        ...                    heldout=tiny_bert.heldout_prompts(france))
+        >>> table[["intervention", "condition", "n", "rel_change_%"]].round(1)
+          intervention                     condition  n  rel_change_%
+        0     suppress             knowledge neurons  3         -15.8
+        1     suppress  knowledge neurons (held-out)  1         -18.1
+        2     suppress                random neurons  3          -0.0
+        3     suppress     random neurons (held-out)  1           0.3
+        4      enhance             knowledge neurons  3           2.4
+        5      enhance  knowledge neurons (held-out)  1           2.9
+        6      enhance                random neurons  3          -0.2
+        7      enhance     random neurons (held-out)  1          -0.7
     """
     check_model(model)
     default_fact = prompts is None

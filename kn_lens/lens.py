@@ -88,8 +88,12 @@ def final_norm(model: Model) -> backends.Norm | None:
     ``TransformerBridge``), reading the parameters the forward pass uses.
 
     Example:
-        >>> type(final_norm(model)).__name__  # SmolLM2: its final RMSNorm, as a backend-neutral Norm
-        'Norm'
+        >>> norm = final_norm(model)        # SmolLM2: its final RMSNorm (no centring, no bias)
+        >>> norm.centres, norm.eps, norm.weight.shape, norm.bias
+        (False, 1e-05, torch.Size([576]), None)
+        >>> norm = final_norm(bert)         # BERT: the last block's LayerNorm
+        >>> norm.centres, norm.eps, norm.weight.shape, norm.bias.shape
+        (True, 1e-12, torch.Size([32]), torch.Size([32]))
     """
     return backends.final_norm(model)
 

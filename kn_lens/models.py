@@ -558,9 +558,19 @@ def load_local_bridge(path: str | os.PathLike) -> Any:
     RoBERTa on 4.x, ...). Weights are not processed, so logits equal transformers'.
 
     Example:
-        >>> bridge = load_local_bridge("checkpoints/my-gpt2")  # doctest: +SKIP
-        >>> fwd_hooks = kn_lens.hooks.scale(["L0N1"], 0.0, positions="all")
-        >>> bridge.run_with_hooks("Hello", fwd_hooks=fwd_hooks)  # doctest: +SKIP
+        A folder written by ``save_pretrained``, e.g. ``load_local_bridge("checkpoints/my-gpt2")``; here the
+        bundled tiny BERT's:
+
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> bridge = load_local_bridge(tiny_bert.PATH)
+        >>> type(bridge).__name__, bridge.cfg.n_layers, bridge.cfg.d_mlp
+        ('TransformerBridge', 2, 1024)
+        >>> kn_lens.evaluate.compare(bridge, "The capital of France is [MASK].", ["Paris", "Rome"],
+        ...                          {"L1N253 x0": kn_lens.hooks.Intervention("scale", ["L1N253"], 0.0)}).round(4)
+                    clean  L1N253 x0
+        candidate
+        Paris      0.8874     0.8520
+        Rome       0.0009     0.0012
     """
     path = Path(path).expanduser()
     if not path.is_dir():

@@ -350,7 +350,12 @@ def relation_effects(
         One panel per intervention (suppress, enhance, ...), relations on the x axis, one bar per condition.
 
     Example:
-        >>> relation_effects(kn_lens.evaluate.relation_table(records_frame(records))).show()  # doctest: +SKIP
+        >>> from kn_lens.evaluate import records_frame, relation_table
+        >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))   # a tiny-BERT run
+        >>> fig = relation_effects(table)                    # fig.show() in a notebook
+        >>> sorted({bar.name for bar in fig.data})
+        ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
+         'random neurons (held-out)', 'same relation']
     """
     missing = [c for c in ("relation", "intervention", "condition", metric) if c not in table.columns]
     if missing:

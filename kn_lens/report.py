@@ -4,8 +4,18 @@ The page opens in any browser without a server or internet (plotly.js is inlined
 beside its controls and every table states how many facts it rests on; facts the model does not know are listed.
 
 Example:
-    >>> from kn_lens.report import write_report  # doctest: +SKIP
-    >>> write_report("runs/smollm2")          # -> runs/smollm2/report.html  # doctest: +SKIP
+    ``write_report("runs/smollm2")`` writes ``runs/smollm2/report.html``; here for a finished run of the tiny
+    BERT (``run_dir``), into a folder of its own:
+
+    >>> from kn_lens.report import write_report
+    >>> page = write_report(run_dir, tmp_path / "report.html")
+    >>> text = page.read_text()
+    >>> text.startswith("<!DOCTYPE html>"), "kn_lens report: tiny-bert" in text
+    (True, True)
+    >>> import re
+    >>> re.findall(r"<h2>(.*?)</h2>", text)
+    ['Run', 'Coverage', 'Suppress (x0) and enhance (x2), with controls', 'Neurons', 'Erasing a relation',
+     'Editing facts']
 """
 
 from __future__ import annotations
@@ -147,7 +157,9 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
     """Write the HTML report of a run folder (default ``RUN/report.html``) and return its path.
 
     Example:
-        >>> write_report("runs/smollm2")  # doctest: +SKIP
+        >>> path = write_report(run_dir, tmp_path / "tiny-bert.html")
+        >>> path.name, path.stat().st_size > 10_000
+        ('tiny-bert.html', True)
     """
     path = Path(output) if output else Path(run) / "report.html"
     path.write_text(build_report(run), encoding="utf-8")

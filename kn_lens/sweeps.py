@@ -23,11 +23,20 @@ Sharding:
     ``nccl`` on GPUs (one GPU per process, ``cuda:LOCAL_RANK``).
 
 Example:
-    >>> from kn_lens import sweeps  # doctest: +SKIP
-    >>> from kn_lens.datasets import pararel  # doctest: +SKIP
-    >>> sweeps.run_pararel(model, pararel.load(folder), "runs/smollm2", relations=["P36", "P37"],  # doctest: +SKIP
-    ...                    facts_per_relation=50, model_name="SmolLM2-135M")
-    >>> records = sweeps.read_records("runs/smollm2")  # doctest: +SKIP
+    A real run is ``sweeps.run_pararel(kn_lens.load_model(), pararel.load(folder), "runs/smollm2",
+    model_name="SmolLM2-135M", relations=["P36", "P37"], facts_per_relation=50)`` (or the same from the command
+    line, under torchrun for several processes). A small one, on the tiny BERT and a tiny PARAREL-format folder:
+
+    >>> from kn_lens import sweeps
+    >>> from kn_lens.datasets import pararel
+    >>> out = sweeps.run_pararel(bert, pararel.load(pararel_dir), tmp_path / "run", model_name="tiny-bert",
+    ...                          relations=["P36", "P37"], facts_per_relation=2, n_steps=5, progress=False)
+    >>> sorted(p.name for p in out.iterdir())
+    ['known.jsonl', 'manifest.json', 'records.jsonl', 'relations.jsonl', 'shards']
+    >>> records = sweeps.read_records(out)
+    >>> [(r["relation"], r["subject"], r["answer"], len(r["neurons"])) for r in records]
+    [('P36', 'France', 'Paris', 5), ('P36', 'Germany', 'Berlin', 5), ('P37', 'Portugal', 'Portuguese', 5),
+     ('P37', 'Poland', 'Polish', 5)]
 """
 
 from __future__ import annotations
@@ -77,7 +86,11 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one record as a JSON line, flushed and fsync-ed (on disk when this returns).
 
     Example:
-        >>> append_jsonl("run/shards/part-0.jsonl", {"uuid": "a", "neurons": ["L1N2"]})  # doctest: +SKIP
+        >>> append_jsonl(tmp_path / "part-0.jsonl", {"uuid": "a", "neurons": ["L1N2"]})
+        >>> append_jsonl(tmp_path / "part-0.jsonl", {"uuid": "b", "neurons": []})
+        >>> print((tmp_path / "part-0.jsonl").read_text(), end="")
+        {"uuid": "a", "neurons": ["L1N2"]}
+        {"uuid": "b", "neurons": []}
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +119,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a JSONL file; a half-written last line is ignored, a corrupt line elsewhere raises.
 
     Example:
-        >>> read_jsonl("run/records.jsonl")[0]["neurons"]  # doctest: +SKIP
+        >>> records = read_jsonl(run_dir / "records.jsonl")    # a finished run of the tiny BERT
+        >>> len(records), records[0]["subject"], records[0]["neurons"]
+        (6, 'France', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
+        >>> read_jsonl(run_dir / "no-such-file.jsonl")
+        []
     """
     path = Path(path)
     if not path.exists():
@@ -323,7 +340,25 @@ def run_pararel(
         SweepError: the folder holds another run.
 
     Example:
-        >>> run_pararel(model, data, "runs/p36", relations="P36", model_name="tiny-bert")  # doctest: +SKIP
+        >>> from kn_lens.datasets import pararel
+        >>> data = pararel.load(pararel_dir)                  # the tiny BERT's facts in PARAREL's format
+        >>> out = run_pararel(bert, data, tmp_path / "p36", relations="P36", facts_per_relation=2, n_steps=5,
+        ...                   model_name="tiny-bert", progress=False)
+        >>> [(r["subject"], r["neurons"]) for r in read_records(out)]
+        [('France', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001']),
+         ('Germany', ['L1N274', 'L1N410', 'L1N152', 'L1N804', 'L1N857'])]
+        >>> read_relations(out)[0]["kind"]
+        'erase'
+
+        Run again, the same command resumes (here: nothing left to do); other settings are refused:
+
+        >>> out = run_pararel(bert, data, out, relations="P36", facts_per_relation=2, n_steps=5,
+        ...                   model_name="tiny-bert", progress=False)
+        >>> run_pararel(bert, data, out, relations="P36", facts_per_relation=2, n_steps=10,
+        ...             model_name="tiny-bert", progress=False)
+        Traceback (most recent call last):
+            ...
+        kn_lens.sweeps.SweepError: .../p36 holds another run (n_steps: 5 there, 10 now). Re-run with the same ...
     """
     check_model(model)
     if selection not in SELECTIONS:
@@ -407,7 +442,12 @@ def merge(out: str | os.PathLike, order: Sequence[str] | None = None) -> Path:
     in ``order`` of uuids when given), then remove the shards.
 
     Example:
-        >>> merge("runs/smollm2")  # doctest: +SKIP
+        >>> append_jsonl(tmp_path / "shards" / "part-0.jsonl", {"uuid": "b", "neurons": []})
+        >>> append_jsonl(tmp_path / "shards" / "part-1.jsonl", {"uuid": "a", "neurons": ["L1N2"]})
+        >>> merge(tmp_path, order=["a", "b"]).name
+        'records.jsonl'
+        >>> [r["uuid"] for r in read_jsonl(tmp_path / "records.jsonl")], list((tmp_path / "shards").iterdir())
+        (['a', 'b'], [])
     """
     out = Path(out)
     records: dict[str, dict[str, Any]] = {}

@@ -26,12 +26,20 @@ Files (the layout of ``/work/shared/pararel`` and of :func:`download`'s cache)::
     relations.jsonl      {"relation": "P19", "label": "place of birth", "type": "N-1", ...}  (optional)
 
 Example:
-    >>> from kn_lens.datasets import pararel  # doctest: +SKIP
-    >>> data = pararel.load("path/to/pararel")            # or pararel.load(pararel.download())  # doctest: +SKIP
-    >>> len(data.relations), len(data)  # doctest: +SKIP
-    (34, 23749)
-    >>> bags = data.bags(model, relations=["P36"])  # doctest: +SKIP
-    >>> known, table = pararel.known_facts(model, bags)  # doctest: +SKIP
+    ``pararel.load("path/to/pararel")`` (or ``pararel.load(pararel.download())``) loads the real data: 34
+    relations and 23,749 facts. Here a tiny folder in the same format holds the facts of the bundled tiny BERT:
+
+    >>> from kn_lens.datasets import pararel
+    >>> data = pararel.load(pararel_dir)
+    >>> len(data.relations), len(data)
+    (4, 48)
+    >>> bags = data.bags(bert, relations=["P36"])        # prompts per fact, filtered for the tokenizer
+    >>> bags[0].prompts
+    ('The capital of France is [MASK].', 'France has its capital in [MASK].',
+     '[MASK] is the capital city of France.', 'The government of France sits in [MASK].')
+    >>> known, table = pararel.known_facts(bert, bags)
+    >>> len(known), len(bags)                            # the tiny BERT knows every capital it was taught
+    (12, 12)
 """
 
 from __future__ import annotations
@@ -188,8 +196,15 @@ class Pararel:
     ``len(data)`` is the number of facts; :meth:`bags` renders them as prompts.
 
     Example:
-        >>> data = load(folder)  # doctest: +SKIP
-        >>> data.summary().head()  # doctest: +SKIP
+        >>> data = load(pararel_dir)
+        >>> data
+        Pararel('...', relations=4, facts=48)
+        >>> data.summary()
+          relation              label type  templates  facts
+        0      P36            capital  1-1          4     12
+        1      P37  official language  N-1          4     12
+        2     P106         occupation  N-M          4     12
+        3    P1303         instrument  N-M          4     12
     """
 
     path: Path
@@ -229,8 +244,17 @@ class Pararel:
             One :class:`Bag` per kept fact, relation by relation, in file order.
 
         Example:
-            >>> bags = data.bags(model, relations="P36,P37")  # doctest: +SKIP
-            >>> bags[0].prompts[0], bags[0].target  # doctest: +SKIP
+            >>> data = load(pararel_dir)
+            >>> bags = data.bags(bert, relations="P36,P37")
+            >>> len(bags), bags[0].prompts[0], bags[0].target
+            (24, 'The capital of France is [MASK].', 'Paris')
+
+            A causal model gets each template up to ``[Y]``; "[Y] is the capital city of [X]." has no such
+            prompt, which leaves three templates:
+
+            >>> causal = data.bags(model, relations="P36", min_templates=3)  # SmolLM2: templates cut at [Y]
+            >>> causal[0].prompts, causal[0].target
+            (('The capital of France is', 'France has its capital in', 'The government of France sits in'), ' Paris')
         """
         if model is not None:
             check_model(model)
@@ -326,7 +350,9 @@ def load(
         PararelError: missing folder or file, a malformed line (file and line named), an unknown relation.
 
     Example:
-        >>> data = load("pararel", relations=["P36", "P1376"])  # doctest: +SKIP
+        >>> data = load(pararel_dir, relations=["P36", "P37"])
+        >>> data
+        Pararel('...', relations=2, facts=24)
     """
     root = Path(path)
     if not root.is_dir():
@@ -434,6 +460,8 @@ def download(
         ConnectionError: a facts file could not be downloaded.
 
     Example:
+        Fetching needs the network (not available to these tests), hence the skip:
+
         >>> data = load(download())  # doctest: +SKIP
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -483,8 +511,25 @@ def known_facts(
         top1_share, mean_prob, known``), unknown facts included: list them, don't drop them silently.
 
     Example:
-        >>> known, table = known_facts(model, bags)  # doctest: +SKIP
-        >>> table.groupby("relation")["known"].mean()   # coverage per relation  # doctest: +SKIP
+        >>> bags = load(pararel_dir).bags(bert)
+        >>> known, table = known_facts(bert, bags)
+        >>> table.groupby("relation", sort=False)["known"].mean()   # coverage per relation
+        relation
+        P36      1.0
+        P37      1.0
+        P106     1.0
+        P1303    1.0
+        Name: known, dtype: float64
+        >>> table.iloc[0]
+        relation             P36
+        uuid          P36-France
+        subject           France
+        answer             Paris
+        n_prompts              4
+        top1_share           1.0
+        mean_prob          0.893
+        known               True
+        Name: 0, dtype: object
     """
     from kn_lens.evaluate import measure  # evaluate sits above datasets; import on use
     from kn_lens.prompts import make_prompt
