@@ -11,7 +11,7 @@ Every example may use these names without defining them:
 * skill neurons on the tiny BERT (also computed on first use): ``task``, a number-agreement task ("Emma is buying
   the books." -> plural); ``soft``, a 4-token soft prompt trained for it (verbalizer ``("violin", "piano")``);
   ``skill``, its predictivity (``kn_lens.skill.predictivity(bert, task, prompt=soft)``);
-* ``pararel_folder``: the PARAREL release at ``../shared/pararel`` (tests may read ``../shared``; the package never does);
+* ``pararel_folder``: the PARAREL release at ``../shared/pararel`` (tests may read it; the package never does);
 * ``pararel_dir``: a tiny folder in PARAREL's format (relations P36 capital, P37 language, P106 profession,
   P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished :func:`kn_lens.sweeps.run_pararel`
   run of the tiny BERT on two of its relations (both built in a temporary folder the first time they are used);
