@@ -8,6 +8,10 @@ Every example may use these names without defining them:
   ``tokens`` (``[1, pos]`` tokens of "The capital of France is");
 * ``kns``: the knowledge neurons of that fact, ``scores``: its integrated gradients ``[30, 1536]`` (computed the
   first time an example uses them);
+* skill neurons on the tiny BERT (also computed on first use): ``task``, a number-agreement task ("Emma is buying
+  the books." -> plural); ``soft``, a 4-token soft prompt trained for it (verbalizer ``("violin", "piano")``);
+  ``skill``, its predictivity (``kn_lens.skill.predictivity(bert, task, prompt=soft)``);
+* ``pararel_folder``: the PARAREL release at ``../shared/pararel`` (tests may read it; the package never does);
 * ``pararel_dir``: a tiny folder in PARAREL's format (relations P36 capital, P37 language, P106 profession,
   P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished :func:`kn_lens.sweeps.run_pararel`
   run of the tiny BERT on two of its relations (both built in a temporary folder the first time they are used);
@@ -27,7 +31,7 @@ import pytest
 import torch
 
 _SHARED: dict = {}
-_NAMES = re.compile(r"(?<![.\w])(kns|scores|pararel_dir|run_dir)\b")  # shared names, not attributes (result.scores)
+_NAMES = re.compile(r"(?<![.\w])(kns|scores|task|soft|skill|pararel_dir|run_dir)\b")  # not attributes (result.scores)
 #: tiny_bert relation -> (PARAREL id, label, type) of the matching PARAREL relation.
 _PARAREL_IDS = {
     "capital": ("P36", "capital", "1-1"),
@@ -53,6 +57,7 @@ def _base() -> dict:
             io=io,
             Path=Path,
             paraphrases=paraphrases,
+            pararel_folder=Path(__file__).resolve().parent.parent / "shared" / "pararel",
             prompts=kn_lens.make_prompts(model, paraphrases, " Paris"),
             tokens=kn_lens.make_prompt(model, paraphrases[0]).tokens[None],
         )
@@ -64,7 +69,9 @@ def _expensive(name: str) -> object:
         import kn_lens
 
         base = _base()
-        if name == "pararel_dir":
+        if name in ("task", "soft", "skill"):
+            _SHARED.update(_skill_names(base["bert"]))
+        elif name == "pararel_dir":
             _SHARED[name] = _write_pararel(_temporary_folder("kn_lens_pararel_"))
         elif name == "run_dir":
             from kn_lens import sweeps
@@ -79,6 +86,24 @@ def _expensive(name: str) -> object:
         else:
             _SHARED["kns"] = kn_lens.find_knowledge_neurons(base["model"], base["paraphrases"], " Paris")
     return _SHARED[name]
+
+
+def _skill_names(bert) -> dict:
+    from kn_lens import skill
+    from kn_lens.fixtures import tiny_bert
+
+    if "skill" not in _SHARED:
+        agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+        texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+        labels = [int(a.plural) for a in agreement]
+        task = skill.make_task(texts, labels, name="number", classes=("singular", "plural"))
+        soft = skill.train_soft_prompt(
+            bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30,
+            progress=False,
+        )  # fmt: skip
+        result = skill.predictivity(bert, task, prompt=soft, progress=False)
+        _SHARED.update(task=task, soft=soft, skill=result)
+    return {name: _SHARED[name] for name in ("task", "soft", "skill")}
 
 
 def _temporary_folder(prefix: str) -> Path:

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
-from kn_lens import hooks
-from kn_lens._typing import Neuron
+from kn_lens import hooks, skill
+from kn_lens._typing import Neuron, hook_name, is_encoder
 from kn_lens.attribution import integrated_gradients
 from kn_lens.cache import top_activating
 from kn_lens.edit import edit_fact, erase
@@ -319,8 +320,6 @@ def _top5_without_relation(*, model, neuron, texts: dict[str, list[str]], relati
     abs_=0.005,
 )
 def _tuned_accuracy(*, model, task, prompt) -> float:
-    from kn_lens import skill
-
     return skill.accuracy(model, task, prompt=prompt, progress=False)
 
 
@@ -331,21 +330,43 @@ def _tuned_accuracy(*, model, task, prompt) -> float:
     abs_=0.005,
 )
 def _predictive_share(*, model, task, prompt) -> float:
-    from kn_lens import skill
-
     scores = skill.predictivity(model, task, prompt=prompt, progress=False).scores
     return float((scores > 0.9).float().mean())
 
 
+def _neuron_acts(model, prompt, texts: Sequence[str], neuron: Neuron) -> Tensor:
+    """``[len(texts), n_prompt_positions]``: the neuron's ``mlp_post`` at the prompt positions, text by text."""
+    positions = list(prompt.layout(model).positions)
+    rows = []
+
+    def keep(activation, hook):
+        rows.append(activation[0, positions, neuron.index].double())
+
+    fwd_hooks = [*prompt.hooks(model), (hook_name(neuron.layer), keep)]
+    stop = {} if is_encoder(model) else {"stop_at_layer": neuron.layer + 1}  # a causal model: skip the layers above
+    with torch.no_grad():
+        for tokens in prompt.to_tokens(model, list(texts)):
+            model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=fwd_hooks, **stop)
+    return torch.stack(rows).cpu()
+
+
 @exercise(
-    "04.best-layer",
-    "In which layer is the most predictive neuron?",
-    hint="result.top(k=1) lists the best neuron; a Neuron has .layer",
+    "04.best-predictivity",
+    "What is the predictivity of SmolLM2's most predictive neuron for sentiment?",
+    hint="the first row of the result's to_frame(top=1), or the maximum of its scores",
     rel=0,
-    abs_=0,
+    abs_=0.005,
 )
-def _best_layer(*, result) -> int:
-    return int(result.top(k=1)[0].layer)
+def _best_predictivity(*, model, task, prompt, result) -> float:
+    """Recomputed by hand for the result's best neuron: threshold = train mean at each prompt position, dev
+    accuracy of the better sign, averaged over the positions."""
+    neuron = result.top(k=1)[0]
+    threshold = _neuron_acts(model, prompt, task.train.texts, neuron).mean(0)
+    acts = _neuron_acts(model, prompt, task.dev.texts, neuron)
+    labels = torch.tensor(task.dev.labels, dtype=torch.bool)[:, None]
+    above_is_one = ((acts > threshold) == labels).double().mean(0)
+    below_is_one = ((acts < threshold) == labels).double().mean(0)
+    return float(torch.maximum(above_is_one, below_is_one).mean())
 
 
 @exercise(
@@ -353,19 +374,31 @@ def _best_layer(*, result) -> int:
     "At the given fraction, how much lower is the accuracy with skill neurons perturbed than with random neurons "
     "perturbed (mean over seeds)? (a float, e.g. 0.1)",
     hint="curve.groupby(['fraction', 'selection']).accuracy.mean(): random minus skill at that fraction",
+    rel=0,
     abs_=0.005,
 )
-def _skill_vs_random(*, curve, fraction: float) -> float:
-    means = curve[curve.fraction == fraction].groupby("selection").accuracy.mean()
-    return float(means["random"] - means["skill"])
+def _skill_vs_random(*, model, task, prompt, result, fraction: float, seeds: Sequence[int]) -> float:
+    """Recomputed from the model: the top ``fraction`` of neurons, and random neurons with the same count per
+    layer (one draw per seed), set to their per-position train means at the prompt positions."""
+
+    def perturbed(mask) -> float:
+        fwd_hooks = hooks.perturb(mask, "mean", mean_cache=result.thresholds, positions=list(result.positions))
+        return skill.accuracy(model, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False)
+
+    top = result.mask(fraction)
+    random = _mean([perturbed(skill.random_mask(top, seed=seed)) for seed in seeds])
+    return random - perturbed(top)
 
 
 @exercise(
-    "04.pruned-width",
-    "How many MLP neurons per layer does the pruned model have?",
-    hint="the pruned model's cfg says it (d_mlp)",
-    rel=0,
-    abs_=0,
+    "04.pruned-accuracy",
+    "What test accuracy does the pruned tiny BERT (skill neurons kept) reach with the soft prompt?",
+    hint="kn_lens.skill.accuracy of the pruned model on the task, with prompt=soft",
 )
-def _pruned_width(*, keep) -> int:
-    return int(keep.sum(1).max())
+def _pruned_accuracy(*, model, task, prompt, result, fraction: float) -> float:
+    """The pruned model's accuracy, without pruning: the original model with every dropped neuron set to its mean
+    activation at every position (what pruning folds into the output bias)."""
+    dropped = ~result.mask(fraction, per_layer=True)
+    means = skill.mean_activations(model, task, prompt=prompt, progress=False)
+    fwd_hooks = hooks.perturb(dropped, "mean", mean_cache=means, positions="all")
+    return skill.accuracy(model, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False)

@@ -656,9 +656,14 @@ def skill_predictivity(result: Any, *, top_k: int = 20, title: str | None = None
         the best neurons' predictivity.
 
     Example:
-        >>> result = kn_lens.skill.predictivity(bert, kn_lens.skill.sentiment_task(24), progress=False)
-        >>> len(skill_predictivity(result, top_k=5).data)  # best / 99th percentile / median, and the bars
-        4
+        ``skill``: the tiny BERT's predictivity (:func:`kn_lens.skill.predictivity`; also ``skill.figure()``):
+
+        >>> fig = skill_predictivity(kn_lens.skill.predictivity(bert, task, prompt=soft, progress=False), top_k=5)
+        >>> [trace.name for trace in fig.data]
+        ['best', '99th percentile', 'median', None]
+        >>> list(fig.data[0].x), len(fig.data[3].y)  # layers on the left, the 5 best neurons on the right
+        ([0, 1], 5)
+        >>> fig.show()  # doctest: +SKIP
     """
     scores = _to_numpy(getattr(result, "scores", None), "result.scores")
     if scores.ndim != 2:
@@ -728,10 +733,12 @@ def perturbation_curve(df: pd.DataFrame, *, title: str = "Perturbing skill neuro
         title: the figure title.
 
     Example:
-        >>> curve = pd.DataFrame(dict(fraction=[0.0, 0.01, 0.01, 0.01], selection=["none", "skill", "random", "random"],
-        ...                           seed=[-1, 0, 0, 1], accuracy=[0.9, 0.6, 0.88, 0.86]))
-        >>> [trace.name for trace in perturbation_curve(curve).data]
-        ['skill neurons', 'random neurons']
+        >>> df = kn_lens.skill.perturbation_curve(bert, task, skill, prompt=soft, fractions=[0.01, 0.05],
+        ...                                       progress=False)
+        >>> fig = perturbation_curve(df)
+        >>> [(trace.name, trace.x.tolist()) for trace in fig.data]  # x: percent of neurons
+        [('skill neurons', [1.0, 5.0]), ('random neurons', [1.0, 5.0])]
+        >>> fig.show()  # doctest: +SKIP
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"perturbation_curve takes a pandas DataFrame, got {type(df).__name__}")
@@ -779,10 +786,15 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
         title: the figure title.
 
     Example:
-        >>> table = pd.DataFrame(dict(kept=[0.5, 0.5], selection=["skill", "random"], accuracy=[0.8, 0.6],
-        ...                           speedup=[1.3, 1.3]))
-        >>> len(pruning_curve(table).data)  # accuracy and speed-up, for each selection
-        4
+        One row per pruned model, e.g. from :func:`kn_lens.skill.prune` and :func:`kn_lens.skill.accuracy` in a loop:
+
+        >>> df = pd.DataFrame(dict(kept=[0.5, 0.5, 0.5, 0.8, 0.8, 0.8], selection=["skill", "random", "random"] * 2,
+        ...                        accuracy=[0.9, 0.6, 0.7, 0.95, 0.8, 0.85], speedup=[1.6, 1.6, 1.6, 1.2, 1.2, 1.2]))
+        >>> fig = pruning_curve(df)
+        >>> [(trace.name, trace.y.tolist()) for trace in fig.data]  # accuracy panel, then speed-up panel
+        [('skill neurons kept', [0.9, 0.95]), ('skill neurons kept', [1.6, 1.2]),
+         ('random neurons kept', [0.65, 0.825]), ('random neurons kept', [1.6, 1.2])]
+        >>> fig.show()  # doctest: +SKIP
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"pruning_curve takes a pandas DataFrame, got {type(df).__name__}")

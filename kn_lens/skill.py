@@ -38,14 +38,24 @@ Caveats:
     always look at perturbation against random neurons before calling a neuron a skill neuron.
 
 Example:
-    >>> task = kn_lens.skill.sentiment_task(n=24)
+    Which SmolLM2 neurons, read at the template tokens after a review, tell positive reviews from negative ones?
+    (A small generated task keeps this quick; the paper's figures need hundreds of examples.)
+
+    >>> task = kn_lens.skill.sentiment_task(n=60)
+    >>> task
+    Task('sentiment', train=36, dev=12, test=12, classes=('negative', 'positive'))
     >>> prompt = kn_lens.skill.HardPrompt("Review: {text}\\nSentiment (positive or negative):")
+    >>> prompt.layout(model).positions  # the 8 template tokens after the review
+    (-8, -7, -6, -5, -4, -3, -2, -1)
     >>> result = kn_lens.skill.predictivity(model, task, prompt=prompt, progress=False)
-    >>> result.per_position.shape  # 8 template tokens after the review, 30 layers, 1536 neurons
-    torch.Size([8, 30, 1536])
-    >>> curve = kn_lens.skill.perturbation_curve(model, task, result, prompt=prompt, fractions=[0.01], seeds=(0,))
-    >>> list(curve.selection)
-    ['none', 'skill', 'random']
+    >>> result  # doctest: +ELLIPSIS
+    Predictivity(30 layers x 1536 neurons, 8 prompt positions, aggregate='mean', best L...N... = 0.8...,
+                 n_train=36, n_dev=12)
+    >>> float(result.scores.median())  # the bulk: the sign is chosen on dev, so even noise scores above 0.5
+    0.61
+
+    Then perturb the best neurons against random ones (:func:`perturbation_curve`) and prune
+    (:func:`prune`); the examples below do it on the tiny BERT.
 """
 
 from __future__ import annotations
@@ -120,9 +130,14 @@ class Task:
         classes: names of label 0 and label 1 (for display).
 
     Example:
-        >>> task = make_task(["good", "bad", "great", "awful", "fine", "poor"], [1, 0, 1, 0, 1, 0], dev=1/3, test=1/3)
+        >>> task = make_task(["good", "bad", "great", "awful", "fine", "poor"], [1, 0, 1, 0, 1, 0], name="mine",
+        ...                  dev=1/3, test=1/3)
         >>> task
-        Task('task', train=2, dev=2, test=2, classes=('negative', 'positive'))
+        Task('mine', train=2, dev=2, test=2, classes=('negative', 'positive'))
+        >>> task.dev
+        Split(texts=(...), labels=(...))
+        >>> task.to_frame().columns.tolist()
+        ['split', 'text', 'label', 'cls']
     """
 
     name: str
@@ -310,8 +325,10 @@ def sentiment_task(n: int = 400, *, negation: float = 0.15, seed: int = 0, **spl
 
     Example:
         >>> task = sentiment_task(100)
-        >>> task.sizes(), sum(task.train.labels)
-        ({'train': 60, 'dev': 20, 'test': 20}, 30)
+        >>> task
+        Task('sentiment', train=60, dev=20, test=20, classes=('negative', 'positive'))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 6:
         raise ValueError(f"n must be an int >= 6, got {n!r}")
@@ -414,7 +431,11 @@ def pararel_place_or_language(folder: str | Path, n: int = 400, *, seed: int = 0
         **split: ``dev``, ``test`` fractions for :func:`make_task`.
 
     Example:
-        >>> task = pararel_place_or_language("path/to/pararel", n=200)  # doctest: +SKIP
+        >>> task = pararel_place_or_language(pararel_folder, n=200)  # e.g. "../shared/pararel"
+        >>> task
+        Task('place-or-language', train=120, dev=40, test=40, classes=('place', 'language'))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     rng = random.Random(seed)
     places = _pararel_texts(folder, _PLACE_RELATIONS, n // 2, fill_object=False, rng=rng)
@@ -433,7 +454,11 @@ def pararel_relation_pair(
     Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact.
 
     Example:
-        >>> task = pararel_relation_pair("path/to/pararel", "P19", "P20", n=200)  # doctest: +SKIP
+        >>> task = pararel_relation_pair(pararel_folder, "P19", "P20", n=200)  # e.g. "../shared/pararel"
+        >>> task
+        Task('P19-vs-P20', train=120, dev=40, test=40, classes=('P19', 'P20'))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
     """
     rng = random.Random(seed)
     zero = _pararel_texts(folder, [negative], n // 2, fill_object=True, rng=rng)
@@ -476,8 +501,19 @@ def load_hf_task(
         seed: sampling and split seed.
 
     Example:
-        >>> files = {"train": "train.jsonl", "validation": "dev.jsonl"}
-        >>> task = load_hf_task("json", data_files=files)  # doctest: +SKIP
+        Local files in the hub's format (here written on the spot):
+
+        >>> folder = getfixture("tmp_path")  # any folder
+        >>> rows = [{"sentence": f"review number {i}", "label": i % 2} for i in range(40)]
+        >>> _ = (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\\n" for row in rows[:30]))
+        >>> _ = (folder / "dev.jsonl").write_text("".join(json.dumps(row) + "\\n" for row in rows[30:]))
+        >>> files = {"train": str(folder / "train.jsonl"), "validation": str(folder / "dev.jsonl")}
+        >>> task = load_hf_task("json", data_files=files)
+        >>> task  # dev: 10% of train; test: the validation file
+        Task('json', train=26, dev=4, test=10, classes=('negative', 'positive'))
+        >>> task.test.texts[0], task.test.labels[0]
+        ('review number 30', 0)
+        >>> load_hf_task("glue", "sst2", limit=2000)  # from the hub  # doctest: +SKIP
     """
     try:
         import datasets
@@ -516,7 +552,15 @@ def load_sst2(*, data_files: str | dict[str, str] | None = None, **kwargs: Any) 
 
     Example:
         >>> task = load_sst2(limit=2000)  # stanfordnlp/sst2 from the hub  # doctest: +SKIP
-        >>> task = load_sst2(data_files={"train": "train.jsonl", "validation": "dev.jsonl"})  # doctest: +SKIP
+
+        Or local copies (``.jsonl``, ``.json``, ``.csv`` or ``.parquet``), here two small csv files:
+
+        >>> folder = getfixture("tmp_path")  # any folder
+        >>> rows = "".join(f"text number {i},{i % 2}\\n" for i in range(20))
+        >>> _ = (folder / "train.csv").write_text("sentence,label\\n" + rows)
+        >>> _ = (folder / "dev.csv").write_text("sentence,label\\na fine film,1\\na dull film,0\\n")
+        >>> load_sst2(data_files={"train": str(folder / "train.csv"), "validation": str(folder / "dev.csv")})
+        Task('csv', train=18, dev=2, test=2, classes=('negative', 'positive'))
     """
     if data_files is None:
         return load_hf_task("stanfordnlp/sst2", **kwargs)
@@ -661,8 +705,13 @@ class HardPrompt:
 
     Example:
         >>> prompt = HardPrompt("Review: {text}\\nSentiment:", (" negative", " positive"))
-        >>> prompt.layout(model).positions  # the tokens of "\\nSentiment:", counted from the end
+        >>> prompt.layout(model).positions  # SmolLM2: "\\n", "Sent", "iment", ":" after the text
         (-4, -3, -2, -1)
+        >>> [model.to_string(t) for t in prompt.to_tokens(model, "A fine film.")[0]]
+        ['Review', ':', ' A', ' fine', ' film', '.', '\\n', 'Sent', 'iment', ':']
+        >>> prompt = HardPrompt("{text} It was [MASK].", ("violin", "piano"))  # an encoder: BERT
+        >>> prompt.layout(bert).positions, prompt.layout(bert).site
+        ((-5, -4, -3, -2), -3)
     """
 
     template: str = "{text}"
@@ -728,11 +777,13 @@ class SoftPrompt:
         history: ``[(step, loss, dev_accuracy), ...]`` from training.
 
     Example:
-        >>> soft = SoftPrompt(torch.zeros(4, 32), ("a", "these"), placement="end")  # or train_soft_prompt(...)
-        >>> soft.layout(bert).soft  # just before [SEP]
-        (-5, -4, -3, -2)
-        >>> import tempfile
-        >>> path = soft.save(Path(tempfile.mkdtemp()) / "soft.pt")
+        ``soft`` is trained on the tiny BERT as in :func:`train_soft_prompt`:
+
+        >>> soft
+        SoftPrompt(n_tokens=4, d_model=32, verbalizer=('violin', 'piano'), placement='end', dev_accuracy=1.000)
+        >>> bert.tokenizer.convert_ids_to_tokens(soft.to_tokens(bert, "Emma is buying the books.")[0])
+        ['[CLS]', 'Emma', 'is', 'buying', 'the', 'books', '.', '[MASK]', '[PAD]', '[PAD]', '[PAD]', '[PAD]', '[SEP]']
+        >>> path = soft.save(getfixture("tmp_path") / "soft.pt")
         >>> torch.equal(SoftPrompt.load(path).embeddings, soft.embeddings)
         True
     """
@@ -947,9 +998,10 @@ def margins(
         progress: show a progress bar.
 
     Example:
-        >>> task = sentiment_task(24)
-        >>> margins(model, task, prompt=HardPrompt("Review: {text}\\nSentiment:"), progress=False).shape
-        torch.Size([4])
+        >>> margins(bert, task, prompt=soft, progress=False)[:4]  # > 0: "piano" (label 1) wins
+        tensor([-1.2..., 1.2..., -1.2..., 1.2...])
+        >>> task.test.labels[:4]
+        (0, 1, 0, 1)
     """
     check_model(model)
     prompt = as_prompt(model, prompt, verbalizer)
@@ -980,13 +1032,14 @@ def accuracy(
     Arguments as in :func:`margins`.
 
     Example:
-        >>> task = sentiment_task(24)
-        >>> prompt = HardPrompt("Review: {text}\\nSentiment (positive or negative):")
-        >>> 0 <= accuracy(model, task, prompt=prompt, progress=False) <= 1  # test split
-        True
-        >>> noise = kn_lens.hooks.perturb(["L14N1133"], "zero", positions=[-1])
-        >>> 0 <= accuracy(model, task, prompt=prompt, fwd_hooks=noise, progress=False) <= 1
-        True
+        >>> accuracy(bert, task, prompt=soft, progress=False)  # test split
+        1.0
+        >>> untrained = SoftPrompt(torch.zeros_like(soft.embeddings), soft.verbalizer, placement="end")
+        >>> accuracy(bert, task, prompt=untrained, progress=False)  # the words alone mean nothing for number
+        0.5
+        >>> noise = kn_lens.hooks.perturb(skill.mask(0.05), "gaussian", std=3.0, positions=list(skill.positions))
+        >>> accuracy(bert, task, prompt=soft, fwd_hooks=noise, progress=False)
+        1.0
     """
     labels = torch.tensor(_as_split(data, split).labels)
     scores = margins(
@@ -1052,11 +1105,25 @@ def train_soft_prompt(
         A :class:`SoftPrompt` with its dev accuracy and training history.
 
     Example:
-        >>> task = sentiment_task(24)
-        >>> soft = train_soft_prompt(model, task, (" negative", " positive"), n_tokens=2, steps=2, batch_size=4,
-        ...                          progress=False)
-        >>> soft.n_tokens, soft.placement, len(soft.history)
-        (2, 'end', 1)
+        The tiny BERT's number agreement as a task; the verbalizer words (two instruments) mean nothing for number,
+        so the prompt has to learn the mapping:
+
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> agreement = tiny_bert.AGREEMENT["train"] + tiny_bert.AGREEMENT["heldout"]
+        >>> texts = [a.prompt.replace("[MASK]", "the") for a in agreement]
+        >>> task = make_task(texts, [int(a.plural) for a in agreement], name="number", classes=("singular", "plural"))
+        >>> task.train.texts[0], task.train.labels[0]
+        (...)
+        >>> soft = train_soft_prompt(
+        ...     bert, task, ("violin", "piano"), n_tokens=4, steps=90, lr=0.3, placement="end", eval_every=30,
+        ...     progress=False,
+        ... )
+        >>> soft
+        SoftPrompt(n_tokens=4, d_model=32, verbalizer=('violin', 'piano'), placement='end', dev_accuracy=1.000)
+        >>> [step for step, loss, dev in soft.history]
+        [30, 60, 90]
+        >>> accuracy(bert, task, prompt=soft, progress=False)  # the held-out test split
+        1.0
     """
     check_model(model)
     if not isinstance(task, Task):
@@ -1137,9 +1204,14 @@ class Predictivity:
         n_train, n_dev: examples used for the thresholds and for the accuracies.
 
     Example:
-        >>> result = predictivity(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False)
-        >>> result.per_position.shape, len(result.top(0.01)), len(result.to_frame(top=5))
-        (torch.Size([2, 2, 1024]), 20, 5)
+        ``skill`` is :func:`predictivity` of the tiny BERT's soft prompt (see there):
+
+        >>> skill.scores.shape, skill.positions
+        (torch.Size([2, 1024]), (-5, -4, -3, -2))
+        >>> int(skill.mask(0.01).sum()), len(skill.top(0.01)), skill.top(k=2)
+        (20, 20, [L...N..., L...N...])
+        >>> skill.to_frame(top=3).columns.tolist()
+        ['neuron', 'layer', 'index', 'predictivity', 'best_position', 'best_position_accuracy', 'sign', 'threshold']
     """
 
     per_position: Tensor
@@ -1287,11 +1359,16 @@ def predictivity(
         ValueError: labels not binary, lengths differ, an empty split, unknown aggregation or positions.
 
     Example:
-        >>> result = predictivity(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False)
-        >>> result.positions  # the [MASK] and the "." (counted from the end, before [SEP])
-        (-3, -2)
-        >>> len(result.top(k=5)), bool(result.mask(0.1, per_layer=True).sum() == 2 * 102)
-        (5, True)
+        At the 4 soft-prompt positions of the tiny BERT (``task`` and ``soft`` as in :func:`train_soft_prompt`):
+
+        >>> skill = predictivity(bert, task, prompt=soft, progress=False)
+        >>> skill
+        Predictivity(2 layers x 1024 neurons, 4 prompt positions, aggregate='mean', best L...N... = 1.000,
+                     n_train=604, n_dev=202)
+        >>> skill.top(k=3)
+        [L...N..., L...N..., L...N...]
+        >>> float(skill.scores.median())  # number is everywhere in this tiny model: most neurons predict it
+        0.9...
     """
     check_model(model)
     if aggregate not in ("mean", "min"):
@@ -1440,11 +1517,15 @@ def perturbation_curve(
         A DataFrame: ``fraction, n_neurons, selection ("none" / "skill" / "random"), seed, accuracy``.
 
     Example:
-        >>> task, prompt = sentiment_task(24), HardPrompt("{text} [MASK].", ("a", "these"))
-        >>> result = predictivity(bert, task, prompt=prompt, progress=False)
-        >>> curve = perturbation_curve(bert, task, result, prompt=prompt, fractions=[0.01, 0.05], progress=False)
-        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack().shape
-        (3, 3)
+        >>> curve = perturbation_curve(bert, task, skill, prompt=soft, fractions=[0.01, 0.05], progress=False)
+        >>> curve.columns.tolist(), len(curve)  # the clean row, then 1 skill + 3 random rows per fraction
+        (['fraction', 'n_neurons', 'selection', 'seed', 'accuracy'], 9)
+        >>> curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()  # the tiny BERT shrugs it off
+        selection  none  random  skill
+        fraction
+        0.00        1.0     NaN    NaN
+        0.01        NaN     1.0    1.0
+        0.05        NaN     1.0    1.0
     """
     from kn_lens import hooks as hooks_module
 
@@ -1493,7 +1574,8 @@ def mean_activations(
     The constants :func:`prune` folds into the MLP output biases (each token counts once).
 
     Example:
-        >>> mean_activations(bert, sentiment_task(24), prompt="{text} [MASK].", progress=False).shape
+        >>> means = mean_activations(bert, task, prompt=soft, progress=False)  # train split
+        >>> means.shape
         torch.Size([2, 1024])
     """
     check_model(model)
@@ -1554,11 +1636,12 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
         The pruned model (eval mode, same tokenizer).
 
     Example:
-        >>> task, prompt = sentiment_task(24), "{text} [MASK]."
-        >>> keep = predictivity(bert, task, prompt=prompt, progress=False).mask(0.2, per_layer=True)
-        >>> small = prune(bert, keep, mean_activations(bert, task, prompt=prompt, progress=False))
+        >>> keep = skill.mask(0.8, per_layer=True)  # the best 80% of each layer
+        >>> small = prune(bert, keep, mean_activations(bert, task, prompt=soft, progress=False))
         >>> small.cfg.d_mlp, bert.cfg.d_mlp
-        (205, 1024)
+        (819, 1024)
+        >>> accuracy(small, task, prompt=soft, progress=False)
+        1.0
     """
     check_model(model)
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp

@@ -133,3 +133,36 @@ def test_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert):
         prompts=prompts,
         target="Paris",
     )
+
+
+def test_skill_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert):
+    """Tutorial 4's checkers recompute by other routes (a hand-made predictivity, hooks instead of pruning, masks
+    instead of perturbation_curve): each must agree with the library's own result."""
+    from kn_lens import quiz, skill
+    from kn_lens.fixtures import tiny_bert as fixture
+
+    sentences = fixture.AGREEMENT["train"][::4] + fixture.AGREEMENT["heldout"][::2]
+    texts = [s.prompt.replace("[MASK]", "the") for s in sentences]
+    task = skill.make_task(texts, [int(s.plural) for s in sentences], name="number")
+    prompt = skill.HardPrompt("{text} It was [MASK].", ("violin", "piano"))
+    result = skill.predictivity(tiny_bert, task, prompt=prompt, progress=False)
+
+    best = quiz.get("04.best-predictivity").truth(model=tiny_bert, task=task, prompt=prompt, result=result)
+    assert best == pytest.approx(float(result.scores.max()), abs=1e-6)
+
+    curve = skill.perturbation_curve(
+        tiny_bert, task, result, prompt=prompt, fractions=[0.2], seeds=(0, 1), progress=False
+    )
+    means = curve[curve.fraction == 0.2].groupby("selection").accuracy.mean()
+    contrast = quiz.get("04.skill-vs-random").truth(
+        model=tiny_bert, task=task, prompt=prompt, result=result, fraction=0.2, seeds=(0, 1)
+    )
+    assert contrast == pytest.approx(float(means["random"] - means["skill"]), abs=1e-6)
+
+    keep = result.mask(0.1, per_layer=True)
+    small = skill.prune(tiny_bert, keep, skill.mean_activations(tiny_bert, task, prompt=prompt, progress=False))
+    pruned = quiz.get("04.pruned-accuracy").truth(
+        model=tiny_bert, task=task, prompt=prompt, result=result, fraction=0.1
+    )
+    assert pruned == pytest.approx(skill.accuracy(small, task, prompt=prompt, progress=False), abs=0.02)
+    assert pruned != skill.accuracy(tiny_bert, task, prompt=prompt, progress=False)  # pruning changes this one

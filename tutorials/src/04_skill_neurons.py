@@ -116,13 +116,15 @@ print(smol_skill)
 smol_skill.figure()
 
 # %% [markdown]
-# **Exercise 3.** In which layer is SmolLM2's most predictive neuron for sentiment? (An int.)
+# **Exercise 3.** What is the predictivity of SmolLM2's most predictive neuron for sentiment? (A float.) The
+# checker recomputes it by hand from the model: that neuron's activations at the prompt positions, thresholded
+# at their train means, scored on the dev split.
 
 # %% tags=["solution"]
-best_layer = smol_skill.top(k=1)[0].layer
+best_predictivity = float(smol_skill.to_frame(top=1).predictivity[0])
 
 # %%
-quiz.check("04.best-layer", best_layer, result=smol_skill)
+quiz.check("04.best-predictivity", best_predictivity, model=model, task=reviews, prompt=prompt, result=smol_skill)
 
 # %% [markdown]
 # ## 4. Perturbation: skill neurons vs random neurons
@@ -144,7 +146,16 @@ plotting.perturbation_curve(curve)
 skill_drop = float(summary.loc[0.03, "random"] - summary.loc[0.03, "skill"])
 
 # %%
-quiz.check("04.skill-vs-random", skill_drop, curve=curve, fraction=0.03)
+quiz.check(
+    "04.skill-vs-random",
+    skill_drop,
+    model=model,
+    task=reviews,
+    prompt=prompt,
+    result=smol_skill,
+    fraction=0.03,
+    seeds=(0, 1),
+)
 
 # %% [markdown]
 # The hooks are ordinary TransformerLens hooks, so you can use them on any input yourself:
@@ -173,17 +184,18 @@ keep = bert_skill.mask(0.1, per_layer=True)
 small = skill.prune(bert, keep, means)
 control = skill.prune(bert, skill.random_mask(keep, seed=0), means)
 print(f"d_mlp {bert.cfg.d_mlp} -> {small.cfg.d_mlp}")
-print("skill neurons kept: ", skill.accuracy(small, task, prompt=soft))
 print("random neurons kept:", skill.accuracy(control, task, prompt=soft))
 
 # %% [markdown]
-# **Exercise 5.** How many MLP neurons per layer does the pruned tiny BERT have? (An int.)
+# **Exercise 5.** What test accuracy does the pruned tiny BERT (skill neurons kept) reach with the soft prompt?
+# (A float; compare it with the random control above.) The checker never prunes: it sets the dropped neurons of
+# the full model to their means with hooks, which is what pruning folds into the output bias.
 
 # %% tags=["solution"]
-pruned_width = small.cfg.d_mlp
+pruned_accuracy = skill.accuracy(small, task, prompt=soft)
 
 # %%
-quiz.check("04.pruned-width", pruned_width, keep=keep)
+quiz.check("04.pruned-accuracy", pruned_accuracy, model=bert, task=task, prompt=soft, result=bert_skill, fraction=0.1)
 
 # %% [markdown]
 # ## Where next
