@@ -141,9 +141,17 @@ def load_model(
 
     Example:
         >>> model = load_model()                     # SmolLM2-135M, offline
-        >>> model = load_model("path/to/bert-ckpt")  # a HookedEncoder  # doctest: +SKIP
-        >>> model = load_model("gpt2")  # via TransformerLens (needs the hub)  # doctest: +SKIP
-        >>> bridge = load_model(backend="bridge")  # SmolLM2 as a TransformerBridge  # doctest: +SKIP
+        >>> from kn_lens.fixtures import tiny_bert
+        >>> encoder = load_model(tiny_bert.PATH)     # a local BERT checkpoint folder: a HookedEncoder
+        >>> type(encoder).__name__
+        'HookedEncoder'
+        >>> bridge = load_model(backend="bridge")    # SmolLM2 as a TransformerBridge
+        >>> type(bridge).__name__
+        'TransformerBridge'
+
+        An official name goes through TransformerLens and the hub, which these tests cannot reach:
+
+        >>> model = load_model("gpt2")  # doctest: +SKIP
     """
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")

@@ -831,7 +831,9 @@ def save(fig: go.Figure, path: str | Path) -> Path:
     """Write a figure to a standalone ``.html`` (plotly.js embedded, opens offline) or, with kaleido, an image.
 
     Example:
-        >>> save(lens_table(kn_lens.lens.decode_many(model, ["L24N1005"])), "lens.html")  # doctest: +SKIP
+        >>> path = save(lens_table(kn_lens.lens.decode_many(model, ["L24N1005"])), tmp_path / "lens.html")
+        >>> path.name, path.stat().st_size > 1_000_000   # plotly.js is inside: it opens offline
+        ('lens.html', True)
     """
     path = Path(path)
     if path.suffix.lower() in (".html", ".htm"):
