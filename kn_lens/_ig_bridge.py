@@ -17,8 +17,6 @@ attached stay in force, as on the plain path.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -26,7 +24,7 @@ from tqdm.auto import tqdm
 from kn_lens._typing import Model, hook_name
 from kn_lens.backends import is_bridge
 from kn_lens.prompts import Prompt
-from kn_lens.scoring import Objective, objective_from_logits
+from kn_lens.scoring import Objective, objective_from_logits, with_grad
 
 MEMORY_BUDGET = 400 * 2**20
 """Bytes of activations one pass may keep for its backward pass (sets the automatic number of rows per pass)."""
@@ -57,16 +55,7 @@ def _put_rows(site: int, rows: Tensor, values: Tensor):
     return hook_fn
 
 
-def _with_grad(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_with_grad
+@with_grad
 def integrated_gradients(
     model: Model,
     prompt: Prompt,

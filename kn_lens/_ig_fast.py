@@ -30,7 +30,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from kn_lens._typing import Model, is_encoder
 from kn_lens.backends import is_hooked
 from kn_lens.prompts import Prompt
-from kn_lens.scoring import Objective, objective_from_logits
+from kn_lens.scoring import Objective, objective_from_logits, with_grad
 
 try:  # architectures whose norms sit after the sublayers (OLMo 2); the fast path does not model them
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
@@ -315,15 +315,7 @@ def _plan(costs: list[float], n_steps: int, budget: float) -> list[list[tuple[in
     return passes
 
 
-def _with_grad(fn):
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_with_grad
+@with_grad
 def integrated_gradients(
     model: Model,
     prompt: Prompt,

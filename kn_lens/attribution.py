@@ -59,7 +59,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -75,7 +74,7 @@ from kn_lens._typing import HOOKS, Model, check_model, hook_name
 from kn_lens.inputs import check_finite, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
 from kn_lens.prompts import Prompt, TargetLike
-from kn_lens.scoring import Objective, check_objective, objective_from_logits
+from kn_lens.scoring import Objective, check_objective, objective_from_logits, with_grad
 
 __all__ = [
     "ATTRIBUTIONS",
@@ -292,17 +291,6 @@ def _mean_over_target_tokens(fn: Callable, prompt: Prompt, objective: Objective)
     return torch.stack(outs).mean(0)
 
 
-def _with_grad(fn: Callable) -> Callable:
-    """Run ``fn`` with autograd on, also when called under ``torch.no_grad()`` / ``inference_mode``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
 def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
     return prompt.tokens.to(model.cfg.device).clone()[None].expand(rows, -1)  # clone: no inference tensor
 
@@ -336,7 +324,7 @@ def _replace_site(site: int, values: Tensor) -> Callable:
 # ------------------------------------------------------------------------------------------ integrated gradients
 
 
-@_with_grad
+@with_grad
 def _ig_plain(
     model: Model,
     prompt: Prompt,
@@ -447,38 +435,17 @@ def integrated_gradients(
     alphas, weights = step_alphas(method, n_steps)
     use_fast = _use_fast(model, hook, fast)
 
-    def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
-        if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
-            return _ig_bridge.integrated_gradients(
-                model,
-                part,
-                layer_list,
-                alphas,
-                weights,
-                baselines,
-                objective,
-                hook,
-                internal_batch_size,
-                return_convergence_delta,
-                progress,
-            )
-        if use_fast:
-            from kn_lens import _ig_fast
+    if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
+        path, batch = _ig_bridge.integrated_gradients, internal_batch_size
+    elif use_fast:
+        from kn_lens import _ig_fast
 
-            return _ig_fast.integrated_gradients(
-                model,
-                part,
-                layer_list,
-                alphas,
-                weights,
-                baselines,
-                objective,
-                hook,
-                internal_batch_size,
-                return_convergence_delta,
-                progress,
-            )
-        return _ig_plain(
+        path, batch = _ig_fast.integrated_gradients, internal_batch_size
+    else:
+        path, batch = _ig_plain, internal_batch_size or n_steps
+
+    def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
+        return path(
             model,
             part,
             layer_list,
@@ -487,7 +454,7 @@ def integrated_gradients(
             baselines,
             objective,
             hook,
-            internal_batch_size or n_steps,
+            batch,
             return_convergence_delta,
             progress,
         )
@@ -560,7 +527,7 @@ def integrated_gradients_many(
 # ------------------------------------------------------------------------------- gradient-based single steps
 
 
-@_with_grad
+@with_grad
 def _site_grads(
     model: Model, prompt: Prompt, layers: list[int], objective: Objective, hook: str
 ) -> tuple[Float[Tensor, "layer d_mlp"], Float[Tensor, "layer d_mlp"]]:

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
@@ -128,6 +129,27 @@ def objective_from_logits(
         return picked.gather(-1, ids[..., None])[..., 0].sum(-1)
     logprobs = picked.log_softmax(-1).gather(-1, ids[..., None])[..., 0].sum(-1)
     return logprobs if objective == "logprob" else logprobs.exp()
+
+
+def with_grad(fn: Callable) -> Callable:
+    """Run ``fn`` with autograd on, also when called under ``torch.no_grad()`` / ``inference_mode`` (gradient-based
+    attributions differentiate objectives whatever mode the caller is in).
+
+    Example:
+        >>> @with_grad
+        ... def needs_grad():
+        ...     return torch.is_grad_enabled()
+        >>> with torch.no_grad():
+        ...     needs_grad()
+        True
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _call_metric(metric: Metric, logits: Tensor, prompts: list[Prompt]) -> Tensor:
