@@ -1188,6 +1188,12 @@ def _check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
+def _best_first(scores: Tensor) -> Tensor:
+    """Indices of a 1-D score tensor, best first; ties in index order (so ``top``, ``mask`` and ``to_frame`` agree
+    on which of equally predictive neurons come first)."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
 @dataclass
 class Predictivity:
     """Skill-neuron predictivity of every ``mlp_post`` neuron (see :func:`predictivity`).
@@ -1256,9 +1262,9 @@ class Predictivity:
         mask = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
         if per_layer:
             for layer in self.layers:
-                mask[layer, scores[layer].topk(k).indices] = True
+                mask[layer, _best_first(scores[layer])[:k]] = True
             return mask
-        mask.view(-1)[scores.flatten().topk(k).indices] = True
+        mask.view(-1)[_best_first(scores.flatten())[:k]] = True
         return mask
 
     def top(self, fraction: float | None = None, *, k: int | None = None) -> list[Neuron]:
@@ -1271,7 +1277,7 @@ class Predictivity:
         else:
             k = self._count(fraction, False)  # type: ignore[arg-type]
         scores = torch.nan_to_num(self.scores.float(), nan=-math.inf).flatten()
-        order = scores.topk(min(k, len(self.layers) * self.d_mlp)).indices.tolist()
+        order = _best_first(scores)[: min(k, len(self.layers) * self.d_mlp)].tolist()
         return [Neuron(i // self.d_mlp, i % self.d_mlp) for i in order]
 
     def to_frame(self, top: int | None = None) -> pd.DataFrame:

@@ -486,3 +486,17 @@ def test_smollm2_skill_neurons_predict_sentiment_and_matter_more_than_random(smo
     random = signed_margin(perturbed(skill.random_mask(mask, seed=0)))
     assert clean > 0
     assert clean - top > 2 * max(clean - random, 0.05 * clean), (clean, top, random)
+
+
+def test_predictivity_ties_are_ordered_the_same_everywhere():
+    """Equally predictive neurons come in index order in top(), mask() and to_frame(), whatever k is."""
+    per_position = torch.full((1, 2, 6), 0.5)
+    per_position[0, 1, 4] = per_position[0, 0, 2] = per_position[0, 1, 0] = 0.9
+    zeros = torch.zeros_like(per_position)
+    result = skill.Predictivity(per_position, zeros, zeros + 1, positions=(-1,), layers=[0, 1])
+    best = [str(n) for n in result.top(k=3)]
+    assert best == ["L0N2", "L1N0", "L1N4"]
+    assert [str(n) for n in result.top(k=1)] == best[:1]
+    assert [str(n) for n in result.top(k=5)][:3] == best
+    assert result.to_frame(top=2).neuron.tolist() == best[:2]
+    assert result.mask(2 / 12).nonzero().tolist() == [[0, 2], [1, 0]]
