@@ -951,6 +951,7 @@ def evaluate_fact(
     uuid = str(getattr(fact, "uuid", "") or getattr(fact, "name", "") or target)
     local_seed = fact_seed(seed, uuid)
     kwargs: dict[str, Any] = dict(n_steps=n_steps, **find_kwargs)
+    kwargs.setdefault("progress", False)  # one record of a sweep: the sweep's own bar counts the facts
     if selection == "fact-specific":
         pool = [f for f in same_relation if _texts(f)]
         rng = random.Random(local_seed)
