@@ -1549,7 +1549,7 @@ def perturbation_curve(
     for fraction, selection, seed in tqdm(steps, desc="perturbation curve", disable=not progress):
         k = max(1, round(_check_fraction(fraction) * pool))
         top = torch.zeros_like(allowed)
-        top.view(-1)[scores.flatten().topk(k).indices] = True
+        top.view(-1)[_best_first(scores.flatten())[:k]] = True  # the same tie order as Predictivity.mask
         chosen = top if selection == "skill" else random_mask(top, seed=seed)
         hooks = hooks_module.perturb(
             chosen, kind, std=std, seed=seed, positions=list(skill.positions),
