@@ -51,6 +51,15 @@ def _scores_2d(scores: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
+def _check_frame(df: Any, function: str, columns: Sequence[str], hint: str = "") -> None:
+    """The one input check of every figure built from a table: a DataFrame with the columns it reads."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{function} takes a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks columns {missing}" + (f"; {hint}" if hint else ""))
+
+
 def _symmetric_range(z: np.ndarray) -> float:
     finite = np.abs(z[np.isfinite(z)])
     peak = float(finite.max()) if finite.size else 1.0
@@ -259,11 +268,7 @@ def intervention_bars(
         ...                        before=[0.6, 0.6], after=[0.2, 0.58]))
         >>> fig = intervention_bars(df)
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"intervention_bars takes a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in INTERVENTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"the DataFrame lacks columns {missing}; it needs {list(INTERVENTION_COLUMNS)}")
+    _check_frame(df, "intervention_bars", INTERVENTION_COLUMNS, f"it needs {list(INTERVENTION_COLUMNS)}")
     if df.empty:
         raise ValueError("the DataFrame is empty")
     interventions = list(dict.fromkeys(df["intervention"]))
@@ -357,9 +362,10 @@ def relation_effects(
         ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
          'random neurons (held-out)', 'same relation']
     """
-    missing = [c for c in ("relation", "intervention", "condition", metric) if c not in table.columns]
-    if missing:
-        raise ValueError(f"the table lacks columns {missing}; make it with kn_lens.evaluate.relation_table")
+    _check_frame(
+        table, "relation_effects", ("relation", "intervention", "condition", metric),
+        "make it with kn_lens.evaluate.relation_table",
+    )  # fmt: skip
     if table.empty:
         raise ValueError("the table is empty: no facts were evaluated")
     interventions = list(dict.fromkeys(table["intervention"]))
@@ -424,11 +430,9 @@ def lens_table(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     Example:
         >>> fig = lens_table(kn_lens.lens.decode_many(model, ["L24N1005", "L29N100"], k=8))
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"lens_table takes the DataFrame of decode_many, got {type(df).__name__}")
-    missing = [c for c in ("neuron", "side", "rank", "token", "score") if c not in df.columns]
-    if missing:
-        raise ValueError(f"the DataFrame lacks columns {missing}; make it with kn_lens.lens.decode_many")
+    _check_frame(
+        df, "lens_table", ("neuron", "side", "rank", "token", "score"), "make it with kn_lens.lens.decode_many"
+    )
     if df.empty:
         raise ValueError("the DataFrame is empty")
     neurons = list(dict.fromkeys(df["neuron"]))
@@ -740,11 +744,9 @@ def perturbation_curve(df: pd.DataFrame, *, title: str = "Perturbing skill neuro
         [('skill neurons', [1.0, 5.0]), ('random neurons', [1.0, 5.0])]
         >>> fig.show()  # doctest: +SKIP
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"perturbation_curve takes a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in ("fraction", "selection", "accuracy") if c not in df.columns]
-    if missing:
-        raise ValueError(f"the DataFrame lacks columns {missing}")
+    _check_frame(
+        df, "perturbation_curve", ("fraction", "selection", "accuracy"), "make it with skill.perturbation_curve"
+    )
     if df.empty:
         raise ValueError("the DataFrame is empty")
     fig = go.Figure()
@@ -796,11 +798,7 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
          ('random neurons kept', [0.65, 0.825]), ('random neurons kept', [1.6, 1.2])]
         >>> fig.show()  # doctest: +SKIP
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"pruning_curve takes a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in ("kept", "selection", "accuracy") if c not in df.columns]
-    if missing:
-        raise ValueError(f"the DataFrame lacks columns {missing}")
+    _check_frame(df, "pruning_curve", ("kept", "selection", "accuracy"))
     has_speed = "speedup" in df.columns
     fig = make_subplots(rows=1, cols=2 if has_speed else 1, subplot_titles=("accuracy", "speed-up")[: 1 + has_speed])
     colors = {"skill": "#b2182b", "random": _BEFORE}

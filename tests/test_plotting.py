@@ -249,3 +249,17 @@ def test_knowledge_neurons_plot_of_a_layer_subset(tiny_bert):
     assert list(heat.y) == ["L1"]
     expected = [float(kns.neuron_scores(n)[0]) for n in kns.neurons]
     np.testing.assert_allclose(per_prompt.z[0], expected, rtol=1e-6)
+
+
+def test_every_table_figure_checks_its_input_the_same_way():
+    """One check for every figure made from a DataFrame: wrong type -> TypeError, missing columns -> ValueError."""
+    import pandas as pd
+
+    from kn_lens import plotting
+
+    for figure in (plotting.intervention_bars, plotting.relation_effects, plotting.lens_table,
+                   plotting.perturbation_curve, plotting.pruning_curve):  # fmt: skip
+        with pytest.raises(TypeError, match="takes a pandas DataFrame"):
+            figure([{"a": 1}])
+        with pytest.raises(ValueError, match="lacks columns"):
+            figure(pd.DataFrame({"unrelated": [1.0]}))
