@@ -13,13 +13,26 @@ What the plain reference recomputes and this module does not:
 * **Only what the objective reads.** The final norm / MLM head and the unembedding run at the target positions
   only (the full vocabulary is still needed there: a probability needs its softmax normaliser).
 
-Encoders (``HookedEncoder``) get the first, third and fourth; bidirectional attention lets every position see the
-site, so all positions are recomputed from block ``L + 1`` on.
+* **Several prompts per pass.** :func:`integrated_gradients_packed` puts the rows of several prompts into the same
+  passes: each row carries its own prompt's starting residual and (causal models) its own prompt's frozen keys
+  and values, and reads its own target. Prompts pack together when their recomputed part has the same shape
+  (same number of recomputed positions, same site and target positions within it); for causal models the
+  prefixes before the site may differ in length: shorter ones are left-padded and the padding is masked out of
+  attention (TransformerLens then counts rotary positions from the first real token, and left padding keeps
+  every distance between a query and a real key, so each row computes what it computes alone). Packing fills
+  the passes that one prompt leaves half empty and pays the per-pass and per-block overhead once for several
+  prompts; it does not reduce the arithmetic, so on a CPU (where one prompt's rows already keep the cores busy)
+  it gains little, more where a pass is cheap relative to its overhead (accelerators, short prompts).
+
+Encoders (``HookedEncoder``) get the first, third and fourth (and packing, of prompts of equal length: padding an
+encoder prompt would cost a full recomputation of every padded position); bidirectional attention lets every
+position see the site, so all positions are recomputed from block ``L + 1`` on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +54,8 @@ MEMORY_BUDGET = 400 * 2**20
 """Bytes of activations one fast pass may keep for its backward pass (sets the automatic batch size)."""
 NO_BACKWARD_FACTOR = 4
 """Ablation passes run without autograd, so about this many times more rows fit in the same budget."""
+PACK_SIZE = 16
+"""At most this many prompts share one pack of passes (their clean state is held while the pack runs)."""
 
 
 def supports(model: Model, hook: str) -> bool:
@@ -125,7 +140,7 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
         clean.prefix_logits = _unembed(model, resid[0, :start])
     clean.logit_positions = len(prompt) - start if callable(objective) else len(prompt.positions)
-    clean.f_clean = _objective(model, resid[:, start:], clean, objective)[0]
+    clean.f_clean = _objective(model, resid[:, start:], [clean], None, objective)[0]
     return clean
 
 
@@ -164,35 +179,105 @@ def _enter(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Ten
     return resid
 
 
-def _run(model: Model, clean: _Clean, layers: list[int], hook: str, xs: list[Tensor], objective: Objective) -> Tensor:
-    """Objective for every row of every group: ``xs[g]`` ([rows, d_mlp]) is the hooked activation at the site of
-    ``layers[g]``. Rows join at block ``layers[g] + 1``; returns ``[n_rows_total]`` in group order."""
+@dataclass
+class _Pack:
+    """The clean state of the prompts whose rows share passes, stacked so every row finds its own prompt's."""
+
+    cleans: list[_Clean]
+    keys: list[Tensor]  # per block: clean keys of the prefixes [n_prompts, prefix, n_kv_heads, d_head] (causal)
+    values: list[Tensor]
+    mask: Tensor | None  # [n_prompts, prefix + recomputed]: 0 marks left padding; None when no prompt is padded
+
+
+def _can_pad(model: Model) -> bool:
+    """Whether causal prefixes of different lengths may share passes (left-padded, masked out of attention).
+
+    TransformerLens counts rotary positions from the attention mask, and left padding keeps the distance between
+    a query and every real key (local attention windows stay right); Qwen-style log-n scaling and dynamic NTK
+    rotary scale by the padded length, so those models pack only prefixes of equal length."""
+    cfg = model.cfg
+    scaled = getattr(cfg, "use_logn_attn", False) or getattr(cfg, "use_dynamic_ntk_rope", False)
+    return not (is_encoder(model) or scaled)
+
+
+def _stack(model: Model, cleans: list[_Clean]) -> _Pack:
+    """Stack the clean keys/values of the prompts of a pack, left-padding shorter prefixes (see :func:`_can_pad`)."""
+    if is_encoder(model):
+        return _Pack(cleans, [], [], None)
+    prefix = max(c.start for c in cleans)
+    if len(cleans) == 1:  # a view, no copy
+        clean = cleans[0]
+        return _Pack(cleans, [k[None] for k in clean.keys], [v[None] for v in clean.values], None)
+    keys, values = [], []
+    for block in range(model.cfg.n_layers):
+        k = cleans[0].keys[block].new_zeros(len(cleans), prefix, *cleans[0].keys[block].shape[1:])
+        v = torch.zeros_like(k)
+        for i, clean in enumerate(cleans):
+            k[i, prefix - clean.start :] = clean.keys[block]
+            v[i, prefix - clean.start :] = clean.values[block]
+        keys.append(k)
+        values.append(v)
+    mask = None
+    if any(c.start != prefix for c in cleans):
+        recomputed = len(cleans[0].prompt) - cleans[0].start
+        mask = torch.ones(len(cleans), prefix + recomputed, dtype=torch.long, device=keys[0].device)
+        for i, clean in enumerate(cleans):
+            mask[i, : prefix - clean.start] = 0
+    return _Pack(cleans, keys, values, mask)
+
+
+def _entry(pack: _Pack, block: int, rows: int, row_prompt: Tensor | None):
+    """The frozen key/value cache entry of block ``block`` for ``rows`` rows (``row_prompt``: each row's prompt)."""
+    if not pack.keys or pack.keys[block].shape[1] == 0:
+        return None
+    keys, values = pack.keys[block], pack.values[block]
+    if row_prompt is None:  # every row from the one prompt: expand, no copy
+        keys, values = keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1)
+    else:
+        keys, values = keys[row_prompt], values[row_prompt]
+    return TransformerLensKeyValueCacheEntry(past_keys=keys, past_values=values, frozen=True)
+
+
+def _run(
+    model: Model, pack: _Pack, units: list[tuple[int, int]], hook: str, xs: list[Tensor], objective: Objective
+) -> Tensor:
+    """Objective for every row of every unit: ``xs[u]`` ([rows, d_mlp]) is the hooked activation at the site of
+    layer ``units[u][1]`` in prompt ``units[u][0]`` of the pack. Rows join at block ``layer + 1``; returns
+    ``[n_rows_total]`` in unit order."""
     encoder = is_encoder(model)
     gated = bool(getattr(model.cfg, "gated_mlp", False))
     n_layers = model.cfg.n_layers
-    entering: dict[int, list[Tensor]] = {}
-    for layer, x in zip(layers, xs, strict=True):
-        entering.setdefault(layer + 1, []).append(_enter(model, clean, layer, hook, x))
+    several = len(pack.cleans) > 1
+    entering: dict[int, list[int]] = {}
+    for u, (_, layer) in enumerate(units):
+        entering.setdefault(layer + 1, []).append(u)
     resid: Tensor | None = None
-    for block_index in range(layers[0] + 1, n_layers + 1):
+    order: list[int] = []  # units in the order their rows sit in ``resid``
+    row_prompt: Tensor | None = None
+    mask: Tensor | None = None
+    for block_index in range(min(entering), n_layers + 1):
         if block_index in entering:
-            parts = ([resid] if resid is not None else []) + entering.pop(block_index)
+            joining = entering.pop(block_index)
+            parts = [] if resid is None else [resid]
+            parts += [_enter(model, pack.cleans[units[u][0]], units[u][1], hook, xs[u]) for u in joining]
             resid = torch.cat(parts) if len(parts) > 1 else parts[0]
+            order += joining
+            if several:
+                ids = [units[u][0] for u in order for _ in range(xs[u].shape[0])]
+                row_prompt = torch.tensor(ids, device=resid.device)
+                mask = None if pack.mask is None else pack.mask[row_prompt]
         if block_index == n_layers:
             break
         assert resid is not None
-        block = model.blocks[block_index]
-        entry = None
-        if not encoder and clean.start > 0:
-            rows = resid.shape[0]
-            entry = TransformerLensKeyValueCacheEntry(
-                past_keys=clean.keys[block_index].expand(rows, -1, -1, -1),
-                past_values=clean.values[block_index].expand(rows, -1, -1, -1),
-                frozen=True,
-            )
-        resid = _block(block, resid, entry, encoder, gated)
+        entry = _entry(pack, block_index, resid.shape[0], row_prompt)
+        resid = _block(model.blocks[block_index], resid, entry, encoder, gated, mask=mask)
     assert resid is not None
-    return _objective(model, resid, clean, objective)
+    row_ids = None if row_prompt is None else row_prompt.tolist()
+    f = _objective(model, resid, pack.cleans, row_ids, objective)
+    if order == sorted(order):
+        return f
+    chunks = dict(zip(order, f.split([xs[u].shape[0] for u in order]), strict=True))
+    return torch.cat([chunks[u] for u in range(len(units))])
 
 
 def _unembed(model: Model, resid: Tensor) -> Tensor:
@@ -206,11 +291,17 @@ def _unembed(model: Model, resid: Tensor) -> Tensor:
     return logits.view(*resid.shape[:-1], -1)
 
 
-def _objective(model: Model, resid: Tensor, clean: _Clean, objective: Objective) -> Tensor:
-    """Objective of every row from the last residual (positions from ``clean.start`` on). Preset objectives run
-    the final norm / MLM head and the unembedding at the target positions only; a callable metric gets the full
-    logits (the clean logits of positions before ``start``, which cannot change, in front)."""
+def _objective(
+    model: Model, resid: Tensor, cleans: list[_Clean], row_prompt: list[int] | None, objective: Objective
+) -> Tensor:
+    """Objective of every row from the last residual (positions from each prompt's ``start`` on); ``row_prompt``
+    gives each row's prompt in ``cleans`` (None: all rows belong to ``cleans[0]``). Preset objectives run the final
+    norm / MLM head and the unembedding at the target positions only (the same positions for every prompt of a
+    pack); a callable metric (one prompt at a time) gets the full logits, the clean logits of positions before
+    ``start``, which cannot change, in front."""
+    clean = cleans[0]
     if callable(objective):
+        assert row_prompt is None, "a callable metric is attributed one prompt at a time"
         logits = _unembed(model, resid)
         if clean.prefix_logits is not None:
             prefix = clean.prefix_logits.to(logits.dtype).expand(logits.shape[0], -1, -1)
@@ -218,8 +309,11 @@ def _objective(model: Model, resid: Tensor, clean: _Clean, objective: Objective)
         return objective_from_logits(logits, clean.prompt, objective)
     positions = torch.tensor(clean.out_prompt.positions, device=resid.device)
     logits = _unembed(model, resid[:, positions])
-    out_prompt = dataclasses.replace(clean.out_prompt, positions=tuple(range(len(positions))))
-    return objective_from_logits(logits, out_prompt, objective)
+    at = tuple(range(len(positions)))
+    if row_prompt is None:
+        return objective_from_logits(logits, dataclasses.replace(clean.out_prompt, positions=at), objective)
+    outs = [dataclasses.replace(c.out_prompt, positions=at) for c in cleans]
+    return objective_from_logits(logits, [outs[i] for i in row_prompt], objective)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -246,10 +340,19 @@ def _mlp(block, x: Tensor, gated: bool, record: dict[str, Tensor] | None = None)
     return _linear(post, mlp.W_out, mlp.b_out)
 
 
-def _block(block, resid: Tensor, entry, encoder: bool, gated: bool, record: dict[str, Tensor] | None = None) -> Tensor:
+def _block(
+    block,
+    resid: Tensor,
+    entry,
+    encoder: bool,
+    gated: bool,
+    record: dict[str, Tensor] | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
     """One transformer block without hook points; the same arithmetic as the block's forward. ``record`` (if
     given) receives the MLP's ``pre``/``pre_linear``/``post`` and ``resid_post`` (encoders: before the final
-    LayerNorm, as at BERT's ``hook_resid_post``)."""
+    LayerNorm, as at BERT's ``hook_resid_post``); ``mask`` ([rows, keys], causal) marks left padding of packed
+    prefixes."""
     if encoder:  # BERT: post-LayerNorm after attention and after the MLP
         mid = block.ln1(resid + block.attn(resid, resid, resid))
         post = mid + _mlp(block, mid, gated, record)
@@ -257,7 +360,7 @@ def _block(block, resid: Tensor, entry, encoder: bool, gated: bool, record: dict
             record["resid_post"] = post
         return block.ln2(post)
     x = block.ln1(resid)
-    mid = resid + block.attn(query_input=x, key_input=x, value_input=x, past_kv_cache_entry=entry)
+    mid = resid + block.attn(query_input=x, key_input=x, value_input=x, past_kv_cache_entry=entry, attention_mask=mask)
     post = mid + _mlp(block, block.ln2(mid), gated, record)
     if record is not None:
         record["resid_post"] = post
@@ -277,15 +380,20 @@ SAVED_VOCAB_TENSORS = 6
 
 def _bytes_per_step(model: Model, clean: _Clean, layer: int, prompt_len: int) -> float:
     """Rough activation memory one row of group ``layer`` keeps for the backward pass (see the constants above)."""
+    return _row_bytes(model, layer, prompt_len - clean.start, prompt_len, clean.logit_positions)
+
+
+def _row_bytes(model: Model, layer: int, recomputed: int, keys: int, logit_positions: int) -> float:
+    """:func:`_bytes_per_step` from shapes: ``recomputed`` positions attend to ``keys`` positions (padding
+    included) in every block above ``layer``; the objective reads ``logit_positions`` positions."""
     cfg = model.cfg
-    q = prompt_len - clean.start
     per_pos_block = BYTES_PER_FLOAT * (
         SAVED_D_MLP_TENSORS * cfg.d_mlp
         + SAVED_D_MODEL_TENSORS * cfg.d_model
-        + SAVED_SCORE_TENSORS_PER_HEAD * cfg.n_heads * prompt_len
+        + SAVED_SCORE_TENSORS_PER_HEAD * cfg.n_heads * keys
     )
-    logits = BYTES_PER_FLOAT * SAVED_VOCAB_TENSORS * cfg.d_vocab * clean.logit_positions
-    return per_pos_block * q * (cfg.n_layers - 1 - layer) + logits
+    logits = BYTES_PER_FLOAT * SAVED_VOCAB_TENSORS * cfg.d_vocab * logit_positions
+    return per_pos_block * recomputed * (cfg.n_layers - 1 - layer) + logits
 
 
 def _plan(costs: list[float], n_steps: int, budget: float) -> list[list[tuple[int, int, int]]]:
@@ -315,6 +423,58 @@ def _plan(costs: list[float], n_steps: int, budget: float) -> list[list[tuple[in
     return passes
 
 
+def _shape_key(model: Model, prompt: Prompt, objective: Objective) -> tuple | None:
+    """Prompts with equal keys may share passes (None: this prompt runs alone). The key is the shape of the
+    recomputed part: how many positions, where the site and the target positions sit in it (and, where prefixes
+    cannot be padded, the prefix length too)."""
+    if callable(objective):
+        return None
+    start = 0 if is_encoder(model) else prompt.site
+    key: tuple = (len(prompt) - start, prompt.site - start, tuple(p - start for p in prompt.positions))
+    return key if is_encoder(model) or _can_pad(model) else (*key, start)
+
+
+def _packs(model: Model, prompts: Sequence[Prompt], objective: Objective, pack: bool) -> list[list[int]]:
+    """Indices of ``prompts`` grouped into packs: equal :func:`_shape_key`, at most :data:`PACK_SIZE` each, similar
+    prefix lengths together (less padding)."""
+    if not pack:
+        return [[i] for i in range(len(prompts))]
+    groups: dict[object, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        key = _shape_key(model, prompt, objective)
+        groups.setdefault(("alone", i) if key is None else key, []).append(i)
+    out = []
+    for members in groups.values():
+        members = sorted(members, key=lambda i: len(prompts[i]))
+        out += [members[k : k + PACK_SIZE] for k in range(0, len(members), PACK_SIZE)]
+    return sorted(out)
+
+
+def _pack_plan(
+    model: Model,
+    prompts: list[Prompt],
+    layers: list[int],
+    n_steps: int,
+    objective: Objective,
+    internal_batch_size: int | None,
+) -> list[list[tuple[int, int, int]]]:
+    """Passes of ``(unit, first step, end step)``; unit ``u`` is layer ``layers[u // n]`` of prompt ``u % n``."""
+    n = len(prompts)
+    units = len(layers) * n
+    if internal_batch_size:  # that many steps of every layer of every prompt per pass
+        return [
+            [(u, first, min(first + internal_batch_size, n_steps)) for u in range(units)]
+            for first in range(0, n_steps, internal_batch_size)
+        ]
+    encoder = is_encoder(model)
+    starts = [0 if encoder else p.site for p in prompts]
+    recomputed = len(prompts[0]) - starts[0]
+    keys = max(starts) + recomputed
+    logit_positions = len(prompts[0]) - starts[0] if callable(objective) else len(prompts[0].positions)
+    costs = [_row_bytes(model, layers[u // n], recomputed, keys, logit_positions) for u in range(units)]
+    return _plan(costs, n_steps, MEMORY_BUDGET)
+
+
 @with_grad
 def integrated_gradients(
     model: Model,
@@ -330,47 +490,89 @@ def integrated_gradients(
     progress: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Fast IG: one clean pass, then all layers' steps in shared batches (see the module docstring)."""
-    clean = _clean_pass(model, prompt, layers, objective)
+    out = integrated_gradients_packed(
+        model, [prompt], layers, alphas, weights, baselines, objective, hook, internal_batch_size, want_delta,
+        progress=progress, pack=False,
+    )  # fmt: skip
+    return out[0]
+
+
+@with_grad
+def integrated_gradients_packed(
+    model: Model,
+    prompts: Sequence[Prompt],
+    layers: list[int],
+    alphas: Tensor,
+    weights: Tensor,
+    baselines: Tensor | None,
+    objective: Objective,
+    hook: str,
+    internal_batch_size: int | None,
+    want_delta: bool,
+    *,
+    progress: bool = False,
+    pack: bool = True,
+    desc: str = "IG (fast), passes",
+) -> list[tuple[Tensor, Tensor | None]]:
+    """Fast IG of several single-target prompts, the rows of several prompts sharing passes (see the module
+    docstring); one ``(scores, deltas)`` per prompt, each what :func:`integrated_gradients` gives it alone (to
+    float32 rounding: a matrix product may round differently in a larger batch).
+
+    Prompts pack by the shape of their recomputed part (:func:`_shape_key`); a callable metric's prompts run one at
+    a time (its logits span every position, and it is called with one prompt). The memory plan adds up the rows
+    of every prompt of a pack (padding included) against :data:`MEMORY_BUDGET`; ``internal_batch_size`` puts
+    that many steps of every layer of every prompt of the pack in each pass. ``pack=False``: one prompt per pack.
+    """
+    prompts = list(prompts)
+    packs = _packs(model, prompts, objective, pack)
+    plans = [
+        _pack_plan(model, [prompts[i] for i in members], layers, len(alphas), objective, internal_batch_size)
+        for members in packs
+    ]
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
-    act = clean.acts[kind][layers]  # [G, d]
-    base = torch.zeros_like(act) if baselines is None else baselines.to(act.dtype)
-    diff = act - base
-    n_steps = len(alphas)
-    if internal_batch_size:  # that many steps of every layer per pass
-        passes = [
-            [(g, start, min(start + internal_batch_size, n_steps)) for g in range(len(layers))]
-            for start in range(0, n_steps, internal_batch_size)
-        ]
-    else:
-        costs = [_bytes_per_step(model, clean, layer, len(prompt)) for layer in layers]
-        passes = _plan(costs, n_steps, MEMORY_BUDGET)
-    total = torch.zeros_like(act, dtype=torch.float64)
-    f_base = torch.zeros(len(layers), dtype=torch.float64)
-    alphas = alphas.to(device=act.device)
-    weights = weights.to(device=act.device)
-    for units in tqdm(passes, desc="IG (fast), passes", disable=not progress, leave=False):
-        xs, extras = [], []
-        for g, first, end in units:
-            a = alphas[first:end].to(act.dtype)
-            extra = want_delta and first == 0  # one more row at alpha = 0 for F(baseline)
-            if extra:
-                a = torch.cat([a, a.new_zeros(1)])
-            xs.append((base[g] + a[:, None] * diff[g]).detach().requires_grad_(True))
-            extras.append(extra)
-        f = _run(model, clean, [layers[g] for g, _, _ in units], hook, xs, objective)
-        grads = torch.autograd.grad(f.sum(), xs)
-        offset = 0
-        for (g, first, end), x, grad, extra in zip(units, xs, grads, extras, strict=True):
-            n = end - first
-            total[g] += (weights[first:end, None] * grad[:n].double()).sum(0)
-            if extra:
-                f_base[g] = float(f[offset + n].detach())
-            offset += x.shape[0]
-    scores = (diff.double() * total).float().cpu()
-    deltas = None
-    if want_delta:
-        deltas = (scores.double().sum(1) - (clean.f_clean.double().cpu() - f_base)).float()
-    return scores, deltas
+    results: list[tuple[Tensor, Tensor | None]] = [None] * len(prompts)  # type: ignore[list-item]
+    bar = tqdm(total=sum(len(p) for p in plans), desc=desc, disable=not progress, leave=False)
+    for members, passes in zip(packs, plans, strict=True):
+        cleans = [_clean_pass(model, prompts[i], layers, objective) for i in members]
+        stacked = _stack(model, cleans)
+        act = torch.stack([c.acts[kind][layers] for c in cleans])  # [n, G, d]
+        base = torch.zeros_like(act) if baselines is None else baselines.to(act.dtype).expand_as(act)
+        diff = act - base
+        n = len(members)
+        total = torch.zeros_like(act, dtype=torch.float64)
+        f_base = torch.zeros(n, len(layers), dtype=torch.float64)
+        alphas_ = alphas.to(device=act.device)
+        weights_ = weights.to(device=act.device)
+        for units in passes:
+            xs, extras, where = [], [], []
+            for u, first, end in units:
+                g, i = divmod(u, n)
+                a = alphas_[first:end].to(act.dtype)
+                extra = want_delta and first == 0  # one more row at alpha = 0 for F(baseline)
+                if extra:
+                    a = torch.cat([a, a.new_zeros(1)])
+                xs.append((base[i, g] + a[:, None] * diff[i, g]).detach().requires_grad_(True))
+                extras.append(extra)
+                where.append((i, layers[g]))
+            f = _run(model, stacked, where, hook, xs, objective)
+            grads = torch.autograd.grad(f.sum(), xs)
+            offset = 0
+            for (u, first, end), x, grad, extra in zip(units, xs, grads, extras, strict=True):
+                g, i = divmod(u, n)
+                steps = end - first
+                total[i, g] += (weights_[first:end, None] * grad[:steps].double()).sum(0)
+                if extra:
+                    f_base[i, g] = float(f[offset + steps].detach())
+                offset += x.shape[0]
+            bar.update()
+        scores = (diff.double() * total).float().cpu()
+        for i, member in enumerate(members):
+            deltas = None
+            if want_delta:
+                deltas = (scores[i].double().sum(1) - (cleans[i].f_clean.double().cpu() - f_base[i])).float()
+            results[member] = (scores[i], deltas)
+    bar.close()
+    return results
 
 
 @torch.no_grad()
@@ -401,6 +603,7 @@ def ablation_effects(
             x = act[g].expand(len(idx), -1).clone()
             x[rows, idx] = ablated[g, idx].to(x.dtype)
             xs.append(x)
-        f = _run(model, clean, layers, hook, xs, objective).view(len(layers), len(idx))
+        f = _run(model, _stack(model, [clean]), [(0, layer) for layer in layers], hook, xs, objective)
+        f = f.view(len(layers), len(idx))
         out[:, start : start + len(idx)] = (clean.f_clean - f).float().cpu()  # larger = supports the target
     return out
