@@ -283,7 +283,11 @@ def per_token_prompts(prompt: Prompt) -> list[Prompt]:
 def _mean_over_target_tokens(fn: Callable, prompt: Prompt, objective: Objective):
     """``fn(single_token_prompt)`` averaged over the target's tokens (tensors, or tuples of tensors / None)."""
     parts = [prompt] if callable(objective) else per_token_prompts(prompt)
-    outs = [fn(part) for part in parts]
+    return _mean_of_parts([fn(part) for part in parts])
+
+
+def _mean_of_parts(outs: list):
+    """The average of one prompt's per-target-token results (tensors, or tuples of tensors / None)."""
     if len(outs) == 1:
         return outs[0]
     if isinstance(outs[0], tuple):
@@ -365,6 +369,27 @@ def _ig_plain(
     return scores, deltas
 
 
+def _ig_setup(
+    model: Model,
+    layers: int | Sequence[int] | None,
+    n_steps: int,
+    method: str,
+    baseline: Baseline,
+    objective: Objective,
+    hook: str,
+    internal_batch_size: int | None,
+) -> tuple[list[int], Tensor | None, Tensor, Tensor]:
+    """Check the arguments of integrated gradients once: layers, baselines per layer, the path's points and weights."""
+    layer_list = check_layers(model, layers)
+    _check_method(method, n_steps)
+    check_objective(objective)
+    _hook_key(model, hook)
+    _check_batch(internal_batch_size)
+    baselines = _baselines(model, baseline, layer_list, model.cfg.d_mlp, model.cfg.device)
+    alphas, weights = step_alphas(method, n_steps)
+    return layer_list, baselines, alphas, weights
+
+
 def integrated_gradients(
     model: Model,
     prompt: str | Prompt,
@@ -425,14 +450,9 @@ def integrated_gradients(
     """
     check_model(model)
     prompt = _one_prompt(model, prompt, target)
-    layer_list = check_layers(model, layers)
-    _check_method(method, n_steps)
-    check_objective(objective)
-    _hook_key(model, hook)
-    _check_batch(internal_batch_size)
-    d_mlp = model.cfg.d_mlp
-    baselines = _baselines(model, baseline, layer_list, d_mlp, model.cfg.device)
-    alphas, weights = step_alphas(method, n_steps)
+    layer_list, baselines, alphas, weights = _ig_setup(
+        model, layers, n_steps, method, baseline, objective, hook, internal_batch_size
+    )
     use_fast = _use_fast(model, hook, fast)
 
     if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
@@ -472,6 +492,15 @@ def _many(
     desc: str,
     **kwargs,
 ):
+    ready = _ready_prompts(model, prompts, targets)
+    outs = [fn(model, p, **kwargs) for p in tqdm(ready, desc=desc, disable=not progress)]
+    if outs and isinstance(outs[0], tuple):
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+    return torch.stack(outs)
+
+
+def _ready_prompts(model: Model, prompts, targets) -> list[Prompt]:
+    """The prompts of a ``*_many`` call as checked Prompts, each with its target."""
     check_model(model)
     if isinstance(prompts, str | Prompt):
         prompts = [prompts]
@@ -488,11 +517,7 @@ def _many(
         per = list(targets)
         if len(per) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(per)} targets")
-    ready = [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
-    outs = [fn(model, p, **kwargs) for p in tqdm(ready, desc=desc, disable=not progress)]
-    if outs and isinstance(outs[0], tuple):
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-    return torch.stack(outs)
+    return [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
 
 
 def integrated_gradients_many(
@@ -500,17 +525,32 @@ def integrated_gradients_many(
     prompts: Sequence[str | Prompt] | str | Prompt,
     targets: TargetLike | Sequence[TargetLike] = None,
     *,
+    pack: bool = True,
     progress: bool = True,
     **kwargs,
 ) -> Float[Tensor, "prompt layer d_mlp"] | tuple[Float[Tensor, "prompt layer d_mlp"], Float[Tensor, "prompt layer"]]:
     """:func:`integrated_gradients` for several prompts, stacked: ``[prompt, layer, d_mlp]``.
 
+    With ``pack=True`` (default) the fast path attributes several prompts in shared passes: the rows of every
+    prompt (every layer, every step) that fit the fast path's memory budget run through the blocks together, each
+    with its own prompt's clean state, so each prompt gets the scores it gets alone (to float32 rounding) for
+    fewer, fuller passes. Prompts pack when the part the fast path recomputes has the same shape: causal models
+    pack prompts of any length (shorter prefixes are padded and masked out of attention), encoders pack prompts
+    of equal token length; multi-token targets pack token by token; a callable metric runs prompt by prompt.
+    Where the fast path does not run (``fast=False``, an architecture it does not model, a ``TransformerBridge``,
+    or hooks attached to the model: see :func:`integrated_gradients`), prompts run one at a time as with
+    ``pack=False``. On a CPU, where one prompt's rows already keep the cores busy, packing mostly saves per-pass
+    overhead (measured in ``benchmarks/bench_packing.py``).
+
     Args:
         model: the model.
         prompts: prompt texts or Prompts.
         targets: one target for all prompts, or one per prompt (None when the prompts carry their targets).
-        progress: progress bar over prompts.
-        **kwargs: any keyword of :func:`integrated_gradients` (``layers``, ``n_steps``, ``method``, ...).
+        pack: attribute several prompts per pass on the fast path (same scores; False: one prompt at a time).
+        progress: progress bar (over passes when packing, else over prompts).
+        **kwargs: any keyword of :func:`integrated_gradients` (``layers``, ``n_steps``, ``method``, ...). With
+            packing, ``internal_batch_size`` is the number of steps of every layer *of every prompt packed
+            together* per pass.
 
     Returns:
         ``Float[Tensor, "prompt layer d_mlp"]`` (and ``[prompt, layer]`` deltas with
@@ -520,8 +560,71 @@ def integrated_gradients_many(
         >>> texts = ["The capital of France is", "France's capital city is"]
         >>> integrated_gradients_many(model, texts, " Paris", layers=[24]).shape
         torch.Size([2, 1, 1536])
+        >>> one_by_one = integrated_gradients_many(model, texts, " Paris", layers=[24], pack=False, progress=False)
+        >>> bool(torch.allclose(integrated_gradients_many(model, texts, " Paris", layers=[24]), one_by_one, atol=1e-6))
+        True
     """
-    return _many(integrated_gradients, model, prompts, targets, progress, "IG, prompts", **kwargs)
+    if not isinstance(pack, bool):
+        raise TypeError(f"pack must be True or False, got {type(pack).__name__}")
+    options = _ig_options(kwargs)
+    if not pack or not _packs_fast(model, options):
+        return _many(integrated_gradients, model, prompts, targets, progress, "IG, prompts", **kwargs)
+    ready = _ready_prompts(model, prompts, targets)
+    objective = options["objective"]
+    layer_list, baselines, alphas, weights = _ig_setup(
+        model,
+        options["layers"],
+        options["n_steps"],
+        options["method"],
+        options["baseline"],
+        objective,
+        options["hook"],
+        options["internal_batch_size"],
+    )
+    owners, parts = [], []
+    for i, prompt in enumerate(ready):
+        for part in [prompt] if callable(objective) else per_token_prompts(prompt):
+            owners.append(i)
+            parts.append(part)
+    from kn_lens import _ig_fast
+
+    want_delta = options["return_convergence_delta"]
+    outs = _ig_fast.integrated_gradients_packed(
+        model, parts, layer_list, alphas, weights, baselines, objective, options["hook"],
+        options["internal_batch_size"], want_delta, progress=progress, desc="IG (packed), passes",
+    )  # fmt: skip
+    per_prompt = [_mean_of_parts([o for o, j in zip(outs, owners, strict=True) if j == i]) for i in range(len(ready))]
+    scores = torch.stack([s for s, _ in per_prompt])
+    if want_delta:
+        return scores, torch.stack([d for _, d in per_prompt])
+    return scores
+
+
+def _ig_options(kwargs: dict) -> dict:
+    """The keywords of :func:`integrated_gradients` with their defaults filled in (an unknown one: TypeError)."""
+    import inspect
+
+    params = inspect.signature(integrated_gradients).parameters
+    defaults = {name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"integrated_gradients_many() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"it takes the keywords of integrated_gradients: {', '.join(defaults)}"
+        )
+    return {**defaults, **kwargs}
+
+
+def _packs_fast(model: Model, options: dict) -> bool:
+    """Whether :func:`integrated_gradients` would take the fast path here (and so several prompts can share its
+    passes): asked for, not a bridge, an architecture it models, no hooks attached (then the one-prompt path
+    runs, and warns, as it always does)."""
+    from kn_lens import _ig_fast
+
+    if not options["fast"] or _ig_bridge.supports(model):
+        return False
+    _hook_key(model, options["hook"])
+    return _ig_fast.supports(model, options["hook"]) and not attached_hooks(model)
 
 
 # ------------------------------------------------------------------------------- gradient-based single steps
@@ -840,4 +943,6 @@ def attribute_many(
     """
     if attribution not in _FUNCS:
         raise ValueError(f"unknown attribution {attribution!r}; choose one of {', '.join(ATTRIBUTIONS)}")
+    if attribution == "ig":  # several prompts per pass on the fast path (pack=False: one at a time)
+        return integrated_gradients_many(model, prompts, targets, progress=progress, **kwargs)
     return _many(_FUNCS[attribution], model, prompts, targets, progress, f"{attribution}, prompts", **kwargs)
