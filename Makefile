@@ -55,6 +55,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_vs_eleuther.py
+	$(PY) benchmarks/bench_packing.py
 
 # Solution notebooks (tutorials/*.ipynb) and student versions without solutions (tutorials/student/), no outputs.
 tutorials: $(STAMP)

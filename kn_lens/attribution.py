@@ -936,6 +936,9 @@ def attribute_many(
 ) -> Float[Tensor, "prompt layer d_mlp"]:
     """:func:`attribute` for several prompts, stacked: ``[prompt, layer, d_mlp]``.
 
+    Integrated gradients go through :func:`integrated_gradients_many`, which attributes several prompts per fast
+    pass (``pack=False`` among ``kwargs``: one at a time); the other attributions run prompt by prompt.
+
     Example:
         >>> attribute_many(model, ["The capital of France is", "France's capital is"], " Paris",
         ...                attribution="grad_x_act").shape
