@@ -539,8 +539,9 @@ def integrated_gradients_many(
     of equal token length; multi-token targets pack token by token; a callable metric runs prompt by prompt.
     Where the fast path does not run (``fast=False``, an architecture it does not model, a ``TransformerBridge``,
     or hooks attached to the model: see :func:`integrated_gradients`), prompts run one at a time as with
-    ``pack=False``. On a CPU, where one prompt's rows already keep the cores busy, packing mostly saves per-pass
-    overhead (measured in ``benchmarks/bench_packing.py``).
+    ``pack=False``. Packing saves per-pass overhead, not arithmetic: with all layers and 20 steps one prompt's rows
+    already fill several passes of the memory budget and packing changes little; with a few layers or steps,
+    where one prompt leaves its passes part-empty, it pays (measured in ``benchmarks/bench_packing.py``).
 
     Args:
         model: the model.
