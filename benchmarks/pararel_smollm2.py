@@ -19,6 +19,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -72,12 +73,16 @@ def main() -> None:
         return
     records = sweeps.read_records(out)
     known = pd.DataFrame(sweeps.read_known(out))
+    span = (out / sweeps.RECORDS).stat().st_mtime - (out / sweeps.MANIFEST).stat().st_mtime
+    run_world = json.loads((out / sweeps.MANIFEST).read_text())["world_size"]
     prompts = sum(r["n_prompts"] for r in records)
     attribution_s = sum(r["seconds_attribution"] for r in records)
     fact_s = sum(r["seconds"] for r in records)
-    rate = prompts / attribution_s if attribution_s else float("nan")
+    rate = prompts / attribution_s if attribution_s else float("nan")  # one process
+    machine_rate = rate * run_world  # the run's processes attributed side by side
     full = pararel.load(args.data).bags(model)
     full_prompts = sum(len(b.prompts) - 1 for b in full)  # one held out per fact
+    errors = [sum(r["completeness"]) / len(r["completeness"]) for r in records if r.get("completeness")]
     coverage = known.groupby("relation", sort=False)["known"].agg(["size", "sum"]).reset_index()
     coverage.columns = ["relation", "scanned", "known"]
     coverage["coverage %"] = 100 * coverage["known"] / coverage["scanned"]
@@ -92,7 +97,8 @@ def main() -> None:
         f"## PARAREL on SmolLM2-135M (`benchmarks/pararel_smollm2.py`, {args.selection} selection)\n",
         f"{machine()}; {threads} torch thread(s), {world} process(es); relations {', '.join(relations)}, up to "
         f"{args.facts_per_relation} known facts each, IG {args.steps} steps, seed {args.seed}. Run folder "
-        f"`{out.name}` (resumable); wall time of this invocation {wall:.0f} s.\n",
+        f"`{out.name}` (resumable); {span / 60:.0f} min from its manifest to its merged records (this invocation "
+        f"{wall:.0f} s).\n",
         "### Coverage (facts scanned in file order until enough known ones; known = answer top-1 on >= half of "
         "the prompts)\n",
         _frame_md(coverage),
@@ -102,12 +108,24 @@ def main() -> None:
         _frame_md(erase_rows) if not erase_rows.empty else "(none)",
         "\n### Editing facts (Dai et al.'s update, beside the same update on random active neurons)\n",
         _frame_md(edits.drop(columns=["relation"])) if not edits.empty else "(none)",
+        "\n### Completeness of the 20-step integral, per fact\n",
+        (
+            f"Mean over a fact's prompts of sum |delta| / sum |F(clean) - F(baseline)| (0 = exact): median "
+            f"{100 * pd.Series(errors).median():.1f}%, mean {100 * pd.Series(errors).mean():.1f}%, max "
+            f"{100 * max(errors):.1f}% over {len(errors)} facts (see the convergence section for what it does to the "
+            "selected neurons)."
+            if errors
+            else "(not recorded)"
+        ),
         "\n### Throughput\n",
-        f"{len(records)} facts, {prompts} attributed prompts in {attribution_s:.0f} s of attribution "
-        f"({rate:.2f} prompts/s; {fact_s / max(len(records), 1):.1f} s per fact with all controls). The whole "
-        f"causal-cut PARAREL for this tokenizer ({len(full)} single-token facts, {full_prompts} attribution "
-        f"prompts) would take about {full_prompts / rate / 3600:.0f} h of attribution at this rate on this machine "
-        "(before the known-fact filter, which removes most of it for a model this small).",
+        f"{len(records)} facts, {prompts} attributed prompts, {attribution_s:.0f} s of attribution summed over "
+        f"{run_world} process(es) of 1 thread: {rate:.2f} prompts/s per process, {machine_rate:.2f} prompts/s for "
+        f"the machine ({fact_s / max(len(records), 1):.1f} s per fact with all controls, per process). The machine "
+        "was shared with other work during the run (tests and the convergence benchmark), so these are lower "
+        f"bounds. The whole causal-cut PARAREL for this tokenizer ({len(full)} single-token facts, {full_prompts} "
+        f"attribution prompts) would take about {full_prompts / machine_rate / 3600:.0f} h of attribution at this "
+        "rate on this 2-core machine (before the known-fact filter, which removes most of it for a model this "
+        "small).",
     ]
     text = "\n".join(parts)
     print(text)

@@ -11,6 +11,7 @@ Examples::
     kn-lens edit "The capital of France is" "France's capital city is" --new " Rome" --neurons L24N1005
     kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 --facts-per-relation 20
     torchrun --nproc_per_node 4 -m kn_lens evaluate pararel --out runs/bert --data pararel/ --model bert-base-cased
+    kn-lens evaluate convergence runs/smollm2 --facts-per-relation 2
     kn-lens report runs/smollm2
 """
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -175,6 +177,7 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
     from kn_lens.datasets import pararel
 
     rank, world = sweeps.distributed()
+    steps, method = _quadrature(args)
     model = load(_model_arg(args), sweeps.local_device(args.device), getattr(args, "backend", None))
     data = pararel.load(args.data if args.data else pararel.download(), relations=args.relations)
     out = sweeps.run_pararel(
@@ -185,9 +188,10 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
         relations=args.relations,
         facts_per_relation=args.facts_per_relation,
         seed=args.seed,
-        n_steps=args.steps,
+        n_steps=steps,
         selection=args.selection,
         progress=not args.no_progress and (rank == 0 or not args.json),
+        **({"method": method} if method != "riemann_left" else {}),  # the default rule keeps old run folders valid
     )
     if rank == 0:
         records = sweeps.read_records(out)
@@ -198,6 +202,36 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
             print(json.dumps(summary))
         else:
             print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+def _quadrature(args: argparse.Namespace) -> tuple[int, str]:
+    """(n_steps, method) from ``--preset``, overridden by ``--steps`` / ``--method`` when given."""
+    from kn_lens.attribution import METHODS
+    from kn_lens.convergence import PRESETS
+
+    if args.method is not None and args.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    preset = PRESETS[args.preset]
+    steps = args.steps if args.steps is not None else preset["n_steps"]
+    return steps, args.method or preset["method"]
+
+
+def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
+    """``kn-lens evaluate convergence RUN``: re-select some facts' neurons with other quadrature rules."""
+    from kn_lens import sweeps
+    from kn_lens.convergence import convergence_summary
+    from kn_lens.datasets import pararel
+
+    manifest = json.loads((Path(args.run) / sweeps.MANIFEST).read_text(encoding="utf-8")) if (
+        Path(args.run) / sweeps.MANIFEST).exists() else {}  # fmt: skip
+    folder = args.data or manifest.get("data_path")
+    if not folder:
+        raise SystemExit(f"kn-lens: error: {args.run} is not a run folder; give a run of `kn-lens evaluate pararel`")
+    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
+    out = sweeps.run_convergence(model, pararel.load(folder, relations=manifest.get("relations")), args.run,
+                                 facts_per_relation=args.facts_per_relation, progress=not args.no_progress)  # fmt: skip
+    frame = pd.DataFrame(sweeps.read_convergence(out))
+    _emit(args, convergence_summary(frame), dict(out=str(out), facts=int(frame["fact"].nunique())))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -291,7 +325,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=cmd_edit)
 
-    evaluate = sub.add_parser("evaluate", help="benchmark evaluations (pararel)")
+    evaluate = sub.add_parser("evaluate", help="benchmark evaluations (pararel, convergence)")
     which = evaluate.add_subparsers(dest="benchmark", required=True)
     p = which.add_parser(
         "pararel",
@@ -306,11 +340,29 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relations", type=_relations, help="relation ids, e.g. P36,P37 (default: all)")
     p.add_argument("--facts-per-relation", type=_positive_int, help="known facts per relation (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradient steps")
+    p.add_argument("--preset", choices=("dai", "converged"), default="dai",
+                   help="integration rule: dai = 20-step left Riemann sum (the paper's), converged = 128-point "
+                   "midpoint rule (see kn_lens.convergence)")  # fmt: skip
+    p.add_argument("--steps", type=_positive_int, default=None, help="integrated-gradient steps (overrides --preset)")
+    p.add_argument("--method", default=None, help="quadrature rule, e.g. riemann_middle (overrides --preset)")
     p.add_argument("--selection", choices=("dai", "fact-specific"), default="dai")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(p)
     p.set_defaults(func=cmd_evaluate_pararel)
+
+    p = which.add_parser(
+        "convergence",
+        help="how stable a run's knowledge neurons are across quadrature rules (adds to the run's report)",
+        formatter_class=raw,
+        epilog="example:\n  kn-lens evaluate convergence runs/smollm2 --facts-per-relation 2\n"
+        "Re-running resumes; `kn-lens report runs/smollm2` then shows the stability table.",
+    )
+    p.add_argument("run", help="a run folder of `kn-lens evaluate pararel`")
+    p.add_argument("--data", help="PARAREL folder (default: the run's)")
+    p.add_argument("--facts-per-relation", type=_positive_int, default=2, help="facts re-attributed per relation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate_convergence)
 
     p = sub.add_parser(
         "report",

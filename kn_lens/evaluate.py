@@ -926,7 +926,8 @@ def evaluate_fact(
     Returns:
         A dict: ``relation, uuid, subject, answer, target, selection, n_prompts, n_heldout, neurons``
         (``"L{l}N{i}"``), ``layers``, ``random_neurons``, ``effects`` (one dict per intervention x condition, as
-        :func:`summarize_effects`), ``specificity`` (per intervention), ``seconds``.
+        :func:`summarize_effects`), ``specificity`` (per intervention), ``completeness`` (each attributed
+        prompt's completeness error, see :func:`~kn_lens.neurons.find_knowledge_neurons`), ``seconds``.
 
     Example:
         >>> from kn_lens.datasets import pararel
@@ -996,6 +997,7 @@ def evaluate_fact(
         layers=[n.layer for n in kns.neurons],
         random_neurons=[str(n) for n in control],
         share_used=_plain(kns.params.get("share_used")),
+        completeness=kns.params.get("completeness"),
         dropped={k: [str(n) for n in v] for k, v in kns.dropped.items()},
         n_steps=n_steps,
         effects=rows,

@@ -562,8 +562,9 @@ def find_knowledge_neurons(
     kwargs = dict(attribution_kwargs)
     if attribution == "ig":
         kwargs.setdefault("method", defaults["method"])
+    completeness = None
     if scores is None:
-        scores = _attribute(model, fact_prompts, attribution, layer_list, progress, kwargs)
+        scores, completeness = _attribute(model, fact_prompts, attribution, layer_list, progress, kwargs)
     else:
         expected = (len(fact_prompts), len(layer_list), model.cfg.d_mlp)
         if tuple(scores.shape) != expected:
@@ -578,7 +579,7 @@ def find_knowledge_neurons(
     )
     dropped: dict[str, list[Neuron]] = {}
     if negative_prompts:
-        negative_scores = _attribute(model, negative_prompts, attribution, layer_list, progress, kwargs)
+        negative_scores = _attribute(model, negative_prompts, attribution, layer_list, progress, kwargs)[0]
         negative_coarse = [set(coarse_neurons(s, threshold, layers=layer_list)) for s in negative_scores]
         limit = negative_share * len(negative_prompts)
         bad = [n for n in selected if sum(n in c for c in negative_coarse) > limit]
@@ -598,6 +599,8 @@ def find_knowledge_neurons(
         negatives=[p.text for p in negative_prompts],
         negative_share=negative_share,
     )
+    if completeness is not None:
+        params["completeness"] = completeness
     return KnowledgeNeurons(
         neurons=selected,
         prompts=fact_prompts,
@@ -612,13 +615,27 @@ def find_knowledge_neurons(
 
 def _attribute(
     model: Model, prompts: list[Prompt], attribution: str, layers: list[int], progress: bool, kwargs: dict
-) -> Float[Tensor, "prompt layer d_mlp"]:
+) -> tuple[Float[Tensor, "prompt layer d_mlp"], list[float] | None]:
+    """Scores ``[prompt, layer, d_mlp]``, and for integrated gradients each prompt's completeness error.
+
+    The completeness error of a prompt pools its layers: ``sum |delta_L| / sum |F(clean) - F(baseline_L)|``, where
+    ``delta_L`` is how far layer ``L``'s scores miss the change they should add up to (0 for an exact integral; the
+    one extra row per layer that measures it costs little).
+    """
     from kn_lens.attribution import attribute_many
 
     _check_attribution(attribution)
     layer_arg = None if layers == list(range(model.cfg.n_layers)) else layers
-    scores = attribute_many(model, prompts, attribution=attribution, layers=layer_arg, progress=progress, **kwargs)
-    return scores.detach().float().cpu()
+    if attribution != "ig":
+        scores = attribute_many(model, prompts, attribution=attribution, layers=layer_arg, progress=progress, **kwargs)
+        return scores.detach().float().cpu(), None
+    kwargs = {**kwargs, "return_convergence_delta": True}
+    scores, deltas = attribute_many(model, prompts, attribution="ig", layers=layer_arg, progress=progress, **kwargs)
+    scores = scores.detach().float().cpu()
+    deltas = deltas.detach().double().cpu()
+    change = scores.double().sum(-1) - deltas  # F(clean) - F(baseline), per prompt and layer
+    error = deltas.abs().sum(-1) / change.abs().sum(-1).clamp_min(1e-12)
+    return scores, [round(float(e), 6) for e in error]
 
 
 def _check_attribution(attribution: str) -> None:

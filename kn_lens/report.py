@@ -1,4 +1,4 @@
-"""One self-contained HTML page of a PARAREL run: coverage, effects with controls, neurons, erase and edit.
+"""One self-contained HTML page of a PARAREL run: coverage, effects with controls, neurons, convergence, erase/edit.
 
 The page opens in any browser without a server or internet (plotly.js is inlined once). Every effect is shown
 beside its controls and every table states how many facts it rests on; facts the model does not know are listed.
@@ -14,8 +14,8 @@ Example:
     (True, True)
     >>> import re
     >>> re.findall(r"<h2>(.*?)</h2>", text)
-    ['Run', 'Coverage', 'Suppress (x0) and enhance (x2), with controls', 'Neurons', 'Erasing a relation',
-     'Editing facts']
+    ['Run', 'Coverage', 'Suppress (x0) and enhance (x2), with controls', 'Neurons', 'Convergence of the integral',
+     'Erasing a relation', 'Editing facts']
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from kn_lens.evaluate import records_frame, relation_table
-from kn_lens.sweeps import MANIFEST, SweepError, read_known, read_records, read_relations
+from kn_lens.sweeps import MANIFEST, SweepError, read_convergence, read_known, read_records, read_relations
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -127,6 +127,8 @@ def build_report(run: str | os.PathLike) -> str:
         top = Counter(neurons).most_common(20)
         parts.append("<h3>Most frequent neurons</h3>" + _table(pd.DataFrame(top, columns=["neuron", "facts"])))
 
+    parts += _convergence_section(records, read_convergence(run), figure)
+
     erase_rows = [row for r in relations if r["kind"] == "erase" for row in r["rows"]]
     parts.append("<h2>Erasing a relation</h2>")
     parts.append(
@@ -151,6 +153,48 @@ def build_report(run: str | os.PathLike) -> str:
     title = html.escape(f"kn_lens report: {manifest.get('model')}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style>"
             f"</head><body>\n{body}\n</body></html>\n")  # fmt: skip
+
+
+def _convergence_section(records: list[dict], rows: list[dict], figure: _Figures) -> list[str]:
+    """Each fact's completeness error (from the run) and, when measured, the neuron sets' stability across rules."""
+    import plotly.graph_objects as go
+
+    from kn_lens.convergence import convergence_summary
+
+    parts = ["<h2>Convergence of the integral</h2>"]
+    parts.append(
+        "<p class='note'>Completeness error of a prompt: how far its integrated-gradient scores miss "
+        "F(clean) - F(baseline), pooled over layers (sum |delta| / sum |change|; 0 for an exact integral). A "
+        "fact's error is the mean over its prompts. Small errors are necessary, not sufficient: single neurons' "
+        "errors can cancel. The stability table re-selects facts' neurons with other quadrature rules and compares "
+        "them with a fine reference (Jaccard of the sets; largest score error / largest reference score).</p>"
+    )
+    facts = [r for r in records if r.get("completeness")]
+    per_fact = pd.DataFrame(
+        dict(relation=[r["relation"] for r in facts], fact=[r["uuid"] for r in facts],
+             error=[sum(r["completeness"]) / len(r["completeness"]) for r in facts])
+    )  # fmt: skip
+    if per_fact.empty:
+        parts.append("<p>This run's records carry no completeness errors (a run made before kn_lens recorded them, "
+                     "or an attribution other than integrated gradients).</p>")  # fmt: skip
+    else:
+        table = per_fact.groupby("relation", sort=False)["error"].describe(percentiles=[0.5])
+        table = table.rename(columns={"count": "facts", "50%": "median"})[["facts", "mean", "median", "min", "max"]]
+        parts.append(_table((table * [1, 100, 100, 100, 100]).round(2).reset_index().rename(
+            columns={c: f"{c} %" for c in ("mean", "median", "min", "max")})))  # fmt: skip
+        fig = go.Figure(go.Histogram(x=100 * per_fact["error"], nbinsx=40))
+        fig.update_layout(title="Completeness error per fact (%)", xaxis_title="error %", yaxis_title="facts",
+                          template="plotly_white", height=330)  # fmt: skip
+        parts.append(figure(fig))
+    if rows:
+        frame = pd.DataFrame(rows)
+        parts.append(f"<h3>Stability across quadrature rules ({frame['fact'].nunique()} facts)</h3>")
+        parts.append(_table(convergence_summary(frame)))
+        parts.append("<details><summary>Every fact and rule</summary>" + _table(frame) + "</details>")
+    else:
+        parts.append("<p>Stability across quadrature rules: not measured for this run "
+                     "(<code>kn-lens evaluate convergence RUN</code> adds it).</p>")  # fmt: skip
+    return parts
 
 
 def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:

@@ -14,6 +14,7 @@ Run folder::
     shards/part-R.jsonl  the records of process R while the run is going
     records.jsonl        all fact records, merged in a fixed order once every fact is done
     relations.jsonl      relation-level results: erasing the relation's neurons, editing some of its facts
+    convergence.jsonl    (optional, :func:`run_convergence`) the neuron sets' stability across quadrature rules
 
 Sharding:
     ``torchrun --nproc_per_node N -m kn_lens evaluate pararel --out DIR ...`` starts N processes; fact ``i`` (in
@@ -41,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -68,6 +70,7 @@ RECORDS = "records.jsonl"
 RELATIONS = "relations.jsonl"
 KNOWN = "known.jsonl"
 SHARDS = "shards"
+CONVERGENCE = "convergence.jsonl"
 #: manifest keys that must match for a folder to be resumed (versions and timestamps may differ)
 SETTINGS = ("kind", "model", "data", "relations", "facts_per_relation", "seed", "n_steps", "selection", "n_heldout",
             "n_controls", "known_rule", "erase_top", "n_edits")  # fmt: skip
@@ -528,6 +531,89 @@ def _rows(table) -> list[dict[str, Any]]:
     return out
 
 
+def run_convergence(
+    model: Model,
+    data: Pararel,
+    out: str | os.PathLike,
+    *,
+    facts_per_relation: int = 2,
+    settings: Sequence[tuple[str, int]] | None = None,
+    reference: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """How stable a finished run's neuron sets are across quadrature rules: ``convergence.jsonl`` in its folder.
+
+    For the first ``facts_per_relation`` evaluated facts of each relation, the fact's attribution prompts (its
+    held-out ones left out, as in the run) are attributed again with each rule of ``settings`` and compared with
+    a fine ``reference`` (:func:`kn_lens.convergence.convergence`). One line per fact is appended (flushed and
+    fsynced); re-running skips the facts already done. ``kn-lens report`` shows the result beside each fact's
+    completeness error from the run itself.
+
+    Args:
+        model: the run's model (checked against the manifest's layer and MLP sizes).
+        data: PARAREL (the run's facts are looked up by uuid).
+        out: a run folder of :func:`run_pararel` with records.
+        facts_per_relation: facts per relation to re-attribute.
+        settings, reference: see :func:`kn_lens.convergence.convergence` (defaults there).
+        progress: a progress bar.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        SweepError: not a run folder, no records yet, or another model's run.
+
+    Example:
+        >>> import shutil
+        >>> from kn_lens.datasets import pararel
+        >>> run = shutil.copytree(run_dir, tmp_path / "run")       # a finished tiny-BERT run, copied
+        >>> path = run_convergence(bert, pararel.load(pararel_dir), run, facts_per_relation=1,
+        ...                        settings=[("riemann_left", 5)], reference=dict(method="gausslegendre", n_steps=16),
+        ...                        progress=False)
+        >>> rows = read_convergence(path)
+        >>> [(r["fact"], r["method"], r["n_steps"], r["reference"]) for r in rows]
+        [('P36-France', 'gausslegendre', 16, True), ('P36-France', 'riemann_left', 5, False),
+         ('P37-Portugal', 'gausslegendre', 16, True), ('P37-Portugal', 'riemann_left', 5, False)]
+    """
+    from kn_lens.convergence import PRESETS, SETTINGS, convergence
+
+    check_model(model)
+    out = Path(out)
+    if not (out / MANIFEST).exists():
+        raise SweepError(f"{out} is not a run folder (no {MANIFEST}); run `kn-lens evaluate pararel --out {out}`")
+    if isinstance(facts_per_relation, bool) or not isinstance(facts_per_relation, int) or facts_per_relation < 1:
+        raise ValueError(f"facts_per_relation must be an int >= 1, got {facts_per_relation!r}")
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    sizes = dict(n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp, d_model=model.cfg.d_model)
+    if manifest.get("model_config") and manifest["model_config"] != sizes:
+        raise SweepError(f"{out} was run with another model ({manifest['model_config']}); this one is {sizes}")
+    records = read_records(out)
+    if not records:
+        raise SweepError(f"{out} has no fact records yet; finish `kn-lens evaluate pararel --out {out}` first")
+    bags = {b.uuid: b for b in data.bags(model, relations=manifest.get("relations"))}
+    done = {r["fact"] for r in read_convergence(out)}
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        group = chosen.setdefault(record["relation"], [])
+        if len(group) < facts_per_relation and record["uuid"] in bags:
+            group.append(record)
+    todo = [r for group in chosen.values() for r in group if r["uuid"] not in done]
+    for record in _bar(todo, progress, "convergence (facts)"):
+        bag = bags[record["uuid"]]
+        n = record["n_prompts"]
+        fact = dataclasses.replace(bag, prompts=bag.prompts[:n], templates=bag.templates[:n])
+        frame = convergence(model, [fact], settings=SETTINGS if settings is None else settings,
+                            reference=PRESETS["converged"] if reference is None else reference,
+                            progress=False)  # fmt: skip
+        append_jsonl(out / CONVERGENCE, dict(fact=record["uuid"], rows=_rows(frame)))
+    return out
+
+
+def read_convergence(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``convergence.jsonl`` (one per fact and rule; see :func:`run_convergence`)."""
+    return [row for line in read_jsonl(Path(out) / CONVERGENCE) for row in line["rows"]]
+
+
 def read_records(out: str | os.PathLike) -> list[dict[str, Any]]:
     """The fact records of a run folder (``records.jsonl`` plus unmerged shards of an unfinished run)."""
     out = Path(out)
@@ -558,10 +644,12 @@ __all__ = [
     "distributed",
     "local_device",
     "merge",
+    "read_convergence",
     "read_jsonl",
     "read_known",
     "read_records",
     "read_relations",
+    "run_convergence",
     "run_pararel",
     "versions",
 ]

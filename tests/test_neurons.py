@@ -231,3 +231,19 @@ def test_plot_uses_plotting_module(model):
     kns = find_knowledge_neurons(model, PARAPHRASES, " Paris", scores=scores)
     fig = kns.plot()
     assert "L1N5" in fig.layout.title.text
+
+
+def test_completeness_error_recorded_for_ig_only(model):
+    """Each prompt's pooled completeness error: computed by hand from the deltas, small for a fine quadrature and
+    larger for a coarse one; absent for attributions that have no completeness property."""
+    coarse = find_knowledge_neurons(model, PARAPHRASES, " Paris", n_steps=2, method="riemann_left")
+    fine = find_knowledge_neurons(model, PARAPHRASES, " Paris", n_steps=64, method="gausslegendre")
+    assert len(coarse.params["completeness"]) == len(PARAPHRASES)
+    scores, deltas = kn_lens.integrated_gradients(
+        model, PARAPHRASES[0], " Paris", n_steps=2, method="riemann_left", return_convergence_delta=True
+    )
+    change = scores.double().sum(1) - deltas.double()
+    expected = float(deltas.abs().sum() / change.abs().sum())
+    assert coarse.params["completeness"][0] == pytest.approx(expected, rel=1e-4)
+    assert max(fine.params["completeness"]) < 0.01 < min(coarse.params["completeness"])
+    assert "completeness" not in find_knowledge_neurons(model, PARAPHRASES, " Paris", attribution="grad_x_act").params

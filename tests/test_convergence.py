@@ -1,0 +1,150 @@
+"""Quadrature convergence: the comparison against hand computations, the run-folder step (resumable), the report,
+the command line and bad inputs. On the tiny BERT (the rules' effects are real on it: 2 left-Riemann steps miss
+the integral by far more than 32 Gauss-Legendre nodes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from _tiny_pararel import write_tiny_pararel
+
+from kn_lens import sweeps
+from kn_lens.cli import main
+from kn_lens.convergence import PRESETS, convergence, convergence_summary, jaccard
+from kn_lens.datasets import pararel
+from kn_lens.fixtures import tiny_bert as fx
+from kn_lens.neurons import find_knowledge_neurons
+from kn_lens.report import build_report
+
+COARSE = ("riemann_left", 2)
+REFERENCE = dict(method="gausslegendre", n_steps=32)
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return [(fx.train_prompts(f), f.answer, f.relation) for f in fx.facts_of("capital")[:2]]
+
+
+@pytest.fixture(scope="module")
+def frame(tiny_bert, facts):
+    return convergence(tiny_bert, facts, settings=[COARSE, ("gausslegendre", 8)], reference=REFERENCE, progress=False)
+
+
+def test_rows_match_a_hand_computation(tiny_bert, facts, frame):
+    assert list(frame["method"]) == ["gausslegendre", "riemann_left", "gausslegendre"] * 2
+    assert list(frame["reference"]) == [True, False, False] * 2
+    prompts, target, _ = facts[1]
+    ref = find_knowledge_neurons(tiny_bert, prompts, target, **REFERENCE)
+    coarse = find_knowledge_neurons(tiny_bert, prompts, target, method=COARSE[0], n_steps=COARSE[1])
+    row = frame.iloc[4]
+    assert (row["method"], row["n_steps"]) == COARSE
+    expected = len(set(ref.neurons) & set(coarse.neurons)) / len(set(ref.neurons) | set(coarse.neurons))
+    assert row["jaccard"] == pytest.approx(expected, abs=1e-3)
+    error = float((coarse.scores - ref.scores).abs().max() / ref.scores.abs().max())
+    assert row["score_error"] == pytest.approx(error, rel=1e-3)
+    assert row["completeness"] == pytest.approx(sum(coarse.params["completeness"]) / len(prompts), rel=1e-3)
+    assert row["neurons"] == len(coarse.neurons) and row["prompts"] == len(prompts)
+    reference_rows = frame[frame["reference"]]
+    assert (reference_rows["jaccard"] == 1.0).all() and (reference_rows["score_error"] == 0.0).all()
+
+
+def test_a_coarse_rule_is_measurably_worse(frame):
+    coarse = frame[frame["method"] == "riemann_left"]
+    fine = frame[frame["reference"]]
+    assert coarse["completeness"].min() > 10 * fine["completeness"].max()
+    assert coarse["score_error"].min() > 0.01
+    summary = convergence_summary(frame)
+    assert summary["method"].iloc[0] == "gausslegendre" and bool(summary["reference"].iloc[0])
+    assert summary.set_index("method").loc["riemann_left", "facts"] == 2
+
+
+def test_jaccard():
+    assert jaccard([], []) == 1.0
+    assert jaccard(["a"], ["b"]) == 0.0
+    assert jaccard(["a", "b", "c"], ["b", "c", "d"]) == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(settings=[("simpson", 8)]), "unknown method 'simpson'"),
+        (dict(settings=[("riemann_left", 0)]), "n_steps must be an int >= 1"),
+        (dict(settings=["riemann_left"]), "(method, n_steps) pair"),
+        (dict(n_steps=8), "convergence sets ['n_steps'] itself"),
+        (dict(reference=dict(method="riemann_middle", n_steps=8, layers=[1])), "reference takes"),
+    ],
+)
+def test_bad_settings_are_clear_errors(tiny_bert, facts, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        convergence(tiny_bert, facts, progress=False, **kwargs)
+    assert message in str(err.value)
+
+
+def test_no_facts_and_wrong_frames(tiny_bert):
+    with pytest.raises(ValueError, match="no facts"):
+        convergence(tiny_bert, [], progress=False)
+    with pytest.raises(TypeError, match="DataFrame"):
+        convergence_summary([{"method": "riemann_left"}])
+    with pytest.raises(ValueError, match="missing columns"):
+        convergence_summary(pd.DataFrame({"method": ["riemann_left"]}))
+
+
+def test_presets_are_valid_rules():
+    assert PRESETS["dai"] == dict(method="riemann_left", n_steps=20)
+    assert PRESETS["converged"]["n_steps"] >= 64
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    data = write_tiny_pararel(tmp_path_factory.mktemp("pararel"), facts_per_relation=3)
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    argv = ["--model", "tiny-bert", "evaluate", "pararel", "--out", str(out), "--data", str(data), "--no-progress",
+            "--relations", "P36,P37", "--steps", "5"]  # fmt: skip
+    assert main(argv) == 0
+    return data, out
+
+
+def test_run_folder_step_resumes_and_reaches_the_report(tiny_bert, run, tmp_path, capsys):
+    out = shutil.copytree(run[1], tmp_path / "run")
+    records = sweeps.read_records(out)
+    assert all(len(r["completeness"]) == r["n_prompts"] for r in records)  # every fact's own errors
+    assert "Stability across quadrature rules: not measured" in build_report(out)
+    argv = ["--model", "tiny-bert", "evaluate", "convergence", str(out), "--facts-per-relation", "1",
+            "--no-progress", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["facts"] == 2 and summary["rows"][0]["reference"] is True
+    rows = sweeps.read_convergence(out)
+    assert {r["fact"] for r in rows} == {records[0]["uuid"], next(r["uuid"] for r in records if r["relation"] == "P37")}
+    first = [r for r in rows if r["fact"] == records[0]["uuid"]]
+    assert all(r["prompts"] == records[0]["n_prompts"] for r in first)  # held-out prompts stay out
+    assert main(argv) == 0  # resumed: nothing added
+    assert len(sweeps.read_convergence(out)) == len(rows)
+    page = build_report(out)
+    assert "Stability across quadrature rules (2 facts)" in page and "Completeness error per fact" in page
+
+
+def test_run_folder_step_refuses_bad_folders(tiny_bert, random_bert, run, tmp_path):
+    data, out = run
+    folder = pararel.load(data)
+    with pytest.raises(sweeps.SweepError, match="not a run folder"):
+        sweeps.run_convergence(tiny_bert, folder, tmp_path, progress=False)
+    with pytest.raises(sweeps.SweepError, match="another model"):
+        sweeps.run_convergence(random_bert, folder, out, progress=False)
+    with pytest.raises(ValueError, match="facts_per_relation"):
+        sweeps.run_convergence(tiny_bert, folder, out, facts_per_relation=0, progress=False)
+
+
+def test_preset_and_method_reach_the_manifest(run, tmp_path, capsys):
+    data, _ = run
+    out = tmp_path / "converged"
+    argv = ["--model", "tiny-bert", "evaluate", "pararel", "--out", str(out), "--data", str(data), "--no-progress",
+            "--relations", "P36", "--facts-per-relation", "1", "--preset", "converged", "--steps", "6"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_steps"] == 6 and manifest["find_kwargs"] == {"method": "'riemann_middle'"}
+    assert main([*argv[:-4], "--method", "simpson"]) == 2
+    assert "--method must be one of" in capsys.readouterr().err
