@@ -86,6 +86,10 @@ def main() -> None:
     coverage = known.groupby("relation", sort=False)["known"].agg(["size", "sum"]).reset_index()
     coverage.columns = ["relation", "scanned", "known"]
     coverage["coverage %"] = 100 * coverage["known"] / coverage["scanned"]
+    evaluated = pd.Series([r["relation"] for r in records]).value_counts()
+    empty = pd.Series([r["relation"] for r in records if not r["neurons"]], dtype=object).value_counts()
+    coverage["evaluated"] = [int(evaluated.get(r, 0)) for r in coverage["relation"]]
+    coverage["no neurons"] = [int(empty.get(r, 0)) for r in coverage["relation"]]
 
     table = relation_table(records_frame(records))
     keep = ["relation", "intervention", "condition", "facts", "before", "after", "rel_change_%", "rel_of_means_%",
@@ -100,7 +104,8 @@ def main() -> None:
         f"`{out.name}` (resumable); {span / 60:.0f} min from its manifest to its merged records (this invocation "
         f"{wall:.0f} s).\n",
         "### Coverage (facts scanned in file order until enough known ones; known = answer top-1 on >= half of "
-        "the prompts)\n",
+        "the prompts; no neurons = evaluated facts for which Dai et al.'s selection found no neuron, left out of "
+        "the effect tables)\n",
         _frame_md(coverage),
         "\n### Suppress (x0) / enhance (x2) with controls (means over facts)\n",
         _frame_md(table[keep]),

@@ -1010,7 +1010,10 @@ def evaluate_fact(
 def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Sweep records as one tidy frame: one row per (fact, intervention, condition), with a ``relation`` column.
 
-    Records of unknown facts (``known`` false) carry no effects and add no rows.
+    Records of unknown facts (``known`` false) carry no effects and add no rows. Nor do facts for which the
+    selection found no knowledge neuron: there is nothing to intervene on, their "changes" are 0 by construction
+    (and they have no random-neuron control), so counting them would dilute every mean. Tables built on this
+    frame state how many facts they rest on; the report lists the facts without neurons.
 
     Example:
         >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
@@ -1022,6 +1025,8 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """
     rows = []
     for r in records:
+        if not r.get("neurons"):
+            continue
         for e in r.get("effects") or ():
             rows.append(dict(relation=r.get("relation"), uuid=r.get("uuid"), selection=r.get("selection"),
                              n_neurons=len(r.get("neurons") or ()), **e))  # fmt: skip

@@ -84,13 +84,17 @@ def build_report(run: str | os.PathLike) -> str:
     parts.append("<h2>Coverage</h2>")
     parts.append(
         "<p class='note'>Facts are scanned in file order until enough known ones are found; a fact is known when "
-        f"{html.escape(str(manifest.get('known_rule')))}. Every number below is computed on known facts only.</p>"
+        f"{html.escape(str(manifest.get('known_rule')))}. Every number below is computed on known facts only; "
+        "effect tables leave out the facts for which the selection found no knowledge neuron "
+        "(<code>no_neurons</code>: nothing to intervene on).</p>"
     )
     if not known.empty:
         cov = known.groupby("relation", sort=False).agg(scanned=("known", "size"), known=("known", "sum"))
         cov["coverage_%"] = 100 * cov["known"] / cov["scanned"]
         done = Counter(r["relation"] for r in records)
+        empty = Counter(r["relation"] for r in records if not r.get("neurons"))
         cov["evaluated"] = [done.get(r, 0) for r in cov.index]
+        cov["no_neurons"] = [empty.get(r, 0) for r in cov.index]
         parts.append(_table(cov.reset_index()))
         unknown = known[~known["known"].astype(bool)]
         parts.append(f"<details><summary>{len(unknown)} facts the model does not know</summary>"

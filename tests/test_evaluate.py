@@ -393,7 +393,8 @@ def test_evaluate_fact_record_and_tables(tiny_bert, bags):
         tiny_bert, fact, same_relation=bags[1:12], other_relations=bags[12:15], seed=1, selection="fact-specific"
     )
     assert set(specific["neurons"]) <= set(record["neurons"]) | set(specific["dropped"].get("negatives", []))
-    frame = records_frame([record, {"relation": "P36", "uuid": "u", "known": False}])
+    empty = dict(record, uuid="no-neurons", neurons=[], random_neurons=[])  # a fact the selection found nothing for
+    frame = records_frame([record, {"relation": "P36", "uuid": "u", "known": False}, empty])
     assert set(frame["uuid"]) == {fact.uuid}
     table = relation_table(frame)
     assert set(table["relation"]) == {"P36", "all"}
