@@ -148,3 +148,32 @@ def test_preset_and_method_reach_the_manifest(run, tmp_path, capsys):
     assert manifest["n_steps"] == 6 and manifest["find_kwargs"] == {"method": "'riemann_middle'"}
     assert main([*argv[:-4], "--method", "simpson"]) == 2
     assert "--method must be one of" in capsys.readouterr().err
+
+
+def test_causal_model_layer_subset_and_user_hooks(random_llama):
+    """A causal model, a layer subset, a user hook on mlp_post: every row is what find_knowledge_neurons gives
+    under that hook (the hook is honoured, not bypassed), and the hook changes the scores."""
+    import torch
+
+    prompts = ["The capital of France is", "France's capital city is", "The French capital is"]
+    rules = dict(settings=[COARSE], reference=REFERENCE, layers=[1, 2], progress=False)
+    clean = convergence(random_llama, [(prompts, " Paris")], **rules)
+
+    def halve(act, hook):
+        return act * 0.5
+
+    random_llama.add_hook("blocks.1.hook_mlp_out", halve)
+    try:
+        with pytest.warns(UserWarning):
+            hooked = convergence(random_llama, [(prompts, " Paris")], **rules)
+        coarse = find_knowledge_neurons(random_llama, prompts, " Paris", layers=[1, 2], method=COARSE[0],
+                                        n_steps=COARSE[1])  # fmt: skip
+        ref = find_knowledge_neurons(random_llama, prompts, " Paris", layers=[1, 2], **REFERENCE)
+    finally:
+        random_llama.reset_hooks(including_permanent=True)
+    assert coarse.scores.shape == (3, 2, random_llama.cfg.d_mlp)
+    error = float((coarse.scores - ref.scores).abs().max() / ref.scores.abs().max())
+    assert hooked.iloc[1]["score_error"] == pytest.approx(error, rel=1e-3)
+    assert hooked.iloc[1]["completeness"] == pytest.approx(sum(coarse.params["completeness"]) / 3, rel=1e-3)
+    assert not torch.isclose(torch.tensor(hooked["completeness"].to_list()),
+                             torch.tensor(clean["completeness"].to_list())).all()  # fmt: skip
