@@ -222,11 +222,12 @@ def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
     from kn_lens.convergence import convergence_summary
     from kn_lens.datasets import pararel
 
-    manifest = json.loads((Path(args.run) / sweeps.MANIFEST).read_text(encoding="utf-8")) if (
-        Path(args.run) / sweeps.MANIFEST).exists() else {}  # fmt: skip
-    folder = args.data or manifest.get("data_path")
-    if not folder:
-        raise SystemExit(f"kn-lens: error: {args.run} is not a run folder; give a run of `kn-lens evaluate pararel`")
+    path = Path(args.run) / sweeps.MANIFEST
+    if not path.exists():  # before loading a model: a SweepError is a ValueError, reported with exit code 2
+        raise sweeps.SweepError(f"{args.run} is not a run folder (no {sweeps.MANIFEST}); give a run of "
+                                "`kn-lens evaluate pararel`")  # fmt: skip
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    folder = args.data or manifest["data_path"]
     model = load(_model_arg(args), args.device, getattr(args, "backend", None))
     out = sweeps.run_convergence(model, pararel.load(folder, relations=manifest.get("relations")), args.run,
                                  facts_per_relation=args.facts_per_relation, progress=not args.no_progress)  # fmt: skip

@@ -177,3 +177,8 @@ def test_causal_model_layer_subset_and_user_hooks(random_llama):
     assert hooked.iloc[1]["completeness"] == pytest.approx(sum(coarse.params["completeness"]) / 3, rel=1e-3)
     assert not torch.isclose(torch.tensor(hooked["completeness"].to_list()),
                              torch.tensor(clean["completeness"].to_list())).all()  # fmt: skip
+
+
+def test_convergence_command_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["--model", "tiny-bert", "evaluate", "convergence", str(tmp_path), "--no-progress"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
