@@ -32,7 +32,7 @@ position see the site, so all positions are recomputed from block ``L + 1`` on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from kn_lens._typing import Model, is_encoder
-from kn_lens.backends import is_hooked
+from kn_lens.backends import is_bridge, is_hooked
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective, objective_from_logits, with_grad
 
@@ -60,24 +60,40 @@ PACK_SIZE = 16
 
 def supports(model: Model, hook: str) -> bool:
     """Whether the fast path models this architecture exactly (otherwise the plain reference runs)."""
-    if not is_hooked(model):  # a TransformerBridge: HookedTransformer internals (start_at_layer, KV cache) differ
-        return False
+    return unsupported(model, hook) is None
+
+
+def unsupported(model: Model, hook: str) -> str | None:
+    """Why the fast path cannot run this model exactly (a one-line reason), or None when it can.
+
+    A ``TransformerBridge`` is answered by :func:`kn_lens._ig_bridge.unsupported` (its blocks are run through the
+    bridge's own modules, checked once per model against the plain path)."""
+    if is_bridge(model):
+        from kn_lens import _ig_bridge
+
+        return _ig_bridge.unsupported(model, hook)
+    if not is_hooked(model):
+        return f"{type(model).__name__} is neither a HookedTransformer/HookedEncoder nor a TransformerBridge"
     cfg = model.cfg
     if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
-        return False  # SoLU-style LayerNorm inside the MLP
+        return f"act_fn {cfg.act_fn!r} has a LayerNorm inside the MLP (SoLU), which the fast path does not model"
     if is_encoder(model):
-        return hasattr(model, "mlm_head") and hasattr(model, "unembed")
-    return not (
-        cfg.parallel_attn_mlp
-        or cfg.use_split_qkv_input
-        or cfg.use_attn_in
-        or cfg.use_normalization_before_and_after
-        or cfg.original_architecture in POST_NORM_ARCHITECTURES
-        or cfg.positional_embedding_type not in ("standard", "rotary")
-        or getattr(cfg, "num_experts", None)
-        or (getattr(cfg, "output_logits_soft_cap", 0.0) or 0.0) > 0
-        or getattr(cfg, "n_devices", 1) > 1
-    )
+        if hasattr(model, "mlm_head") and hasattr(model, "unembed"):
+            return None
+        return "this HookedEncoder has no MLM head"
+    checks = {
+        "parallel attention and MLP": cfg.parallel_attn_mlp,
+        "split q/k/v inputs (use_split_qkv_input)": cfg.use_split_qkv_input,
+        "use_attn_in": cfg.use_attn_in,
+        "norms before and after each sublayer": cfg.use_normalization_before_and_after,
+        "post-norm blocks": cfg.original_architecture in POST_NORM_ARCHITECTURES,
+        f"{cfg.positional_embedding_type!r} positions": cfg.positional_embedding_type not in ("standard", "rotary"),
+        "a mixture-of-experts MLP": getattr(cfg, "num_experts", None),
+        "soft-capped logits": (getattr(cfg, "output_logits_soft_cap", 0.0) or 0.0) > 0,
+        "a model split over several devices": getattr(cfg, "n_devices", 1) > 1,
+    }
+    found = [name for name, present in checks.items() if present]
+    return f"the fast path does not model {found[0]}" if found else None
 
 
 @dataclass
@@ -238,14 +254,43 @@ def _entry(pack: _Pack, block: int, rows: int, row_prompt: Tensor | None):
     return TransformerLensKeyValueCacheEntry(past_keys=keys, past_values=values, frozen=True)
 
 
+def _step(model: Model, pack: _Pack, block_index: int, resid: Tensor, row_prompt: Tensor | None) -> Tensor:
+    """Block ``block_index`` for the rows in ``resid`` (``row_prompt``: each row's prompt in the pack, or None)."""
+    entry = _entry(pack, block_index, resid.shape[0], row_prompt)
+    mask = None if pack.mask is None or row_prompt is None else pack.mask[row_prompt]
+    gated = bool(getattr(model.cfg, "gated_mlp", False))
+    return _block(model.blocks[block_index], resid, entry, is_encoder(model), gated, mask=mask)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The backend-specific steps of the fast path; everything else (packing, memory plan, quadrature, deltas) is
+    shared. :func:`_engine` gives a model's: HookedTransformer/HookedEncoder here, a TransformerBridge in
+    :mod:`kn_lens._ig_bridge`."""
+
+    clean_pass: Callable  # (model, prompt, layers, objective) -> _Clean
+    stack: Callable  # (model, cleans) -> _Pack
+    enter: Callable  # (model, clean, layer, hook, x [rows, d_mlp]) -> residual leaving block ``layer``
+    step: Callable  # (model, pack, block_index, resid, row_prompt) -> residual leaving block ``block_index``
+    unembed: Callable  # (model, final residual [..., d_model]) -> logits [..., d_vocab]
+    can_pad: Callable  # (model) -> whether causal prefixes of different lengths may share passes
+
+
+def _engine(model: Model) -> Engine:
+    if is_bridge(model):
+        from kn_lens import _ig_bridge
+
+        return _ig_bridge.ENGINE
+    return Engine(_clean_pass, _stack, _enter, _step, _unembed, _can_pad)  # looked up now: tests spy on them
+
+
 def _run(
     model: Model, pack: _Pack, units: list[tuple[int, int]], hook: str, xs: list[Tensor], objective: Objective
 ) -> Tensor:
     """Objective for every row of every unit: ``xs[u]`` ([rows, d_mlp]) is the hooked activation at the site of
     layer ``units[u][1]`` in prompt ``units[u][0]`` of the pack. Rows join at block ``layer + 1``; returns
     ``[n_rows_total]`` in unit order."""
-    encoder = is_encoder(model)
-    gated = bool(getattr(model.cfg, "gated_mlp", False))
+    engine = _engine(model)
     n_layers = model.cfg.n_layers
     several = len(pack.cleans) > 1
     entering: dict[int, list[int]] = {}
@@ -254,26 +299,23 @@ def _run(
     resid: Tensor | None = None
     order: list[int] = []  # units in the order their rows sit in ``resid``
     row_prompt: Tensor | None = None
-    mask: Tensor | None = None
     for block_index in range(min(entering), n_layers + 1):
         if block_index in entering:
             joining = entering.pop(block_index)
             parts = [] if resid is None else [resid]
-            parts += [_enter(model, pack.cleans[units[u][0]], units[u][1], hook, xs[u]) for u in joining]
+            parts += [engine.enter(model, pack.cleans[units[u][0]], units[u][1], hook, xs[u]) for u in joining]
             resid = torch.cat(parts) if len(parts) > 1 else parts[0]
             order += joining
             if several:
                 ids = [units[u][0] for u in order for _ in range(xs[u].shape[0])]
                 row_prompt = torch.tensor(ids, device=resid.device)
-                mask = None if pack.mask is None else pack.mask[row_prompt]
         if block_index == n_layers:
             break
         assert resid is not None
-        entry = _entry(pack, block_index, resid.shape[0], row_prompt)
-        resid = _block(model.blocks[block_index], resid, entry, encoder, gated, mask=mask)
+        resid = engine.step(model, pack, block_index, resid, row_prompt)
     assert resid is not None
     row_ids = None if row_prompt is None else row_prompt.tolist()
-    f = _objective(model, resid, pack.cleans, row_ids, objective)
+    f = _objective(model, resid, pack.cleans, row_ids, objective, engine.unembed)
     if order == sorted(order):
         return f
     chunks = dict(zip(order, f.split([xs[u].shape[0] for u in order]), strict=True))
@@ -292,23 +334,29 @@ def _unembed(model: Model, resid: Tensor) -> Tensor:
 
 
 def _objective(
-    model: Model, resid: Tensor, cleans: list[_Clean], row_prompt: list[int] | None, objective: Objective
+    model: Model,
+    resid: Tensor,
+    cleans: list[_Clean],
+    row_prompt: list[int] | None,
+    objective: Objective,
+    unembed: Callable | None = None,
 ) -> Tensor:
     """Objective of every row from the last residual (positions from each prompt's ``start`` on); ``row_prompt``
     gives each row's prompt in ``cleans`` (None: all rows belong to ``cleans[0]``). Preset objectives run the final
     norm / MLM head and the unembedding at the target positions only (the same positions for every prompt of a
     pack); a callable metric (one prompt at a time) gets the full logits, the clean logits of positions before
-    ``start``, which cannot change, in front."""
+    ``start``, which cannot change, in front. ``unembed``: the engine's head (default: the hooked model's)."""
+    unembed = unembed or _unembed
     clean = cleans[0]
     if callable(objective):
         assert row_prompt is None, "a callable metric is attributed one prompt at a time"
-        logits = _unembed(model, resid)
+        logits = unembed(model, resid)
         if clean.prefix_logits is not None:
             prefix = clean.prefix_logits.to(logits.dtype).expand(logits.shape[0], -1, -1)
             logits = torch.cat([prefix, logits], dim=1)
         return objective_from_logits(logits, clean.prompt, objective)
     positions = torch.tensor(clean.out_prompt.positions, device=resid.device)
-    logits = _unembed(model, resid[:, positions])
+    logits = unembed(model, resid[:, positions])
     at = tuple(range(len(positions)))
     if row_prompt is None:
         return objective_from_logits(logits, dataclasses.replace(clean.out_prompt, positions=at), objective)
@@ -431,7 +479,7 @@ def _shape_key(model: Model, prompt: Prompt, objective: Objective) -> tuple | No
         return None
     start = 0 if is_encoder(model) else prompt.site
     key: tuple = (len(prompt) - start, prompt.site - start, tuple(p - start for p in prompt.positions))
-    return key if is_encoder(model) or _can_pad(model) else (*key, start)
+    return key if is_encoder(model) or _engine(model).can_pad(model) else (*key, start)
 
 
 def _packs(model: Model, prompts: Sequence[Prompt], objective: Objective, pack: bool) -> list[list[int]]:
@@ -524,6 +572,7 @@ def integrated_gradients_packed(
     that many steps of every layer of every prompt of the pack in each pass. ``pack=False``: one prompt per pack.
     """
     prompts = list(prompts)
+    engine = _engine(model)
     packs = _packs(model, prompts, objective, pack)
     plans = [
         _pack_plan(model, [prompts[i] for i in members], layers, len(alphas), objective, internal_batch_size)
@@ -533,8 +582,8 @@ def integrated_gradients_packed(
     results: list[tuple[Tensor, Tensor | None]] = [None] * len(prompts)  # type: ignore[list-item]
     bar = tqdm(total=sum(len(p) for p in plans), desc=desc, disable=not progress, leave=False)
     for members, passes in zip(packs, plans, strict=True):
-        cleans = [_clean_pass(model, prompts[i], layers, objective) for i in members]
-        stacked = _stack(model, cleans)
+        cleans = [engine.clean_pass(model, prompts[i], layers, objective) for i in members]
+        stacked = engine.stack(model, cleans)
         act = torch.stack([c.acts[kind][layers] for c in cleans])  # [n, G, d]
         base = torch.zeros_like(act) if baselines is None else baselines.to(act.dtype).expand_as(act)
         diff = act - base
@@ -587,7 +636,8 @@ def ablation_effects(
     progress: bool,
 ) -> Tensor:
     """Exact ablation of every neuron, ``chunk`` neurons of every layer per shared pass: ``F(clean) - F(ablated)``."""
-    clean = _clean_pass(model, prompt, layers, objective)
+    engine = _engine(model)
+    clean = engine.clean_pass(model, prompt, layers, objective)
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
     act = clean.acts[kind][layers]  # [G, d]
     d_mlp = act.shape[1]
@@ -603,7 +653,7 @@ def ablation_effects(
             x = act[g].expand(len(idx), -1).clone()
             x[rows, idx] = ablated[g, idx].to(x.dtype)
             xs.append(x)
-        f = _run(model, _stack(model, [clean]), [(0, layer) for layer in layers], hook, xs, objective)
+        f = _run(model, engine.stack(model, [clean]), [(0, layer) for layer in layers], hook, xs, objective)
         f = f.view(len(layers), len(idx))
         out[:, start : start + len(idx)] = (clean.f_clean - f).float().cpu()  # larger = supports the target
     return out

@@ -80,11 +80,13 @@ __all__ = [
     "ATTRIBUTIONS",
     "HOOKS",
     "METHODS",
+    "PATHS",
     "ablation_effects",
     "attached_hooks",
     "attribute",
     "attribute_many",
     "attribution_patching",
+    "attribution_path",
     "grad_x_activation",
     "hook_name",
     "integrated_gradients",
@@ -214,44 +216,118 @@ def _baselines(
 def attached_hooks(model: Model) -> list[str]:
     """Names of the modules of ``model`` that carry forward or backward hooks (TransformerLens hook points included).
 
+    Hooks the libraries keep on a bridge (transformers' output capturing, TransformerLens' own input captures and
+    4.x's permanent mirrors of BERT-style MLP hook points) are part of the model, not the user's: not listed.
+
     Example:
         >>> with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", lambda act, hook: act * 0)]):
         ...     attached_hooks(model)
         ['blocks.0.mlp.hook_post']
     """
-    found = [
-        name
-        for name, module in model.named_modules()
-        if module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None)
-    ]
+    found = []
+    for name, module in model.named_modules():
+        if (
+            any(not _library_hook(module, key, fn) for key, fn in module._forward_hooks.items())
+            or any(not _library_hook(module, key, fn) for key, fn in module._forward_pre_hooks.items())
+            or module._backward_hooks
+            or getattr(module, "_backward_pre_hooks", None)
+        ):
+            found.append(name)
     glob = torch.nn.modules.module
     if any(getattr(glob, kind, None) for kind in ("_global_forward_hooks", "_global_forward_pre_hooks")):
         found.append("<global module hook>")
     return found
 
 
-def _use_fast(model: Model, hook: str, fast: bool) -> bool:
-    """Whether the fast path may run: asked for, exact for this architecture, and no hooks it would bypass."""
-    if not fast:
-        return False
-    from kn_lens import _ig_fast
+def _library_hook(module: torch.nn.Module, key: int, fn: Callable) -> bool:
+    """Whether a forward (pre-)hook belongs to the libraries, not the user: transformers' output capturing and a
+    bridge block's input captures (installed on the first forward, inert for the values), or a permanent hook
+    TransformerLens put on a bridge's hook point with its own code (4.x mirrors the MLP ``hook_in``/``hook_out`` of
+    BERT-style blocks). A hook added to a hook point (``add_hook``, ``hooks()``, ``run_with_hooks``) is the user's."""
+    for handle in getattr(module, "fwd_hooks", ()) or ():  # a TransformerLens hook point's hooks
+        if getattr(handle.hook, "id", None) == key:
+            user = getattr(handle, "user_hook", None)
+            return bool(handle.is_permanent) and getattr(user, "__module__", "").startswith("transformer_lens.")
+    return getattr(fn, "__module__", "").startswith(("transformers.", "transformer_lens."))
 
-    if not _ig_fast.supports(model, hook):
-        return False
+
+PATHS: dict[str, str] = {
+    "hooked-fast": "the fast path of a HookedTransformer/HookedEncoder: blocks recomputed from their weights, "
+    "layers below L and (causal) positions before the site computed once",
+    "bridge-fast": "the fast path of a TransformerBridge: its own blocks rerun from layer L + 1, (causal) only "
+    "from the site on with the prefix's keys and values frozen",
+    "plain": "the plain reference: one run_with_hooks forward and backward per layer (and batch of steps)",
+}
+"""The implementations :func:`attribution_path` chooses between (all give the same numbers to float32 rounding)."""
+
+
+def attribution_path(model: Model, hook: str = "mlp_post", fast: bool = True) -> tuple[str, str]:
+    """Which implementation integrated gradients and exact ablations take on ``model``, and why (one line).
+
+    The one place the choice is made (:func:`integrated_gradients`, :func:`integrated_gradients_many` and
+    :func:`ablation_effects` all ask it): ``"hooked-fast"``, ``"bridge-fast"`` or ``"plain"`` (see :data:`PATHS`).
+    The plain path runs when ``fast=False``, when the architecture cannot be run the fast way (the reason says
+    why), or when hooks of yours are attached to the model (the fast path would bypass them; the plain path
+    honours them). A ``TransformerBridge`` is checked once (per model and hook kind) against its own forward on a
+    short probe.
+
+    Args:
+        model: the model.
+        hook: the MLP hook point attributed (see :data:`HOOKS`).
+        fast: the caller's ``fast=`` argument.
+
+    Returns:
+        ``(path, reason)``.
+
+    Example:
+        >>> attribution_path(model)
+        ('hooked-fast', 'the fast path of a HookedTransformer/HookedEncoder: ...')
+        >>> attribution_path(model, fast=False)[0]
+        'plain'
+    """
+    check_model(model)
+    _hook_key(model, hook)
+    return _choose_path(model, hook, fast, warn=False)
+
+
+def _choose_path(model: Model, hook: str, fast: bool, *, warn: bool) -> tuple[str, str]:
+    """:func:`attribution_path`, with a warning when the plain path runs for a reason the caller may not expect
+    (hooks attached: every call; a bridge the fast path cannot run: once per model)."""
+    from kn_lens import _ig_fast
+    from kn_lens.backends import is_bridge
+
+    if not fast:
+        return "plain", "fast=False: " + PATHS["plain"]
+    bridge = is_bridge(model)
+    if not bridge:
+        reason = _ig_fast.unsupported(model, hook)
+        if reason is not None:
+            return "plain", reason
     attached = attached_hooks(model)
     if attached:
         shown = ", ".join(attached[:3]) + (", ..." if len(attached) > 3 else "")
+        reason = f"hooks are attached to the model ({shown})"
+        if warn:
+            warnings.warn(
+                f"{reason}; the fast attribution path would bypass them, so the plain path runs instead (same "
+                "definition, honours your hooks, slower). Pass fast=False to silence this.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return "plain", reason
+    if not bridge:
+        return "hooked-fast", PATHS["hooked-fast"]
+    reason = _ig_fast.unsupported(model, hook)
+    if reason is None:
+        return "bridge-fast", PATHS["bridge-fast"]
+    if warn and _ig_bridge.warn_once(model):
         warnings.warn(
-            f"hooks are attached to the model ({shown}); the fast attribution path would bypass them, so the plain "
-            "path runs instead (same definition, honours your hooks, slower). Pass fast=False to silence this.",
+            f"this TransformerBridge cannot take the fast attribution path: {reason}. The plain path runs instead "
+            "(same definition, slower); pass fast=False to silence this.",
             UserWarning,
             stacklevel=3,
         )
-        return False
-    return True
+    return "plain", reason
 
 
 def per_token_prompts(prompt: Prompt) -> list[Prompt]:
@@ -453,16 +529,13 @@ def integrated_gradients(
     layer_list, baselines, alphas, weights = _ig_setup(
         model, layers, n_steps, method, baseline, objective, hook, internal_batch_size
     )
-    use_fast = _use_fast(model, hook, fast)
-
-    if fast and _ig_bridge.supports(model):  # a TransformerBridge: all layers' steps batched, through its hooks
-        path, batch = _ig_bridge.integrated_gradients, internal_batch_size
-    elif use_fast:
+    path_name, _ = _choose_path(model, hook, fast, warn=True)
+    if path_name == "plain":
+        path, batch = _ig_plain, internal_batch_size or n_steps
+    else:  # hooked-fast or bridge-fast: _ig_fast drives both (the backend's steps come from its engine)
         from kn_lens import _ig_fast
 
         path, batch = _ig_fast.integrated_gradients, internal_batch_size
-    else:
-        path, batch = _ig_plain, internal_batch_size or n_steps
 
     def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
         return path(
@@ -617,15 +690,11 @@ def _ig_options(kwargs: dict) -> dict:
 
 
 def _packs_fast(model: Model, options: dict) -> bool:
-    """Whether :func:`integrated_gradients` would take the fast path here (and so several prompts can share its
-    passes): asked for, not a bridge, an architecture it models, no hooks attached (then the one-prompt path
-    runs, and warns, as it always does)."""
-    from kn_lens import _ig_fast
-
-    if not options["fast"] or _ig_bridge.supports(model):
-        return False
+    """Whether :func:`integrated_gradients` would take a fast path here (and so several prompts can share its
+    passes). Where it would not, prompts run one at a time, and :func:`integrated_gradients` warns as it always
+    does."""
     _hook_key(model, options["hook"])
-    return _ig_fast.supports(model, options["hook"]) and not attached_hooks(model)
+    return _choose_path(model, options["hook"], options["fast"], warn=False)[0] != "plain"
 
 
 # ------------------------------------------------------------------------------- gradient-based single steps
@@ -870,7 +939,7 @@ def ablation_effects(
     _check_mode(mode, mean_cache)
     _check_batch(internal_batch_size)
     names = [hook_name(layer, hook) for layer in layer_list]
-    use_fast = _use_fast(model, hook, fast)
+    use_fast = _choose_path(model, hook, fast, warn=True)[0] != "plain"
 
     def one(part: Prompt) -> Tensor:
         clean, _ = _clean_site(model, part, names, objective)
