@@ -376,7 +376,9 @@ def _can_pad(model: Model) -> bool:
     return not is_encoder(model)
 
 
-ENGINE = Engine(_clean_pass, _stack, _enter, _step, _unembed, _can_pad)
+def engine() -> Engine:
+    """This module's steps for :mod:`kn_lens._ig_fast` (looked up at each call, so a test can spy on them)."""
+    return Engine(_clean_pass, _stack, _enter, _step, _unembed, _can_pad)
 
 
 # ------------------------------------------------------------------------------------------------------ the probe
@@ -409,7 +411,7 @@ def _probe(model: Model, hook: str) -> str | None:
         return str(why)
     except Exception as err:  # any failure of the fast machinery on this architecture: use the plain path
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return f"the fast path failed on this bridge ({type(err).__name__}: {text[:200]})"
+        return f"the fast path could not rerun this bridge's blocks alone ({type(err).__name__}: {text[:160]})"
     return None
 
 
@@ -422,8 +424,16 @@ def _check(model: Model, hook: str) -> None:
         raise _Unsupported("the model is in training mode (dropout); call model.eval()")
     if hook != "mlp_post" and _activation(model, 0) is None:
         raise _Unsupported(f"kn_lens cannot find the activation function between {hook} and mlp_post")
-    if encoder and getattr(model.blocks[0], "ln2", None) is None:
+    block = model.blocks[0]
+    if encoder and getattr(block, "ln2", None) is None:
         raise _Unsupported("this encoder's blocks have no output LayerNorm (ln2)")
+    if "Parallel" in type(block).__name__ or getattr(model.cfg, "parallel_attn_mlp", False):
+        raise _Unsupported(f"its blocks run attention and MLP in parallel ({type(block).__name__})")
+    if "ln2_post" in (getattr(block, "submodules", None) or {}):
+        raise _Unsupported(
+            "its MLP output is normalised before it joins the residual stream (post-norm blocks, e.g. OLMo 2, "
+            "Gemma 2), so a neuron's effect there is not a shift along its W_out row"
+        )
     vocab = model.cfg.d_vocab
     length = 6
     tokens = torch.tensor([(97 * i + 101) % vocab for i in range(length)])
@@ -452,5 +462,5 @@ def _check(model: Model, hook: str) -> None:
     if not err <= tolerance:
         raise _Unsupported(
             f"the fast path's logits differ from the bridge's own forward by {err:.1e} of the largest on a probe "
-            "(an output head that is more than final norm + unembedding, or blocks it cannot rerun alone)"
+            "(a scaled or soft-capped output head, scaled residual branches, or blocks that cannot be rerun alone)"
         )

@@ -280,7 +280,7 @@ def _engine(model: Model) -> Engine:
     if is_bridge(model):
         from kn_lens import _ig_bridge
 
-        return _ig_bridge.ENGINE
+        return _ig_bridge.engine()
     return Engine(_clean_pass, _stack, _enter, _step, _unembed, _can_pad)  # looked up now: tests spy on them
 
 

@@ -16,6 +16,7 @@ newest TransformerLens 4.x (``-m bridge``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from types import SimpleNamespace
 
 import pandas as pd
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 import kn_lens
+from kn_lens import attribution as A
 from kn_lens import backends
 from kn_lens.models import default_backend, embedded_checkpoint
 
@@ -227,7 +229,7 @@ def test_mlp_post_cache_equal(pair):
 
 def test_ig_equal(pair):
     prompt = _prompts(pair, pair.bridge)[0]
-    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=6)  # the batched bridge path
+    scores = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=6)  # the bridge's fast path
     expected = torch.stack([_hf_ig(pair, prompt, layer, 6) for layer in range(2)])
     tolerance = 1e-4 * expected.abs().max().item()
     assert expected.abs().max() > 0
@@ -241,43 +243,211 @@ def test_ig_equal(pair):
             torch.testing.assert_close(scores, hooked, atol=tolerance, rtol=0)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The bridge's fast path (kn_lens._ig_bridge through kn_lens._ig_fast) against its plain path
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_spy(monkeypatch):
+    """Records the prompts of every pack the bridge's fast path builds (so a test knows the fast path ran)."""
+    from kn_lens import _ig_bridge
+
+    packs: list[int] = []
+    real = _ig_bridge._stack
+
+    def stack(model, cleans):
+        packs.append(len(cleans))
+        return real(model, cleans)
+
+    monkeypatch.setattr(_ig_bridge, "_stack", stack)
+    return packs
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_bridge_takes_the_fast_path(pair):
+    bridge = pair.bridge
+    with torch.no_grad():
+        bridge(_prompts(pair, bridge)[0].tokens[None])  # a forward leaves the libraries' own hooks behind
+    assert A.attached_hooks(bridge) == []
+    kinds = ["mlp_post", "mlp_pre"] + (["mlp_pre_linear"] if pair.family == "llama" else [])
+    for hook in kinds:
+        assert A.attribution_path(bridge, hook)[0] == "bridge-fast", hook
+    assert A.attribution_path(bridge, fast=False)[0] == "plain"
+    with bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", lambda act, hook: act)]):
+        path, reason = A.attribution_path(bridge)
+        assert A.attached_hooks(bridge) == ["blocks.1.hook_in"]
+    assert path == "plain" and "hooks are attached" in reason
+
+
 @pytest.mark.parametrize(
     "options",
     [
         dict(baseline="random"),
         dict(objective="logit", method="gausslegendre"),
-        dict(internal_batch_size=2),
-        dict(hook="mlp_pre", layers=[1]),
+        dict(objective="logprob", method="riemann_trapezoid", internal_batch_size=2),
+        dict(method="riemann_right", layers=[0]),
+        dict(method="riemann_middle", layers=[1]),
+        dict(method="eleuther", hook="mlp_pre"),
+        dict(hook="mlp_pre_linear"),
+        dict(target="two tokens"),
+        dict(objective="metric"),
+        dict(objective="metric", target="two tokens"),
     ],
-    ids=["baseline", "logit-gausslegendre", "batch2", "mlp_pre"],
-)
-def test_batched_bridge_ig_equals_plain(pair, options):
-    """The bridge's batched path (all layers' steps per pass) against its plain path, deltas included."""
-    prompt = _prompts(pair, pair.bridge)[0]
-    if options.get("baseline") == "random":
-        options = dict(
-            options, baseline=torch.rand(2, pair.bridge.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
+    ids=["baseline", "logit-gausslegendre", "logprob-trapezoid-batch2", "right-layer0", "middle-layer1",
+         "eleuther-mlp_pre", "mlp_pre_linear", "two-token-target", "metric", "metric-two-tokens"],
+)  # fmt: skip
+def test_bridge_fast_equals_plain(pair, options, fast_spy):
+    """The fast path gives the plain path's scores and convergence deltas, for every rule, objective, hook point,
+    layer subset and multi-token targets (encoders: one mask per token; causal: teacher-forced)."""
+    options = dict(options)
+    bridge = pair.bridge
+    if options.get("hook") == "mlp_pre_linear" and pair.family != "llama":
+        pytest.skip("mlp_pre_linear exists only in gated MLPs")
+    text, target = pair.texts[0], pair.target
+    if options.pop("target", None):
+        target = (
+            " Buenos Aires"
+            if pair.family not in ENCODERS
+            else bridge.tokenizer.convert_tokens_to_ids(["Paris", "Rome"])
         )
-    fast, fast_delta = kn_lens.integrated_gradients(
-        pair.bridge, prompt, n_steps=5, return_convergence_delta=True, **options
-    )
-    plain, plain_delta = kn_lens.integrated_gradients(
-        pair.bridge, prompt, n_steps=5, return_convergence_delta=True, fast=False, **options
-    )
+    prompt = kn_lens.make_prompt(bridge, text, target)
+    if options.get("baseline") == "random":
+        options["baseline"] = torch.rand(2, bridge.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
+    if options.get("objective") == "metric":  # read at the prompt's site, whatever the target
+        paris, rome = (" Paris", " Rome") if pair.family not in ENCODERS else ("Paris", "Rome")
+        options["objective"] = kn_lens.scoring.logit_diff(bridge, paris, rome)
+    kw = dict(n_steps=5, return_convergence_delta=True, **options)
+    fast, fast_delta = kn_lens.integrated_gradients(bridge, prompt, **kw)
+    assert fast_spy, "the fast path did not run"
+    plain, plain_delta = kn_lens.integrated_gradients(bridge, prompt, fast=False, **kw)
     assert plain.abs().max() > 0
-    torch.testing.assert_close(fast, plain, atol=1e-4 * plain.abs().max().item(), rtol=0)
+    assert _rel(fast, plain) < 1e-5
     torch.testing.assert_close(fast_delta, plain_delta, atol=1e-6, rtol=1e-4)
 
 
-def test_batched_bridge_ig_honours_user_hooks(pair):
+def test_bridge_fast_packs_prompts(pair, fast_spy):
+    """Several prompts share the fast passes (decoders: prompts of different lengths, the shorter prefixes padded and
+    masked; encoders: prompts of equal length) and each gets its plain scores; a pack without its padding mask
+    would not."""
+    from kn_lens import _ig_bridge
+
+    bridge = pair.bridge
+    if pair.family in ENCODERS:
+        texts = ["The capital of France is [MASK] .", "The capital of Italy is [MASK] .",
+                 "France has its capital in [MASK] .", "[MASK] is the capital of Spain ."]  # fmt: skip
+        targets = ["Paris", "Rome", "Paris", "Madrid"]
+    else:
+        texts = ["The capital of France is", "In Europe, the country whose capital is Paris is called", "Capital:",
+                 "France has its capital in"]  # fmt: skip
+        targets = [" Paris", " France", " Buenos Aires", " Paris"]
+    kw = dict(n_steps=4, method="gausslegendre", return_convergence_delta=True, progress=False)
+    scores, deltas = A.integrated_gradients_many(bridge, texts, targets, **kw)
+    assert max(fast_spy) == (3 if pair.family in ENCODERS else 5)  # encoders: the three of equal length and site
+    for i, (text, target) in enumerate(zip(texts, targets, strict=True)):
+        plain, plain_delta = A.integrated_gradients(bridge, text, target, fast=False, n_steps=4, method="gausslegendre",
+                                                    return_convergence_delta=True)  # fmt: skip
+        assert _rel(scores[i], plain) < 1e-5, text
+        torch.testing.assert_close(deltas[i], plain_delta, atol=1e-6, rtol=1e-4)
+    if pair.family in ENCODERS:
+        return
+    real = _ig_bridge._stack
+
+    def unmasked(model, cleans):
+        pack = real(model, cleans)
+        for block in pack.stacked:
+            block.pop("attention_mask", None)
+        return pack
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_ig_bridge, "_stack", unmasked)
+        broken = A.integrated_gradients_many(bridge, texts[:2], targets[:2], n_steps=2, progress=False)
+    alone = A.integrated_gradients_many(bridge, texts[:2], targets[:2], n_steps=2, progress=False, pack=False)
+    assert _rel(broken[0], alone[0]) > 1e-3  # the padded prompt attends to its padding: the comparison can fail
+
+
+def test_bridge_fast_steps_aside_for_user_hooks(pair, fast_spy):
+    """With a hook of the user's attached the plain path runs (with a warning) and honours it."""
     prompt = _prompts(pair, pair.bridge)[0]
     user = [("blocks.0.mlp.hook_post", lambda act, hook: act * 3.0)]
     with pair.bridge.hooks(fwd_hooks=user):
-        fast = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1])
+        with pytest.warns(UserWarning, match="hooks are attached"):
+            fast = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1])
+        assert fast_spy == []
         plain = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1], fast=False)
     free = kn_lens.integrated_gradients(pair.bridge, prompt, n_steps=4, layers=[1])
-    torch.testing.assert_close(fast, plain, atol=1e-4 * plain.abs().max().item(), rtol=0)
-    assert (fast - free).abs().max() > 1e-3 * free.abs().max()  # the user's hook changed the model
+    assert fast_spy == [1]
+    torch.testing.assert_close(fast, plain, atol=1e-7 * plain.abs().max().item(), rtol=0)
+    assert _rel(fast, free) > 1e-3  # the user's hook changed the model
+
+
+def test_bridge_fast_sees_edits(pair, fast_spy):
+    """``erase``/``edit_fact`` write the weights the fast path reads (W_out through its view, the rest through the
+    bridge's own modules): under an edit the fast and plain paths agree, and an erased neuron scores 0."""
+    bridge = pair.bridge
+    prompt = _prompts(pair, bridge)[0]
+    neurons = [kn_lens.Neuron(0, 3), kn_lens.Neuron(1, 5)]
+    before = kn_lens.integrated_gradients(bridge, prompt, n_steps=4)
+    assert before[0, 3] != 0 and before[1, 5] != 0
+    with kn_lens.erase(bridge, neurons):
+        fast = kn_lens.integrated_gradients(bridge, prompt, n_steps=4)
+        plain = kn_lens.integrated_gradients(bridge, prompt, n_steps=4, fast=False)
+    assert fast[0, 3] == 0 and fast[1, 5] == 0
+    assert _rel(fast, plain) < 1e-5 and _rel(fast, before) > 1e-3
+    other = " Rome" if pair.family not in ENCODERS else "Rome"
+    with kn_lens.edit_fact(bridge, neurons, pair.target, other):
+        fast = kn_lens.integrated_gradients(bridge, prompt, n_steps=4)
+        plain = kn_lens.integrated_gradients(bridge, prompt, n_steps=4, fast=False)
+    assert _rel(fast, plain) < 1e-5 and _rel(fast, before) > 1e-3
+    assert len(fast_spy) == 3
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_bridge_fast_ablations_equal_plain(pair, mode, fast_spy):
+    prompt = _prompts(pair, pair.bridge)[0]
+    means = torch.rand(2, pair.bridge.cfg.d_mlp, generator=torch.Generator().manual_seed(1))
+    kw = dict(mode=mode, mean_cache=means if mode == "mean" else None, objective="logit")  # prob: ~1e-7 effects
+    fast = A.ablation_effects(pair.bridge, prompt, **kw)
+    assert fast_spy
+    plain = A.ablation_effects(pair.bridge, prompt, fast=False, **kw)
+    assert plain.abs().max() > 1e-5
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-4)  # logits ~1: float32 rounding ~1e-7
+
+
+def test_a_bridge_the_fast_path_cannot_rerun_falls_back(tmp_path, tokenizers):
+    """Granite scales its residual branches and its logits inside transformers' code: the probe sees the fast rows
+    disagree with the bridge's own forward, and the plain path runs (one warning per model) with the reason."""
+    import transformers
+
+    from kn_lens import _ig_bridge, _ig_fast
+
+    torch.manual_seed(0)
+    config = transformers.GraniteConfig(
+        vocab_size=len(tokenizers["causal"]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, logits_scaling=4.0,
+        residual_multiplier=0.5,
+    )  # fmt: skip
+    transformers.GraniteForCausalLM(config).eval().save_pretrained(tmp_path)
+    tokenizers["causal"].save_pretrained(tmp_path)
+    bridge = kn_lens.load_model(tmp_path, backend="bridge")
+    path, reason = A.attribution_path(bridge)
+    assert path == "plain" and "differ from the bridge's own forward" in reason
+    prompt = kn_lens.make_prompt(bridge, "The capital of France is", " Paris")
+    with pytest.warns(UserWarning, match="cannot take the fast attribution path"):
+        scores = kn_lens.integrated_gradients(bridge, prompt, n_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        again = kn_lens.integrated_gradients(bridge, prompt, n_steps=3)
+    plain = kn_lens.integrated_gradients(bridge, prompt, n_steps=3, fast=False)
+    assert torch.equal(scores, plain) and torch.equal(again, plain)
+    alphas, weights = A.step_alphas("riemann_left", 3)
+    forced, _ = _ig_fast.integrated_gradients(bridge, prompt, [0, 1], alphas, weights, None, "prob", "mlp_post", None,
+                                              False, False)  # fmt: skip
+    assert _rel(forced, plain) > 1e-2  # what the probe prevented
+    assert _ig_bridge.unsupported(bridge, "mlp_post") == reason
 
 
 def test_knowledge_neurons_same(pair):
