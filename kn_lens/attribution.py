@@ -48,7 +48,10 @@ Speed:
     layers below ``L`` once per prompt, only the positions that can change (causal models reuse the keys and
     values of earlier positions), all layers and steps in one batch, and the unembedding only where the
     objective reads it. ``fast=False`` runs the textbook version (one ``run_with_hooks`` forward and backward
-    per batch of steps and layer), kept as the reference.
+    per batch of steps and layer), kept as the reference. Both backends have a fast path: a
+    ``HookedTransformer``/``HookedEncoder`` recomputes its blocks from their weights (:mod:`kn_lens._ig_fast`), a
+    ``TransformerBridge`` reruns its own blocks (:mod:`kn_lens._ig_bridge`, TransformerLens 3.9 and 4.x).
+    :func:`attribution_path` says which path a model takes and why.
 
 Example:
     >>> scores = integrated_gradients(model, "The capital of France is", " Paris")   # [n_layers, d_mlp]
@@ -505,9 +508,9 @@ def integrated_gradients(
         return_convergence_delta: also return, per layer, ``sum(scores) - (F(clean) - F(baseline))``.
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
             Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
-            soft-capped logits, mixture-of-experts, ...) silently use the plain reference; a model with hooks
-            attached uses it too, with a warning (the fast path would bypass them). On a ``TransformerBridge``
-            the fast path batches every layer's steps through the bridge's own hooks (yours stay in force).
+            soft-capped logits, mixture-of-experts, ...) use the plain reference (a ``TransformerBridge``: with a
+            one-time warning giving the reason); a model with hooks attached uses it too, with a warning (the fast
+            path would bypass them). :func:`attribution_path` tells which path runs and why.
         progress: show a progress bar.
 
     Returns:
@@ -610,8 +613,8 @@ def integrated_gradients_many(
     fewer, fuller passes. Prompts pack when the part the fast path recomputes has the same shape: causal models
     pack prompts of any length (shorter prefixes are padded and masked out of attention), encoders pack prompts
     of equal token length; multi-token targets pack token by token; a callable metric runs prompt by prompt.
-    Where the fast path does not run (``fast=False``, an architecture it does not model, a ``TransformerBridge``,
-    or hooks attached to the model: see :func:`integrated_gradients`), prompts run one at a time as with
+    Both backends pack (a ``TransformerBridge`` too). Where no fast path runs (``fast=False``, an architecture it
+    does not model, or hooks attached to the model: see :func:`attribution_path`), prompts run one at a time as with
     ``pack=False``. Packing saves per-pass overhead, not arithmetic: with all layers and 20 steps one prompt's rows
     already fill several passes of the memory budget and packing changes little; with a few layers or steps,
     where one prompt leaves its passes part-empty, it pays (measured in ``benchmarks/bench_packing.py``).
