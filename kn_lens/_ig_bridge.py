@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from kn_lens import backends
-from kn_lens._ig_fast import Engine, _Clean, _objective, _Pack
+from kn_lens import _ig_fast
+from kn_lens._ig_fast import Engine, _Clean, _Pack
 from kn_lens._typing import HOOKS, Model, hook_name, is_encoder
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective
@@ -223,7 +224,7 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
         clean.prefix_logits = logits[0, :start].clone()
     clean.logit_positions = length - start if callable(objective) else len(prompt.positions)
-    clean.f_clean = _objective(model, final[0][None], [clean], None, objective, _unembed)[0]
+    clean.f_clean = _ig_fast._objective(model, final[0][None], [clean], None, objective, _unembed)[0]
     return clean
 
 

@@ -71,6 +71,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.hook_points import HookPoint
 
 from kn_lens import _ig_bridge
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
@@ -228,7 +229,7 @@ def attached_hooks(model: Model) -> list[str]:
         ['blocks.0.mlp.hook_post']
     """
     found = []
-    for name, module in model.named_modules():
+    for name, module in _module_names(model):
         if (
             any(not _library_hook(module, key, fn) for key, fn in module._forward_hooks.items())
             or any(not _library_hook(module, key, fn) for key, fn in module._forward_pre_hooks.items())
@@ -240,6 +241,22 @@ def attached_hooks(model: Model) -> list[str]:
     if any(getattr(glob, kind, None) for kind in ("_global_forward_hooks", "_global_forward_pre_hooks")):
         found.append("<global module hook>")
     return found
+
+
+def _module_names(model: Model) -> list[tuple[str, torch.nn.Module]]:
+    """Every module once, under the name a user knows it by: a hook point's TransformerLens name, else its path
+    (a bridge reaches each module also through the wrapped transformers modules: the path with the fewest
+    ``_original_component`` steps is kept)."""
+    names: dict[int, tuple[str, torch.nn.Module]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        known = names.get(id(module))
+        if known is None or path.count("_original_component") < known[0].count("_original_component"):
+            names[id(module)] = (path, module)
+    out = []
+    for path, module in names.values():
+        name = getattr(module, "name", None) if isinstance(module, HookPoint) else None
+        out.append((name if isinstance(name, str) and name else path, module))
+    return out
 
 
 def _library_hook(module: torch.nn.Module, key: int, fn: Callable) -> bool:

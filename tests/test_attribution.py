@@ -25,7 +25,10 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+    """No hook point carries a hook (but those TransformerLens keeps on a 4.x bridge itself, which are permanent)."""
+    return all(
+        all(h.is_permanent for h in hp.fwd_hooks) and not hp.bwd_hooks for hp in model.hook_dict.values()
+    ) and not A.attached_hooks(model)
 
 
 # ------------------------------------------------------------------------------------------ integration rules
@@ -382,9 +385,10 @@ def test_hooks_removed_after_exception_plain(random_gpt2):
     try:
         with pytest.raises(RuntimeError, match="boom"):
             A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2, fast=False)
-        assert A.attached_hooks(random_gpt2) == ["blocks.0.hook_resid_pre"]
-        assert len(random_gpt2.blocks[0].hook_resid_pre.fwd_hooks) == 1
-        assert all(not hp.fwd_hooks for name, hp in random_gpt2.hook_dict.items() if name != "blocks.0.hook_resid_pre")
+        point = random_gpt2.hook_dict["blocks.0.hook_resid_pre"]  # a bridge: the point named blocks.0.hook_in
+        assert A.attached_hooks(random_gpt2) == [point.name]
+        assert len(point.fwd_hooks) == 1
+        assert all(not hp.fwd_hooks for hp in random_gpt2.hook_dict.values() if hp is not point)
     finally:
         random_gpt2.reset_hooks(including_permanent=True)
     assert torch.isfinite(A.grad_x_activation(random_gpt2, PROMPT, " Paris")).all()
@@ -418,7 +422,7 @@ def test_fast_memory_plan_splits_groups_and_steps(random_llama, monkeypatch):
     kw = dict(n_steps=5, method="gausslegendre", return_convergence_delta=True)
     s0, d0 = A.integrated_gradients(random_llama, PROMPT, " Buenos Aires", fast=False, **kw)
     prompt = make_prompt(random_llama, PROMPT, " Buenos Aires")
-    clean = _ig_fast._clean_pass(random_llama, prompt, [0, 1, 2], "prob")
+    clean = _ig_fast._engine(random_llama).clean_pass(random_llama, prompt, [0, 1, 2], "prob")
     cost = _ig_fast._bytes_per_step(random_llama, clean, 0, len(prompt))
     plan = _ig_fast._plan([cost, cost * 0.6, cost * 0.2], 5, cost * 3.5)
     assert len(plan) > 2 and [u for p in plan for u in p if u[0] == 0] != [(0, 0, 5)]  # group 0 split
@@ -481,7 +485,7 @@ def test_fast_path_honours_user_hooks(request, model_name, attribution):
             **kw,
             **({"fast": False} if attribution in ("ig", "ablation") else {}),
         )
-        assert sorted(A.attached_hooks(model)) == sorted(name for name, _ in _user_hooks(model))
+        assert sorted(A.attached_hooks(model)) == sorted(model.hook_dict[name].name for name, _ in _user_hooks(model))
     assert A.attached_hooks(model) == []
     assert _rel_err(default, reference) < 1e-4
     assert _rel_err(default, free) > 1e-2, "the user's hooks did not change the scores: the test cannot fail"
@@ -641,7 +645,9 @@ def test_callable_metric_fast_equals_plain_reading_every_position(random_llama, 
         assert _rel_err(s1, s0) < 1e-4
         e0 = A.ablation_effects(model, prompt, target, layers=[1], objective=metric, fast=False)
         e1 = A.ablation_effects(model, prompt, target, layers=[1], objective=metric, fast=True)
-        assert _rel_err(e1, e0) < 1e-4
+        assert e0.abs().max() > 1e-3
+        # ``everywhere`` sums ~6 log-probabilities (~ -65): float32 resolves its differences to ~1e-5
+        torch.testing.assert_close(e1, e0, atol=2e-5, rtol=1e-4)
 
 
 def test_bad_metric_is_a_clear_error(random_gpt2):

@@ -7,9 +7,9 @@ the 806 training and the 202 held-out agreement sentences. The tests ask for 90%
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedEncoder
 
 from kn_lens import make_prompt
+from kn_lens.backends import HookedEncoder
 from kn_lens.fixtures import tiny_bert as fx
 from kn_lens.prompts import group_by_length, stack_tokens
 

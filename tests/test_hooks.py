@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from transformer_lens import utils
 
 import kn_lens
 from kn_lens import hooks
 from kn_lens._typing import Neuron
+from kn_lens.backends import get_act_name
 
 TEXTS = ["The capital of France is", "The capital city of Italy is", "Water boils at"]
 
@@ -28,7 +28,7 @@ def tokens(model):
 
 def _manual(model, tokens, edits):
     """Logits with a hand-written hook per layer: edits = {layer: fn(act) -> act}."""
-    fwd = [(utils.get_act_name("mlp_post", layer), lambda act, hook, f=f: f(act.clone())) for layer, f in edits.items()]
+    fwd = [(get_act_name("mlp_post", layer), lambda act, hook, f=f: f(act.clone())) for layer, f in edits.items()]
     return model.run_with_hooks(tokens, fwd_hooks=fwd)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import utils
 
 import kn_lens
+from kn_lens.backends import get_act_name
 from kn_lens.lens import Decoded, decode, decode_many, direct_effect, direction_logits
 
 
@@ -126,7 +126,7 @@ def _frozen_scale_ablation(model, prompt, layer, index, scale_hooks):
 
     tokens = prompt.tokens[None]
     clean = model.run_with_hooks(tokens, fwd_hooks=[(name, save) for name in scale_hooks])
-    hooks = [(utils.get_act_name("mlp_post", layer), ablate)] + [(name, freeze) for name in scale_hooks]
+    hooks = [(get_act_name("mlp_post", layer), ablate)] + [(name, freeze) for name in scale_hooks]
     ablated = model.run_with_hooks(tokens, fwd_hooks=hooks)
     diff = clean - ablated
     return sum(diff[0, p, t].item() for p, t in zip(prompt.positions, prompt.target_ids, strict=True))
@@ -138,8 +138,8 @@ def test_direct_effect_matches_last_layer_ablation_smollm2(smollm2):
         smollm2, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"]
     )
     L = smollm2.cfg.n_layers - 1
-    _, cache = smollm2.run_with_cache(prompts[0].tokens[None], names_filter=utils.get_act_name("mlp_post", L))
-    acts = cache[utils.get_act_name("mlp_post", L)][0, prompts[0].site]
+    _, cache = smollm2.run_with_cache(prompts[0].tokens[None], names_filter=get_act_name("mlp_post", L))
+    acts = cache[get_act_name("mlp_post", L)][0, prompts[0].site]
     neurons = acts.abs().topk(3).indices.tolist()  # neurons that matter here: effects far from 0
     for n in neurons:
         de = direct_effect(smollm2, (L, n), prompts)
@@ -223,15 +223,15 @@ def test_direct_effect_bert_earlier_layer_is_the_frozen_direct_path(request, mod
 
     tokens = p.tokens[None]
     clean = bert.run_with_hooks(tokens, fwd_hooks=[(name, save) for name in frozen + patched])
-    _, cache = bert.run_with_cache(tokens, names_filter=utils.get_act_name("mlp_post", 0))
-    neurons = cache[utils.get_act_name("mlp_post", 0)][0, p.site].abs().topk(3).indices.tolist()
+    _, cache = bert.run_with_cache(tokens, names_filter=get_act_name("mlp_post", 0))
+    neurons = cache[get_act_name("mlp_post", 0)][0, p.site].abs().topk(3).indices.tolist()
     for n in neurons:
 
         def ablate(x, hook, n=n):
             x[..., n] = 0.0
             return x
 
-        hooks = [(utils.get_act_name("mlp_post", 0), ablate)] + [(name, restore) for name in frozen + patched]
+        hooks = [(get_act_name("mlp_post", 0), ablate)] + [(name, restore) for name in frozen + patched]
         ablated = bert.run_with_hooks(tokens, fwd_hooks=hooks)
         expected = (clean - ablated)[0, p.positions[0], p.target_ids[0]].item()
         de = direct_effect(bert, (0, n), [p]).item()

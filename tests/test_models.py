@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from transformer_lens import HookedEncoder, HookedTransformer
 
 import kn_lens
+from kn_lens.backends import HookedEncoder, HookedTransformer
 from kn_lens.models import embedded_model_path
 
 PROMPTS = [

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformer_lens import utils
 
 from kn_lens import hooks, skill
 from kn_lens._typing import Neuron
+from kn_lens.backends import get_act_name
 
 PARAREL = Path(__file__).parent.parent.parent / "shared" / "pararel"
 TEXTS = [f"The {w} {v} here." for w in ("cat", "dog", "bird", "fish", "cow", "ant") for v in ("sat", "ran", "slept")]
@@ -247,9 +247,7 @@ def _hand_predictivity(model, prompt, task):
             _, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n.endswith("mlp.hook_post"))
             pos = [p % len(tokens) for p in layout.positions]
             out.append(
-                torch.stack(
-                    [cache[utils.get_act_name("post", layer)][0, pos] for layer in range(model.cfg.n_layers)], 1
-                )
+                torch.stack([cache[get_act_name("post", layer)][0, pos] for layer in range(model.cfg.n_layers)], 1)
             )
         return torch.stack(out)  # [n, pos, layer, d_mlp]
 
@@ -339,7 +337,7 @@ def test_perturb_changes_exactly_the_chosen_neurons_at_the_chosen_positions(rand
     mask[2, 7] = True
     mean = torch.randn(2, 3, 64)  # per position
     built = hooks.perturb(mask, kind, std=0.5, seed=1, positions=[1, -1], mean_cache=mean)
-    names = [utils.get_act_name("post", layer) for layer in range(3)]
+    names = [get_act_name("post", layer) for layer in range(3)]
     seen = {}
 
     def grab(act, hook):
@@ -456,7 +454,7 @@ def test_mean_activations_match_a_cache(random_gpt2, toy_task):
     rows = []
     for t in tokens:
         _, cache = random_gpt2.run_with_cache(t[None], names_filter=lambda n: n.endswith("mlp.hook_post"))
-        rows.append(torch.stack([cache[utils.get_act_name("post", layer)][0] for layer in range(3)], 1))
+        rows.append(torch.stack([cache[get_act_name("post", layer)][0] for layer in range(3)], 1))
     torch.testing.assert_close(means, torch.cat(rows).mean(0), atol=1e-6, rtol=1e-5)
 
 
