@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from kn_lens import backends
-from kn_lens import _ig_fast
+from kn_lens import _ig_fast, backends
 from kn_lens._ig_fast import Engine, _Clean, _Pack
 from kn_lens._typing import HOOKS, Model, hook_name, is_encoder
 from kn_lens.prompts import Prompt
