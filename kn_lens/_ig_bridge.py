@@ -293,10 +293,8 @@ def _stack(model: Model, cleans: list[_BridgeClean]) -> _BridgePack:
     """The clean state of a pack's prompts: prefixes' keys/values left-padded to the longest, and each block's
     arguments (shared where equal, else stacked per prompt; padded keys masked out of attention)."""
     n_layers = model.cfg.n_layers
-    if len(cleans) == 1:  # every argument shared, the prefix's keys/values expanded (no copy)
-        keys = [k[None] for k in cleans[0].keys]
-        values = [v[None] for v in cleans[0].values]
-        return _BridgePack(cleans, keys, values, None, shared=cleans[0].calls, stacked=[{}] * n_layers)
+    if len(cleans) == 1:
+        return _alone(cleans[0], n_layers)
     encoder = is_encoder(model)
     prefix = max(c.start for c in cleans)
     padded = any(c.start != prefix for c in cleans)
@@ -332,6 +330,13 @@ def _stack(model: Model, cleans: list[_BridgeClean]) -> _BridgePack:
         shared.append(common)
         stacked.append(per_prompt)
     return _BridgePack(cleans, keys, values, None, shared=shared, stacked=stacked)
+
+
+def _alone(clean: _BridgeClean, n_layers: int) -> _BridgePack:
+    """The pack of one prompt: every argument shared, the prefix's keys/values expanded to the rows (no copy)."""
+    keys = [k[None] for k in clean.keys]
+    values = [v[None] for v in clean.values]
+    return _BridgePack([clean], keys, values, None, shared=clean.calls, stacked=[{}] * n_layers)
 
 
 def _left_padded(parts: list[Tensor], prefix: int) -> Tensor:
@@ -446,7 +451,7 @@ def _check(model: Model, hook: str) -> None:
     x = clean.acts[kind][0]
     x = (x * 0.5 + 0.5 * x.abs().mean() + 0.1)[None]  # a replacement far from the clean value
     resid = _enter(model, clean, 0, hook, x)
-    pack = _stack(model, [clean])
+    pack = _alone(clean, model.cfg.n_layers)
     for block in range(1, model.cfg.n_layers):
         resid = _step(model, pack, block, resid, None)
     rel = torch.tensor(clean.out_prompt.positions)

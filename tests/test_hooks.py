@@ -33,7 +33,13 @@ def _manual(model, tokens, edits):
 
 
 def _no_hooks_left(model):
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+    """No hook is left anywhere (those TransformerLens keeps on a 4.x bridge itself are permanent and not ours)."""
+    from kn_lens.attribution import attached_hooks
+
+    points = model.hook_dict.values()
+    return all(all(h.is_permanent for h in hp.fwd_hooks) and not hp.bwd_hooks for hp in points) and not attached_hooks(
+        model
+    )
 
 
 def test_scale_matches_manual_edit(model, tokens):

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _ig_fast
+from kn_lens import _ig_bridge, _ig_fast
 from kn_lens import attribution as A
+from kn_lens.backends import is_bridge
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import logit_diff
 
@@ -42,15 +43,15 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Records how many prompts each pack of the fast path held."""
+    """Records how many prompts each pack of the fast path held (either backend's)."""
     sizes: list[int] = []
-    real = _ig_fast._stack
+    for module in (_ig_fast, _ig_bridge):
 
-    def stack(model, cleans):
-        sizes.append(len(cleans))
-        return real(model, cleans)
+        def stack(model, cleans, real=module._stack):
+            sizes.append(len(cleans))
+            return real(model, cleans)
 
-    monkeypatch.setattr(_ig_fast, "_stack", stack)
+        monkeypatch.setattr(module, "_stack", stack)
     return sizes
 
 
@@ -112,7 +113,8 @@ def test_a_broken_pack_is_caught(random_llama, monkeypatch):
     texts = [CAUSAL[0], CAUSAL[3]]  # 5 and 11 tokens: the shorter prefix is padded
     kw = dict(n_steps=2, layers=[0])
     alone = A.integrated_gradients_many(random_llama, texts, " Paris", pack=False, progress=False, **kw)
-    real = _ig_fast._stack
+    module = _ig_bridge if is_bridge(random_llama) else _ig_fast
+    real = module._stack
 
     def swapped(model, cleans):
         pack = real(model, cleans)
@@ -122,12 +124,17 @@ def test_a_broken_pack_is_caught(random_llama, monkeypatch):
 
     def unmasked(model, cleans):
         pack = real(model, cleans)
-        assert pack.mask is not None
-        pack.mask = None
+        if is_bridge(model):  # a bridge's pack carries each block's mask among the per-prompt block arguments
+            assert all("attention_mask" in block for block in pack.stacked)
+            for block in pack.stacked:
+                del block["attention_mask"]
+        else:
+            assert pack.mask is not None
+            pack.mask = None
         return pack
 
     for broken in (swapped, unmasked):
-        monkeypatch.setattr(_ig_fast, "_stack", broken)
+        monkeypatch.setattr(module, "_stack", broken)
         packed = A.integrated_gradients_many(random_llama, texts, " Paris", progress=False, **kw)
         assert _rel_err(packed, alone) > 1e-3, broken.__name__
 
