@@ -8,8 +8,8 @@ The model fixtures (``smollm2``, ``random_llama``, ``random_gpt2``, ``tiny_bert`
   ``both_backends`` (the bridge's own file, tests/test_bridge.py, compares the two backends on both majors);
 * ``KN_LENS_TEST_BACKENDS=hooked,bridge`` overrides the choice (e.g. the whole suite on the 3.9 bridge).
 
-A test marked ``hooked_only`` needs ``HookedTransformer``/``HookedEncoder`` themselves (their constructors, their
-internals, ``skill.prune``): it is skipped on a bridge, with the reason. The random models have the same sizes on
+A test marked ``hooked_only("why")`` needs ``HookedTransformer``/``HookedEncoder`` themselves (their constructors,
+their internals, ``skill.prune``): it is skipped on a bridge, with the reason. The random models have the same sizes on
 both backends (a bridge's are transformers checkpoints saved with ``save_pretrained``, a hooked model's are built
 by TransformerLens), not the same weights.
 """
@@ -32,7 +32,7 @@ torch.set_num_threads(1)
 
 BACKENDS: tuple[str, ...] = ("hooked", "bridge") if HAS_HOOKED else ("bridge",)
 """The backends this TransformerLens offers."""
-HOOKED_ONLY = "needs HookedTransformer/HookedEncoder themselves (TransformerLens 3.x); a bridge has no equivalent"
+HOOKED_ONLY = "needs HookedTransformer/HookedEncoder themselves (TransformerLens 3.x)"
 
 
 def _backends(item) -> list[str]:
@@ -52,12 +52,14 @@ def pytest_generate_tests(metafunc) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.get_closest_marker("hooked_only") is None:
+        marker = item.get_closest_marker("hooked_only")
+        if marker is None:
             continue
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
         if backend == "bridge" or (backend is None and not HAS_HOOKED):
-            item.add_marker(pytest.mark.skip(reason=HOOKED_ONLY))
+            why = f"{HOOKED_ONLY}: {marker.args[0]}" if marker.args else HOOKED_ONLY
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 @pytest.fixture(scope="session")

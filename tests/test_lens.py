@@ -60,6 +60,7 @@ def test_decode_layernorm_model_centres_and_folds_weight(random_gpt2):
             random_gpt2.ln_final.w.copy_(saved)
 
 
+@pytest.mark.hooked_only("reads HookedEncoder's own parameters; the bridge's lens is checked by hand in test_bridge.py")
 def test_decode_bert_both_lenses_by_hand(bert):
     L, n = bert.cfg.n_layers - 1, 3
     head = bert.mlm_head
@@ -200,6 +201,7 @@ def test_causal_lens_is_proportional_to_direct_effect(smollm2):
     assert ratios.abs().min() > 0
 
 
+@pytest.mark.hooked_only("freezes LayerNorm scales at hook_scale, which a bridge's transformers LayerNorm ignores")
 @pytest.mark.parametrize("model_name", ["tiny_bert", "random_bert"])
 @torch.no_grad()  # not inference_mode: a session fixture first built in here would hold inference-mode weights
 def test_direct_effect_bert_earlier_layer_is_the_frozen_direct_path(request, model_name):

@@ -158,7 +158,7 @@ def test_unsupported_model_type(tiny_bert):
         make_prompt(BertForMaskedLM(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1)), "x")
 
 
-@pytest.mark.hooked_only
+@pytest.mark.hooked_only("builds an attention-only HookedTransformer")
 def test_model_without_mlp():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
