@@ -21,7 +21,7 @@ from kn_lens.attribution import integrated_gradients
 from kn_lens.cache import top_activating
 from kn_lens.edit import edit_fact, erase
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons
-from kn_lens.prompts import Prompt, make_prompts
+from kn_lens.prompts import Prompt, encode, make_prompts
 from kn_lens.quiz import exercise
 from kn_lens.scoring import target_scores
 
@@ -77,7 +77,7 @@ def _mean_rel_change(model, neurons, prompts: Sequence[Prompt], factor: float) -
     hint="the first row of top_predictions(model, prompt, k=5), without quotes or spaces",
 )
 def _top_token(*, model, prompt: str) -> str:
-    tokens = model.to_tokens(prompt)[0]  # an encoder returns (tokens, token types, mask)
+    tokens = _encoded(model, prompt)
     mask = int((tokens[0] == model.tokenizer.mask_token_id).nonzero()[0, 0])
     with torch.no_grad():
         logits = model(tokens)[0, mask]
@@ -120,8 +120,14 @@ def _suppression_drop(*, model, neurons, prompts: Sequence[str], target: str) ->
 # ------------------------------------------------------------------------------------------- 02: the plural neuron
 
 
+def _encoded(model, text: str) -> torch.Tensor:
+    """``[1, pos]`` tokens of an encoder prompt on either backend (``HookedEncoder.to_tokens`` returns a tuple, a
+    bridge's a tensor)."""
+    return torch.tensor([encode(model, text)], device=model.cfg.device)
+
+
 def _mask_probs(model, sentence: str, words: Sequence[str], neurons=None) -> list[float]:
-    tokens = model.to_tokens(sentence)[0]  # an encoder returns (tokens, token types, mask)
+    tokens = _encoded(model, sentence)
     mask = int((tokens[0] == model.tokenizer.mask_token_id).nonzero()[0, 0])
     fwd_hooks = hooks.scale(neurons, 0.0, positions=[mask]) if neurons else []
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):

@@ -139,6 +139,7 @@ def test_skill_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert
     """Tutorial 4's checkers recompute by other routes (a hand-made predictivity, hooks instead of pruning, masks
     instead of perturbation_curve): each must agree with the library's own result."""
     from kn_lens import quiz, skill
+    from kn_lens.backends import is_hooked
     from kn_lens.fixtures import tiny_bert as fixture
 
     sentences = fixture.AGREEMENT["train"][::4] + fixture.AGREEMENT["heldout"][::2]
@@ -159,10 +160,11 @@ def test_skill_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert
     )
     assert contrast == pytest.approx(float(means["random"] - means["skill"]), abs=1e-6)
 
-    keep = result.mask(0.1, per_layer=True)
-    small = skill.prune(tiny_bert, keep, skill.mean_activations(tiny_bert, task, prompt=prompt, progress=False))
     pruned = quiz.get("04.pruned-accuracy").truth(
         model=tiny_bert, task=task, prompt=prompt, result=result, fraction=0.1
     )
-    assert pruned == pytest.approx(skill.accuracy(small, task, prompt=prompt, progress=False), abs=0.02)
     assert pruned != skill.accuracy(tiny_bert, task, prompt=prompt, progress=False)  # pruning changes this one
+    if is_hooked(tiny_bert):  # skill.prune builds a smaller HookedEncoder (a bridge cannot be resized)
+        keep = result.mask(0.1, per_layer=True)
+        small = skill.prune(tiny_bert, keep, skill.mean_activations(tiny_bert, task, prompt=prompt, progress=False))
+        assert pruned == pytest.approx(skill.accuracy(small, task, prompt=prompt, progress=False), abs=0.02)
