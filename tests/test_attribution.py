@@ -24,13 +24,6 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def _no_hooks_left(model) -> bool:
-    """No hook point carries a hook (but those TransformerLens keeps on a 4.x bridge itself, which are permanent)."""
-    return all(
-        all(h.is_permanent for h in hp.fwd_hooks) and not hp.bwd_hooks for hp in model.hook_dict.values()
-    ) and not A.attached_hooks(model)
-
-
 # ------------------------------------------------------------------------------------------ integration rules
 
 

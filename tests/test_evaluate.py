@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from _checks import no_hooks_left
 
 from kn_lens import hooks
 from kn_lens._typing import Neuron
@@ -28,16 +29,6 @@ NEURONS = [Neuron(1, 3), Neuron(2, 5), Neuron(2, 40)]
 @pytest.fixture(scope="module")
 def model(random_llama):
     return random_llama
-
-
-def _no_hooks_left(model):
-    """No hook is left anywhere (those TransformerLens keeps on a 4.x bridge itself are permanent and not ours)."""
-    from kn_lens.attribution import attached_hooks
-
-    points = model.hook_dict.values()
-    return all(all(h.is_permanent for h in hp.fwd_hooks) and not hp.bwd_hooks for hp in points) and not attached_hooks(
-        model
-    )
 
 
 def _prob(model, text, target, fwd_hooks=()):
@@ -95,7 +86,7 @@ def test_effects_match_direct_forward_passes(model):
     assert rand["after"] == pytest.approx(
         _prob(model, rand["prompt"], " Paris", _scaled_at_last(control, 0.0)), rel=1e-4
     )
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_summary_and_base_split(model):
@@ -121,7 +112,7 @@ def test_suppress_enhance_helpers(model):
     all_positions = suppress(model, NEURONS, PARAPHRASES, " Paris", positions="all")
     expected = _prob(model, PARAPHRASES[0], " Paris", hooks.scale(NEURONS, 0.0, positions="all"))
     assert all_positions.loc[0, "after"] == pytest.approx(expected, rel=1e-4)
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_compare_table(model):
@@ -151,7 +142,7 @@ def test_no_hook_left_after_error(model):
             [" Paris"],
             {"bad": [*hooks.scale(NEURONS, 0.0, positions="all"), ("blocks.2.mlp.hook_post", broken)]},
         )
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
     with pytest.raises(ValueError, match="finite"):
         intervention_effects(model, NEURONS, PARAPHRASES, " Paris", interventions={"x": float("nan")})
     with pytest.raises(ValueError, match="no prompts"):
@@ -160,7 +151,7 @@ def test_no_hook_left_after_error(model):
         intervention_effects(model, ["L1N999"], PARAPHRASES, " Paris")
     with pytest.raises(ValueError, match="candidates"):
         compare(model, "The capital of France is", [])
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_no_neurons_means_no_change(model):
@@ -181,7 +172,7 @@ def test_demo_table_runs(model):
     kn_row = table[(table.condition == "knowledge neurons") & (table.intervention == "suppress")].iloc[0]
     assert kn_row["neurons"] == " ".join(str(n) for n in kns.neurons)
     assert set(table["intervention"]) == {"suppress", "enhance"}
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -442,7 +433,7 @@ def test_measure_pads_causal_prompts_without_changing_results(model):
     last = hooks.Intervention("scale", NEURONS, 0.0, positions="last")  # padding would move "last": not padded
     m = measure(model, prompts[:3], fwd_hooks=last)
     assert torch.allclose(m.prob, torch.cat([target_scores(model, [p], fwd_hooks=last) for p in prompts[:3]]))
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_relation_effects_figure(tiny_bert, bags):

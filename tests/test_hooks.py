@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _checks import no_hooks_left
 
 import kn_lens
 from kn_lens import hooks
@@ -32,16 +33,6 @@ def _manual(model, tokens, edits):
     return model.run_with_hooks(tokens, fwd_hooks=fwd)
 
 
-def _no_hooks_left(model):
-    """No hook is left anywhere (those TransformerLens keeps on a 4.x bridge itself are permanent and not ours)."""
-    from kn_lens.attribution import attached_hooks
-
-    points = model.hook_dict.values()
-    return all(all(h.is_permanent for h in hp.fwd_hooks) and not hp.bwd_hooks for hp in points) and not attached_hooks(
-        model
-    )
-
-
 def test_scale_matches_manual_edit(model, tokens):
     neurons = [Neuron(0, 3), Neuron(2, 5), Neuron(2, 60)]
 
@@ -57,7 +48,7 @@ def test_scale_matches_manual_edit(model, tokens):
     got = model.run_with_hooks(tokens, fwd_hooks=hooks.scale(neurons, 0.5, positions="all"))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert not torch.allclose(got, model(tokens))  # the intervention does something
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_one_hook_per_layer_with_tl_names():
@@ -104,7 +95,7 @@ def test_site_needs_prompts_and_matching_batch(model, tokens):
     fwd = hooks.scale(["L0N1"], 0.0, positions="site", prompts=prompts)
     with pytest.raises(ValueError, match="built for 1 rows"):
         model.run_with_hooks(tokens, fwd_hooks=fwd)  # 2 rows
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_mean_ablation_from_means_and_cache(model, tokens):
@@ -178,7 +169,7 @@ def test_hooks_compose_in_order(model, tokens):
     with model.hooks(fwd_hooks=both):
         inside = model(tokens)
     torch.testing.assert_close(inside, model.run_with_hooks(tokens, fwd_hooks=both))
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_intervention_object_builds_per_batch(model):
@@ -200,7 +191,7 @@ def test_intervention_object_builds_per_batch(model):
     torch.testing.assert_close(got, expected)
     combined = hooks.compose(intervention, hooks.set(["L1N1"], 0.0, positions="all"))
     assert len(combined(prompts[:1])) == 3
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_grad_flows_through_hooks(model, tokens):
@@ -230,7 +221,7 @@ def test_bad_inputs(model, tokens):
         hooks.scale(["L7N1"], 0.0, model=model, positions="all")
     with pytest.raises(ValueError, match="out of range"):  # no model: caught when the hook runs
         model.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N9999"], 0.0, positions="all"))
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
     with pytest.raises(ValueError, match="no neurons"):
         hooks.scale([], 0.0, positions="all")
     with pytest.raises(TypeError):
@@ -243,7 +234,7 @@ def test_bad_inputs(model, tokens):
         model.run_with_hooks(tokens, fwd_hooks=hooks.scale(["L0N1"], 0.0, positions=40))
     with pytest.raises(ValueError, match="unknown ablation mode"):
         hooks.ablate(["L0N1"], "noise", positions="all")
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_works_on_gpt2_style_model(random_gpt2):
@@ -303,7 +294,7 @@ def test_every_row_uses_its_own_site(tiny_bert, mixed_site_batch):
     direct = kn_lens.direct_effect(tiny_bert, "L1N253", batch)
     direct_alone = torch.cat([kn_lens.direct_effect(tiny_bert, "L1N253", [p]) for p in batch])
     torch.testing.assert_close(direct, direct_alone, rtol=1e-3, atol=1e-5)
-    assert _no_hooks_left(tiny_bert)
+    assert no_hooks_left(tiny_bert)
 
 
 def test_factories_on_an_encoder_match_manual_edits(tiny_bert, mixed_site_batch):
@@ -339,7 +330,7 @@ def test_factories_on_an_encoder_match_manual_edits(tiny_bert, mixed_site_batch)
         got = tiny_bert.run_with_hooks(tokens, fwd_hooks=fwd)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
         assert not torch.allclose(got, base, atol=1e-4)
-    assert _no_hooks_left(tiny_bert)
+    assert no_hooks_left(tiny_bert)
 
 
 def test_interventions_on_an_encoder_match_direct_forward_passes(tiny_bert):
@@ -363,4 +354,4 @@ def test_interventions_on_an_encoder_match_direct_forward_passes(tiny_bert):
         expected = logits[0, prompt.site].softmax(-1)[prompt.target_ids[0]]
         assert row.after == pytest.approx(float(expected), rel=1e-5)
         assert row.after != pytest.approx(row.before, rel=1e-3)
-    assert _no_hooks_left(tiny_bert)
+    assert no_hooks_left(tiny_bert)

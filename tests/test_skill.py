@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _checks import no_hooks_left
 
 from kn_lens import hooks, skill
 from kn_lens._typing import Neuron
-from kn_lens.backends import get_act_name
+from kn_lens.backends import get_act_name, token_embed_hook
 
 PARAREL = Path(__file__).parent.parent.parent / "shared" / "pararel"
 TEXTS = [f"The {w} {v} here." for w in ("cat", "dog", "bird", "fish", "cow", "ant") for v in ("sat", "ran", "slept")]
@@ -28,10 +29,6 @@ def _state(model):
 
 def _same_state(model, state):
     return all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-
-
-def _no_hooks_left(model):
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,7 +162,7 @@ def test_soft_prompt_hook_writes_exactly_the_reserved_positions(fixture, placeme
     tokens = torch.stack(soft.to_tokens(model, ["The cat sat.", "The dog ran."]))
     seen = {}
     ((name, fn),) = soft.hooks(model)
-    assert name in ("hook_embed", "embed.hook_embed") and soft.layout(model).soft == tuple(reserved)
+    assert name == token_embed_hook(model) and soft.layout(model).soft == tuple(reserved)
 
     def grab(act, hook):
         seen["embed"] = act.clone()
@@ -178,7 +175,7 @@ def test_soft_prompt_hook_writes_exactly_the_reserved_positions(fixture, placeme
     assert torch.equal(seen["embed"][:, others], base[:, others])
     with soft.applied(model):
         assert not torch.allclose(model(tokens), plain)
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_soft_prompt_save_load_roundtrip(tmp_path, random_llama):
@@ -216,7 +213,7 @@ def test_prompt_tuning_tiny_bert_learns_with_frozen_weights(tiny_bert, number_ta
     )  # fmt: skip
     assert _same_state(tiny_bert, before), "prompt tuning changed model weights"
     assert [p.requires_grad for p in tiny_bert.parameters()] == flags
-    assert _no_hooks_left(tiny_bert)
+    assert no_hooks_left(tiny_bert)
     assert soft.dev_accuracy >= 0.95 and [h[0] for h in soft.history] == [30, 60, 90]
     assert skill.accuracy(tiny_bert, number_task, prompt=soft, progress=False) >= 0.95
     untrained = skill.SoftPrompt(soft.embeddings * 0, ("violin", "piano"), placement="end")
@@ -363,7 +360,7 @@ def test_perturb_changes_exactly_the_chosen_neurons_at_the_chosen_positions(rand
         others = [p for p in range(n_pos) if p not in (1, n_pos - 1)]
         if layer == 2:  # layer 2 is downstream of layer 0's change: only check the unchosen positions moved freely
             assert not torch.equal(after[:, others], before[:, others]) or kind == "zero"
-    assert _no_hooks_left(random_llama)
+    assert no_hooks_left(random_llama)
 
 
 def test_perturb_gaussian_is_seeded_and_layer_range_filters(random_llama):
@@ -408,6 +405,10 @@ def test_perturbation_curve_and_random_mask(random_gpt2, toy_task):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+PRUNE = "skill.prune builds a smaller HookedTransformer/HookedEncoder (a bridge's transformers model is not resized)"
+
+
+@pytest.mark.hooked_only(PRUNE)
 @pytest.mark.parametrize("fixture", ["random_llama", "random_gpt2", "random_bert"])
 def test_prune_all_kept_is_the_same_model(fixture, request):
     model = request.getfixturevalue(fixture)
@@ -419,6 +420,7 @@ def test_prune_all_kept_is_the_same_model(fixture, request):
     assert torch.equal(pruned(tokens), model(tokens))
 
 
+@pytest.mark.hooked_only(PRUNE)
 @pytest.mark.parametrize("fixture", ["random_llama", "random_gpt2", "random_bert"])
 def test_prune_equals_fixing_dropped_neurons_at_their_means(fixture, request):
     model = request.getfixturevalue(fixture)
