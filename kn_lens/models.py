@@ -586,10 +586,16 @@ def load_local_bridge(path: str | os.PathLike) -> Any:
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; save the model with save_pretrained(folder) first")
-    if not read_config(config_file).get("architectures"):
+    config = read_config(config_file)
+    if not config.get("architectures"):
         raise ValueError(
             f"{config_file} names no architecture (no 'architectures' entry); save the model itself with "
             "model.save_pretrained(folder), not only its config"
+        )
+    if config.get("is_encoder_decoder"):
+        raise ValueError(
+            f"kn_lens cannot use the architecture {config['architectures'][0]} ({config_file}): it is an "
+            "encoder-decoder model; kn_lens studies decoder-only (causal) and masked-LM (BERT-style) models"
         )
     return _boot_bridge(path)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens.backends import HookedEncoder, HookedTransformer
+from kn_lens import backends
+from kn_lens.backends import HookedTransformer
 from kn_lens.models import embedded_model_path
 
 PROMPTS = [
@@ -21,7 +22,7 @@ PROMPTS = [
 
 @pytest.mark.slow
 @pytest.mark.embedded
-def test_embedded_smollm2_matches_transformers(smollm2):
+def test_embedded_smollm2_matches_transformers(smollm2, backend):
     from transformers import AutoModelForCausalLM
 
     gguf = embedded_model_path()
@@ -32,7 +33,12 @@ def test_embedded_smollm2_matches_transformers(smollm2):
             ours = smollm2(tokens)
             theirs = reference(tokens).logits
         assert (ours - theirs).abs().max().item() < 1e-3, text
-    assert isinstance(smollm2, HookedTransformer) and smollm2.cfg.n_layers == 30
+    assert _of_backend(smollm2, backend) and smollm2.cfg.n_layers == 30
+
+
+def _of_backend(model, backend: str) -> bool:
+    """``model`` is what ``backend`` loads: a HookedTransformer/HookedEncoder, or a TransformerBridge."""
+    return backends.is_hooked(model) if backend == "hooked" else backends.is_bridge(model)
 
 
 def _tokens(n_vocab: int, seed: int = 0) -> torch.Tensor:
@@ -75,13 +81,13 @@ def _causal_checkpoint(family: str):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
-def test_local_causal_checkpoint_converts_offline(family, smollm2, tmp_path):
+def test_local_causal_checkpoint_converts_offline(family, causal_tokenizer, backend, tmp_path):
     torch.manual_seed(0)
     reference = _causal_checkpoint(family).eval()
     reference.save_pretrained(tmp_path)
-    smollm2.tokenizer.save_pretrained(tmp_path)
-    model = kn_lens.load_model(tmp_path)
-    assert isinstance(model, HookedTransformer)
+    causal_tokenizer.save_pretrained(tmp_path)
+    model = kn_lens.load_model(tmp_path, backend=backend)
+    assert _of_backend(model, backend)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == family
     assert model.cfg.n_layers == 2 and model.cfg.d_model == 32
     tokens = _tokens(49152)
@@ -92,7 +98,7 @@ def test_local_causal_checkpoint_converts_offline(family, smollm2, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["BertForPreTraining", "BertForMaskedLM"])
-def test_local_bert_checkpoint_converts_offline(head, tmp_path):
+def test_local_bert_checkpoint_converts_offline(head, backend, tmp_path):
     import transformers
     from transformers import AutoTokenizer, BertConfig
 
@@ -111,8 +117,8 @@ def test_local_bert_checkpoint_converts_offline(head, tmp_path):
     reference = getattr(transformers, head)(config).eval()
     reference.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model = kn_lens.load_model(tmp_path)
-    assert isinstance(model, HookedEncoder)
+    model = kn_lens.load_model(tmp_path, backend=backend)
+    assert _of_backend(model, backend) and backends.is_encoder(model)
     tokens = torch.tensor([tokenizer("Raymond is selling [MASK] sketches.")["input_ids"]])
     with torch.no_grad():
         out = reference(tokens)
@@ -127,24 +133,32 @@ def test_already_built_models_pass_through(random_gpt2, tiny_bert):
     assert kn_lens.load_model(tiny_bert) is tiny_bert
 
 
-def test_embedded_by_name(smollm2):
-    model = kn_lens.load_model("smollm2-135m")
-    assert isinstance(model, HookedTransformer)
+def test_embedded_by_name(smollm2, backend):
+    model = kn_lens.load_model("smollm2-135m", backend=backend)
+    assert _of_backend(model, backend)
     assert model.cfg.d_mlp == 1536 and model.cfg.n_layers == 30
 
 
-def test_unknown_name():
+def test_unknown_name(backend, monkeypatch):
+    if backend == "bridge":  # a bridge boots any hub repository: an unknown name is known only once the hub says so
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(ConnectionError, match="could not load 'no-such-model-anywhere' from the Hugging Face hub"):
+            kn_lens.load_model("no-such-model-anywhere", backend=backend)
+        return
     with pytest.raises(ValueError, match="neither a local folder nor an official TransformerLens model name"):
-        kn_lens.load_model("no-such-model-anywhere")
+        kn_lens.load_model("no-such-model-anywhere", backend=backend)
 
 
-def test_official_name_offline_says_what_to_do(monkeypatch):
+def test_official_name_offline_says_what_to_do(monkeypatch, backend):
     import huggingface_hub.constants
 
     # Without network, huggingface_hub retries for ~25 s before failing; offline mode fails at once the same way.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ConnectionError, match=r"could not download 'gpt2'.*load_model\('\./folder'\)"):
-        kn_lens.load_model("gpt2")
+    verb = "download" if backend == "hooked" else "load"
+    with pytest.raises(ConnectionError, match=rf"could not {verb} 'gpt2'.*load_model\('\./folder'"):
+        kn_lens.load_model("gpt2", backend=backend)
 
 
 def test_missing_folder(tmp_path):
@@ -157,22 +171,22 @@ def test_folder_without_config(tmp_path):
         kn_lens.load_model(tmp_path)
 
 
-def test_unsupported_architecture(tmp_path):
+def test_unsupported_architecture(tmp_path, backend):
     from transformers import T5Config
 
     config = T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, vocab_size=100)
     config.architectures = ["T5ForConditionalGeneration"]
     config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="cannot convert the architecture"):
-        kn_lens.load_model(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot (convert|use) the architecture"):
+        kn_lens.load_model(tmp_path, backend=backend)
 
 
-def test_config_without_architecture(tmp_path):
+def test_config_without_architecture(tmp_path, backend):
     from transformers import GPT2Config
 
     GPT2Config(n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="names no architecture"):
-        kn_lens.load_model(tmp_path)
+        kn_lens.load_model(tmp_path, backend=backend)
 
 
 def test_wrong_argument_type():
@@ -180,10 +194,11 @@ def test_wrong_argument_type():
         kn_lens.load_model(42)
 
 
-def test_random_bert_fixture_is_initialised(random_bert, tiny_bert):
-    assert isinstance(random_bert, HookedEncoder) and random_bert.cfg.n_layers == 3
+def test_random_bert_fixture_is_initialised(random_bert, tiny_bert, backend):
+    assert _of_backend(random_bert, backend) and backends.is_encoder(random_bert) and random_bert.cfg.n_layers == 3
     assert all(torch.isfinite(p).all() for p in random_bert.parameters())
-    assert random_bert.W_in.std().item() > 0.01  # transformers' init (std 0.02), not zeros or garbage
+    w_out = backends.mlp_w_out(random_bert, 1)
+    assert w_out.std().item() > 0.01  # transformers' init (std 0.02), not zeros or garbage
     assert random_bert.tokenizer.get_vocab() == tiny_bert.tokenizer.get_vocab()
 
 
@@ -191,7 +206,7 @@ def test_random_bert_fixture_is_initialised(random_bert, tiny_bert):
 
 
 @pytest.fixture
-def tiny_embedded(monkeypatch, tmp_path, smollm2):
+def tiny_embedded(monkeypatch, tmp_path, causal_tokenizer):
     """load_embedded's cache logic, run on a tiny random Llama in place of the 30-layer conversion.
 
     The GGUF file is still hashed for real; ``calls`` counts conversions (i.e. cache rebuilds).
@@ -210,7 +225,7 @@ def tiny_embedded(monkeypatch, tmp_path, smollm2):
         calls.append(gguf)
         torch.manual_seed(0)
         cfg = HookedTransformerConfig(**tiny, device="cpu", dtype=torch.float32)
-        return HookedTransformer(cfg, tokenizer=smollm2.tokenizer, move_to_device=False)
+        return HookedTransformer(cfg, tokenizer=causal_tokenizer, move_to_device=False)
 
     monkeypatch.setattr(models, "_convert_gguf", convert)
     return models, calls, tmp_path
@@ -221,6 +236,10 @@ def _cache_folder(root):
     return folder
 
 
+EMBEDDED_CACHE = "the cache of the converted HookedTransformer (a bridge boots from embedded_checkpoint())"
+
+
+@pytest.mark.hooked_only(EMBEDDED_CACHE)
 def test_embedded_cache_is_keyed_by_hash_and_versions_and_loads_strictly(tiny_embedded):
     import hashlib
     import logging
@@ -245,6 +264,7 @@ def test_embedded_cache_is_keyed_by_hash_and_versions_and_loads_strictly(tiny_em
     assert logging.getLogger().level == level and hf_logging.is_progress_bar_enabled() == bars
 
 
+@pytest.mark.hooked_only(EMBEDDED_CACHE)
 @pytest.mark.parametrize("damage", ["truncated", "stale versions", "missing weight", "nan weight"])
 def test_damaged_or_stale_embedded_cache_is_rebuilt(tiny_embedded, damage):
     models, calls, root = tiny_embedded
