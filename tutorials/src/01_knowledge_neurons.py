@@ -154,7 +154,7 @@ fwd_hooks = hooks.scale(kns.neurons, 0.0, positions="site", prompts=[prompt])
 with model.hooks(fwd_hooks=fwd_hooks):
     logits = model(prompt.tokens[None])
 print("p with hooks:", logits[0, prompt.site].softmax(-1)[prompt.target_ids[0]].item())
-print("hooks left on the model afterwards:", sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()))
+print("hooks left on the model afterwards:", kn_lens.attribution.attached_hooks(model))
 
 # %% [markdown]
 # ## Erasing a fact in the weights, reversibly

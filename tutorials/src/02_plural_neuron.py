@@ -57,7 +57,7 @@ except Exception as err:  # no hub: no network, or HF_HUB_OFFLINE=1
 
 # %%
 sentence = "Raymond is selling [MASK] sketches."
-tokens = model.to_tokens(sentence)[0]  # HookedEncoder.to_tokens returns (tokens, token_type_ids, attention_mask)
+tokens = kn_lens.make_prompt(model, sentence).tokens[None]  # [1, pos]: [CLS] ... [SEP], on either backend
 mask_index = 4
 print(model.tokenizer.convert_ids_to_tokens(tokens[0].tolist()))
 assert int(tokens[0, mask_index]) == model.tokenizer.mask_token_id
