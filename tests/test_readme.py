@@ -22,6 +22,7 @@ def test_readme_shows_the_two_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.hooked_only("the tour prunes SmolLM2 with skill.prune, which builds a smaller HookedTransformer")
 def test_readme_examples_run():
     blocks = [b for b in _python_blocks() if "path/to/" not in b]  # checkpoint folders users bring themselves
     assert len(blocks) >= 2
