@@ -377,8 +377,9 @@ def _unembed(model: Model, resid: Tensor) -> Tensor:
 
 def _can_pad(model: Model) -> bool:
     """Causal prefixes of any lengths share passes: each row gets its own prompt's positions, rotary embeddings and
-    mask (the padding masked out), all from its clean pass."""
-    return not is_encoder(model)
+    mask (the padding masked out), all from its clean pass. Not where blocks also receive ``cache_position`` (one
+    vector for the whole batch; the probe records whether they do)."""
+    return not is_encoder(model) and not _VERDICTS.get(model, {}).get("cache_position", False)
 
 
 def engine() -> Engine:
@@ -447,6 +448,7 @@ def _check(model: Model, hook: str) -> None:
     prompt = Prompt(text="<probe>", tokens=tokens, site=site, target_ids=tuple(int(tokens[p]) for p in positions),
                     positions=positions, causal=not encoder, explicit_site=True)  # fmt: skip
     clean = _clean_pass(model, prompt, [0], "logit")
+    _VERDICTS.setdefault(model, {})["cache_position"] = any("cache_position" in call for call in clean.calls)
     kind = HOOKS[hook]
     x = clean.acts[kind][0]
     x = (x * 0.5 + 0.5 * x.abs().mean() + 0.1)[None]  # a replacement far from the clean value

@@ -9,6 +9,8 @@ import kn_lens
 from kn_lens import edit, hooks
 from kn_lens._typing import Neuron
 
+pytestmark = pytest.mark.both_backends  # edits write a bridge's transformers weights
+
 NEURONS = [Neuron(0, 3), Neuron(2, 5), Neuron(2, 60)]
 
 

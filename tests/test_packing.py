@@ -17,6 +17,8 @@ from kn_lens.backends import is_bridge
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import logit_diff
 
+pytestmark = pytest.mark.both_backends  # packing on the 3.9 bridge too (its own pack layout)
+
 # different lengths (4 to 9 tokens), two of equal length, one very short
 CAUSAL = [
     "The capital of France is",
