@@ -27,6 +27,11 @@ What the plain reference recomputes and this module does not:
 Encoders (``HookedEncoder``) get the first, third and fourth (and packing, of prompts of equal length: padding an
 encoder prompt would cost a full recomputation of every padded position); bidirectional attention lets every
 position see the site, so all positions are recomputed from block ``L + 1`` on.
+
+The steps that touch the model (the clean pass, stacking a pack, a row group entering, one block, the head) come
+from an :class:`Engine`: this module's computes a ``HookedTransformer``/``HookedEncoder``'s blocks from their
+weights; :mod:`kn_lens._ig_bridge`'s reruns a ``TransformerBridge``'s own blocks. Everything else here (packing,
+the memory plan, the quadrature, the deltas, the ablations) is shared by both.
 """
 
 from __future__ import annotations
