@@ -122,6 +122,23 @@ HEADERS = [
 ]
 
 
+def _attribution_text(version: str, n_prompts: int, n_steps: int, rows: list, where: str) -> str:
+    return f"""## Integrated gradients on a TransformerBridge (`benchmarks/bench_bridge.py`, TransformerLens {version})
+
+{n_prompts} prompt(s), all layers, {n_steps} steps, target probability, 1 thread; each method in its own
+process, the three side by side in one run (under 4.x the hooked fast path runs with a TransformerLens 3.9
+interpreter, `--hooked-python`). "bridge fast" is the bridge's fast path (kn_lens._ig_bridge: its own blocks rerun
+from layer L + 1, decoders only from the site on with the prefix's keys and values frozen, encoders with the MLM
+head at the mask only); "hooked fast" the same weights as a HookedTransformer/HookedEncoder on kn_lens._ig_fast.
+"CPU vs hooked fast": the method's CPU time over the hooked fast path's (the goal for the bridge: at most 1.5x).
+"max diff vs plain / max": the largest score difference from the bridge's plain path over the largest score.
+The machine is shared with other work (and the benchmark ran at low priority): wall times follow the load of the
+moment and can be several times the CPU times; compare CPU seconds. Measured on {where}.
+
+{markdown_table(HEADERS, rows)}
+"""
+
+
 def _attribution(args) -> None:
     version = importlib.metadata.version("transformer-lens")
     from kn_lens.backends import HAS_HOOKED
@@ -155,20 +172,7 @@ def _attribution(args) -> None:
                         f"{r['rss']:.0f} ({r['after_load']:.0f})",
                     ]
                 )
-    text = f"""## Integrated gradients on a TransformerBridge (`benchmarks/bench_bridge.py`, TransformerLens {version})
-
-{args.prompts} prompt(s), all layers, {args.steps} steps, target probability, 1 thread; each method in its own
-process, the three side by side in one run (under 4.x the hooked fast path runs with a TransformerLens 3.9
-interpreter, `--hooked-python`). "bridge fast" is the bridge's fast path (kn_lens._ig_bridge: its own blocks rerun
-from layer L + 1, decoders only from the site on with the prefix's keys and values frozen, encoders with the MLM
-head at the mask only); "hooked fast" the same weights as a HookedTransformer/HookedEncoder on kn_lens._ig_fast.
-"CPU vs hooked fast": the method's CPU time over the hooked fast path's (the goal for the bridge: at most 1.5x).
-"max diff vs plain / max": the largest score difference from the bridge's plain path over the largest score.
-The machine is shared with other work: CPU seconds are the steadier figure; wall times vary with the load.
-Measured on {plain["machine"]}.
-
-{markdown_table(HEADERS, rows)}
-"""
+    text = _attribution_text(version, args.prompts, args.steps, rows, plain["machine"])
     print(text)
     if args.write:
         write_section(f"bridge-tl{version.split('.')[0]}", text)  # one section per TransformerLens major
