@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_vs_eleuther.py
 	$(PY) benchmarks/bench_packing.py
+	$(PY) benchmarks/bench_bridge.py
 
 # Solution notebooks (tutorials/*.ipynb) and student versions without solutions (tutorials/student/), no outputs.
 tutorials: $(STAMP)

@@ -417,6 +417,49 @@ def test_bridge_fast_ablations_equal_plain(pair, mode, fast_spy):
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-4)  # logits ~1: float32 rounding ~1e-7
 
 
+OTHER_FAMILIES = {  # transformers config class, model class, extra settings; None: the fast path runs
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, None),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}, None),  # q/k norms
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}, None),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}, None),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, "normalised before it joins the residual"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8}, "normalised before it joins the residual"),
+    "neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}, "in parallel"),
+}
+
+
+@pytest.mark.parametrize("family", list(OTHER_FAMILIES))
+def test_other_decoder_families(family, tmp_path, tokenizers):
+    """The fast path runs the bridge's own blocks, so it covers more decoders than the four above (same scores as
+    the plain path); architectures whose MLP output is not simply added to the residual stream take the plain path,
+    with the reason."""
+    import transformers
+
+    config_name, model_name, extra, reason = OTHER_FAMILIES[family]
+    settings = dict(vocab_size=len(tokenizers["causal"]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=64, **extra)  # fmt: skip
+    if family != "neox":
+        settings["num_key_value_heads"] = 2
+    torch.manual_seed(0)
+    getattr(transformers, model_name)(getattr(transformers, config_name)(**settings)).eval().save_pretrained(tmp_path)
+    tokenizers["causal"].save_pretrained(tmp_path)
+    try:
+        bridge = kn_lens.load_model(tmp_path, backend="bridge")
+    except ValueError as err:
+        pytest.skip(f"this TransformerLens cannot boot {family} as a bridge: {err}"[:200])
+    path, why = A.attribution_path(bridge)
+    prompt = kn_lens.make_prompt(bridge, "The capital of France is", " Paris")
+    if reason is not None:
+        assert path == "plain" and reason in why
+        return
+    assert path == "bridge-fast", why
+    kw = dict(n_steps=4, return_convergence_delta=True)
+    fast, fast_delta = kn_lens.integrated_gradients(bridge, prompt, **kw)
+    plain, plain_delta = kn_lens.integrated_gradients(bridge, prompt, fast=False, **kw)
+    assert plain.abs().max() > 0 and _rel(fast, plain) < 1e-5
+    torch.testing.assert_close(fast_delta, plain_delta, atol=1e-6, rtol=1e-4)
+
+
 def test_a_bridge_the_fast_path_cannot_rerun_falls_back(tmp_path, tokenizers):
     """Granite scales its residual branches and its logits inside transformers' code: the probe sees the fast rows
     disagree with the bridge's own forward, and the plain path runs (one warning per model) with the reason."""
