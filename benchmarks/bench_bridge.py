@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -212,8 +213,9 @@ def _demo(args) -> None:
 `python -m kn_lens demo` (the embedded SmolLM2: 3 facts' paraphrases attributed, selection, controls), run
 {args.repeats} times with each interpreter, alternately and back to back (so both see the same load on this shared
 machine), {env["OMP_NUM_THREADS"]} thread(s). On 3.x the demo's model is a HookedTransformer, on 4.x a
-TransformerBridge (the only backend there) with the bridge's fast path. Goal: 4.x within 1.5x of 3.x.
-Measured on {machine()}.
+TransformerBridge (the only backend there) with the bridge's fast path. Goal: 4.x within 1.5x of 3.x. Wall times
+follow the load of the shared machine (the runs at low priority): compare CPU seconds. Measured on
+{platform.machine()} CPU, torch {torch.__version__}, {platform.node()}.
 
 {markdown_table(DEMO_HEADERS, rows)}
 """
