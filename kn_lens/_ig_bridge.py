@@ -21,13 +21,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens import _memory
+from kn_lens._device import accumulator_dtype
 from kn_lens._typing import Model, hook_name
 from kn_lens.backends import is_bridge
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective, objective_from_logits, with_grad
-
-MEMORY_BUDGET = 400 * 2**20
-"""Bytes of activations one pass may keep for its backward pass (sets the automatic number of rows per pass)."""
 
 
 def supports(model: Model) -> bool:
@@ -35,13 +34,28 @@ def supports(model: Model) -> bool:
     return is_bridge(model)
 
 
-def _rows_per_pass(model: Model, prompt: Prompt, n_steps: int, internal_batch_size: int | None, n_layers: int) -> int:
+def _rows_per_pass(
+    model: Model,
+    prompt: Prompt,
+    internal_batch_size: int | None,
+    n_layers: int,
+    objective: Objective,
+    memory_budget: float | None,
+    device: torch.device,
+) -> int:
     if internal_batch_size is not None:  # steps of every layer per pass, as on the hooked fast path
         return internal_batch_size * n_layers
-    cfg = model.cfg
-    # a rough upper bound on what autograd keeps per row: residual-sized and MLP-sized tensors of every block
-    per_row = len(prompt.tokens) * cfg.n_layers * (12 * cfg.d_model + 4 * cfg.d_mlp) * 4 + cfg.d_vocab * 8
-    return max(n_steps, int(MEMORY_BUDGET // per_row))
+    # every row runs the whole model at every position and computes every position's logits
+    n = len(prompt.tokens)
+    cost = _memory.row_bytes(
+        model.cfg,
+        blocks=model.cfg.n_layers,
+        positions=n,
+        keys=n,
+        logit_positions=n,
+        objective_positions=n if callable(objective) else len(prompt.positions),
+    )
+    return _memory.rows_per_pass(cost, _memory.budget(memory_budget, device))
 
 
 def _put_rows(site: int, rows: Tensor, values: Tensor):
@@ -68,8 +82,12 @@ def integrated_gradients(
     internal_batch_size: int | None,
     want_delta: bool,
     progress: bool,
+    *,
+    memory_budget: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """IG scores ``[len(layers), d]`` (and convergence deltas ``[len(layers)]``), as the plain path defines them."""
+    """IG scores ``[len(layers), d]`` (and convergence deltas ``[len(layers)]``), as the plain path defines them:
+    float32 on the CPU, the objective in float32, the steps summed in the device's accumulator dtype; as many rows
+    per pass as fit ``memory_budget`` (bytes; None: the device's default, see :mod:`kn_lens._memory`)."""
     names = [hook_name(layer, hook) for layer in layers]
     tokens = prompt.tokens.to(model.cfg.device).clone()[None]
     store: dict[str, Tensor] = {}
@@ -82,17 +100,20 @@ def integrated_gradients(
         f_clean = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
     clean = torch.stack([store[name] for name in names])  # [layers, d]
     base = torch.zeros_like(clean) if baselines is None else baselines.to(clean.device, clean.dtype)
-    diff = clean - base
+    diff = clean.float() - base.float()  # the path's length, in float32 whatever the model's dtype
+    acc = accumulator_dtype(clean.device)
     n_steps = len(alphas)
     units = torch.cartesian_prod(torch.arange(len(layers)), torch.arange(n_steps))  # (layer slot, step) per row
-    totals = torch.zeros(len(layers), clean.shape[-1], dtype=torch.float64, device=clean.device)
-    rows_per_pass = _rows_per_pass(model, prompt, n_steps, internal_batch_size, len(layers))
+    totals = torch.zeros(len(layers), clean.shape[-1], dtype=acc, device=clean.device)
+    rows_per_pass = _rows_per_pass(
+        model, prompt, internal_batch_size, len(layers), objective, memory_budget, clean.device
+    )
     starts = range(0, len(units), rows_per_pass)
     for start in tqdm(starts, desc="IG (bridge, batched), passes", disable=not progress, leave=False):
         part = units[start : start + rows_per_pass]
         slot, step = part[:, 0].to(clean.device), part[:, 1]
-        a = alphas[step].to(device=clean.device, dtype=clean.dtype)
-        x = (base[slot] + a[:, None] * diff[slot]).detach().requires_grad_(True)  # [rows, d]
+        a = alphas[step].float().to(clean.device)
+        x = (base[slot].float() + a[:, None] * diff[slot]).to(clean.dtype).detach().requires_grad_(True)  # [rows, d]
         fwd_hooks = []
         for i in slot.unique().tolist():
             rows = (slot == i).nonzero().flatten()
@@ -100,9 +121,9 @@ def integrated_gradients(
         logits = model.run_with_hooks(tokens.expand(len(part), -1), return_type="logits", fwd_hooks=fwd_hooks)
         f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
         (grad,) = torch.autograd.grad(f.sum(), x)
-        w = weights[step].to(device=clean.device)
-        totals.index_add_(0, slot, w[:, None] * grad.double())
-    scores = (diff.double() * totals).float().cpu()
+        w = weights[step].to(acc).to(clean.device)  # float64 on the CPU first: MPS has no float64
+        totals.index_add_(0, slot, w[:, None] * grad.to(acc))
+    scores = (diff.to(acc) * totals).float().cpu()
     if not want_delta:
         return scores, None
     with torch.no_grad():  # F(baseline) of every layer in one pass: row i carries layer i's baseline
@@ -110,5 +131,5 @@ def integrated_gradients(
         fwd_hooks = [(names[i], _put_rows(prompt.site, slots[i : i + 1], base[i : i + 1])) for i in range(len(names))]
         logits = model.run_with_hooks(tokens.expand(len(layers), -1), return_type="logits", fwd_hooks=fwd_hooks)
         f_base = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
-    deltas = (scores.double().sum(-1) - (f_clean.double().cpu() - f_base.double().cpu())).float()
+    deltas = (scores.double().sum(-1) - (f_clean.float().cpu().double() - f_base.float().cpu().double())).float()
     return scores, deltas

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens._device import evaluating
 from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_name
 from kn_lens.inputs import (
     PositionsLike,
@@ -101,6 +102,7 @@ class MLPPostCache:
         return self[layer][:, index]
 
 
+@evaluating
 @torch.inference_mode()
 def cache_mlp_post(
     model: Model,

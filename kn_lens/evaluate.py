@@ -68,6 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kn_lens._device import evaluating
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, hook_name, is_encoder
 from kn_lens.edit import edit_fact, erase
 from kn_lens.hooks import Intervention
@@ -126,6 +127,7 @@ class Measured(NamedTuple):
     n_tokens: torch.Tensor
 
 
+@evaluating
 @torch.inference_mode()
 def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size: int = 32) -> Measured:
     """The target's probability, whether it is the top-1 prediction, and its log-probability, in one pass.
@@ -163,7 +165,7 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
             batch = [prompts[i] for i in chunk]
             hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
             logits = forward_logits(model, _padded(batch, model.cfg.device), hooks)
-            logprob[chunk] = objective_from_logits(logits, batch, "logprob").double().cpu()
+            logprob[chunk] = objective_from_logits(logits, batch, "logprob").cpu().double()  # MPS: no float64
             rows = torch.arange(len(batch), device=logits.device)
             first = torch.tensor([p.positions[0] for p in batch], device=logits.device)
             wanted = torch.tensor([p.target_ids[0] for p in batch], device=logits.device)
@@ -569,6 +571,7 @@ def heldout_text() -> str:
     return resources.files("kn_lens").joinpath("data/heldout.txt").read_text(encoding="utf-8")
 
 
+@evaluating
 @torch.inference_mode()
 def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> float:
     """Perplexity of a text under a causal model (default :func:`heldout_text`); NaN for masked LMs.
@@ -589,11 +592,9 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     tokens = model.to_tokens(text)[:, : model.cfg.n_ctx]
     if tokens.shape[1] < 2:
         raise ValueError("text must be at least two tokens long")
-    if fwd_hooks:
-        loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=list(fwd_hooks))
-    else:
-        loss = model(tokens, return_type="loss")
-    return float(torch.exp(loss.float()))
+    logits = forward_logits(model, tokens, fwd_hooks)[0, :-1].float()  # the loss in float32 whatever the dtype
+    logprobs = logits.log_softmax(-1).gather(-1, tokens[0, 1:, None].to(logits.device))[:, 0]
+    return float(torch.exp(-logprobs.mean()))
 
 
 def _accuracy_ppl(m: Measured) -> tuple[float, float, float]:
@@ -716,6 +717,7 @@ def erase_relation(
     return frame
 
 
+@evaluating
 @torch.inference_mode()
 def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Prompt], *, seed: int = 0) -> list[Neuron]:
     """The edit control: as many neurons per layer as ``like``, drawn among those *active* (mean activation > 0
@@ -757,6 +759,7 @@ def _texts(fact: Any) -> list[str]:
     return [p.text if isinstance(p, Prompt) else p for p in prompts]
 
 
+@evaluating
 def edit_effects(
     model: Model,
     fact: Any,

@@ -12,6 +12,9 @@ or by a metric of your own, as in TransformerLens' ``patching.py``: any callable
 one :class:`~kn_lens.prompts.Prompt` per row, and returns one differentiable number per row ("larger = more of
 what you measure"). :func:`logit_diff` builds the most common one.
 
+Objectives are computed in float32 whatever the model's dtype (a metric receives float32 logits), and every
+function here runs the model in eval mode (a model left in train mode is put back in it afterwards).
+
 Example:
     >>> target_scores(model, prompts)                            # Float[Tensor, "n_prompts"]
     tensor([0.7725, ...])
@@ -31,6 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens._device import evaluating
 from kn_lens._typing import Model, check_model
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
 
@@ -94,6 +98,10 @@ def objective_from_logits(
     per row. Differentiable. A callable ``objective`` is called as ``objective(logits, prompts)`` (one prompt per
     row) and must return one number per row.
 
+    Computed in float32 whatever the logits' dtype (the logits read are cast first: the softmax of bfloat16 logits
+    would keep two or three significant digits), and returned as float32 on the logits' device; a callable metric
+    receives the logits as float32.
+
     Example:
         >>> p = make_prompt(model, "The capital of France is", " Paris")
         >>> objective_from_logits(model(p.tokens[None]), p, "logprob").detach()
@@ -106,7 +114,7 @@ def objective_from_logits(
     if len(prompts) != batch:
         raise ValueError(f"{len(prompts)} prompts for {batch} rows of logits")
     if callable(objective):
-        return _call_metric(objective, logits, list(prompts))
+        return _call_metric(objective, logits.float(), list(prompts)).float()
     if not all(p.target_ids for p in prompts):
         raise ValueError("a prompt has no target; make it with make_prompt(model, text, target)")
     same = all(p.positions == prompts[0].positions and p.target_ids == prompts[0].target_ids for p in prompts)
@@ -125,6 +133,7 @@ def objective_from_logits(
         positions = torch.tensor([p.positions for p in prompts], device=logits.device)
         ids = torch.tensor([p.target_ids for p in prompts], device=logits.device)
         picked = logits[rows, positions]
+    picked = picked.float()  # the softmax of a half-precision model's logits would keep 2-3 digits
     if objective == "logit":
         return picked.gather(-1, ids[..., None])[..., 0].sum(-1)
     logprobs = picked.log_softmax(-1).gather(-1, ids[..., None])[..., 0].sum(-1)
@@ -201,6 +210,7 @@ def check_hooks(model: Model, fwd_hooks) -> None:
             )
 
 
+@evaluating
 @torch.inference_mode()
 def target_scores(
     model: Model,
@@ -249,6 +259,7 @@ def target_scores(
     return out
 
 
+@evaluating
 def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataFrame:
     """The model's ``k`` most likely tokens at the prompt's site (the mask, or the next token), as a DataFrame.
 

@@ -78,6 +78,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kn_lens import backends
+from kn_lens._device import accumulator_dtype, evaluating
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, to_layers
 
@@ -973,6 +974,7 @@ def _run(
         yield chunk, logits[:, layout.site % n_pos].float(), acts
 
 
+@evaluating
 @torch.inference_mode()
 def margins(
     model: Model,
@@ -1016,6 +1018,7 @@ def margins(
     return out
 
 
+@evaluating
 def accuracy(
     model: Model,
     data: Task | Split | tuple,
@@ -1318,6 +1321,7 @@ class Predictivity:
         )
 
 
+@evaluating
 @torch.inference_mode()
 def predictivity(
     model: Model,
@@ -1485,6 +1489,7 @@ def random_mask(like: Tensor, *, seed: int = 0, exclude: Tensor | None = None) -
     return out
 
 
+@evaluating
 def perturbation_curve(
     model: Model,
     task: Task,
@@ -1565,6 +1570,7 @@ def perturbation_curve(
 # --------------------------------------------------------------------------------------------------------------
 
 
+@evaluating
 @torch.inference_mode()
 def mean_activations(
     model: Model,
@@ -1599,8 +1605,8 @@ def mean_activations(
     for chunk in tqdm(_batches(token_lists, batch_size), desc="mean activations", disable=not progress, leave=False):
         tokens = torch.tensor([token_lists[i] for i in chunk], device=model.cfg.device)
 
-        def add(activation: Tensor, hook: Any, layer: int) -> None:
-            sums[layer] += activation.double().sum((0, 1)).cpu()
+        def add(activation: Tensor, hook: Any, layer: int) -> None:  # summed on the device (MPS: no float64)
+            sums[layer] += activation.sum((0, 1), dtype=accumulator_dtype(activation.device)).cpu().double()
 
         hooks = [(hook_name(layer), functools.partial(add, layer=layer)) for layer in range(n_layers)]
         model.run_with_hooks(tokens, fwd_hooks=list(prompt.hooks(model)) + hooks)
@@ -1678,7 +1684,8 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
             kept = keep[layer].nonzero().flatten().to(mlp.W_in.device)
             dropped = (~keep[layer]).nonzero().flatten().to(mlp.W_in.device)
             w_out = mlp.W_out
-            constant = means[layer, dropped].double().to(w_out.device) @ w_out[dropped].double()
+            acc = accumulator_dtype(w_out.device)  # float64 where the device has it (MPS: float32)
+            constant = means[layer].to(w_out.device).to(acc)[dropped] @ w_out[dropped].to(acc)
             pad = width - len(kept)
 
             mlp.W_in = _take(mlp.W_in, 1, kept, pad)
@@ -1687,7 +1694,7 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
             if getattr(mlp, "b_in", None) is not None:
                 mlp.b_in = _take(mlp.b_in, 0, kept, pad)
             mlp.W_out = _take(w_out, 0, kept, pad)
-            mlp.b_out = torch.nn.Parameter((mlp.b_out.double() + constant).to(mlp.b_out.dtype))
+            mlp.b_out = torch.nn.Parameter((mlp.b_out.to(acc) + constant).to(mlp.b_out.dtype))
             mlp.d_mlp = width
     pruned.cfg.d_mlp = width
     return pruned.eval()
