@@ -49,7 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens import backends
-from kn_lens._device import evaluating
+from kn_lens._device import evaluating, is_half
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
 from kn_lens.inputs import NeuronsLike, check_batch_size, to_neuron, to_neurons, to_prompts
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
@@ -150,6 +150,9 @@ def direction_logits(
     ``b_U``) BERT would produce if its last residual stream were ``d``; biases inside the head are kept since
     they cannot be separated from the non-linearity.
 
+    Returns the scores on the model's device, in its dtype (float32 for a half-precision model: the vocabulary
+    is read in float32 there).
+
     Example:
         >>> direction_logits(model, model.W_out[24, [1005]]).topk(5).indices
         tensor([[12539, 49148, 33180, 39549, 33606]])
@@ -165,6 +168,8 @@ def direction_logits(
         x = backends.mlm_head(model, final_norm(model)(x[:, None, :]))[:, 0, :]
     else:
         x = _norm_linear(_pre_unembed_norm(model), x, None)
+    if is_half(x.dtype):  # read the vocabulary in float32: half-precision logits keep 2-3 digits
+        return x.float() @ w_u.float()
     return x @ w_u
 
 

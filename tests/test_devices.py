@@ -117,7 +117,11 @@ def test_bf16_measurements_are_float32(smollm2, smollm2_bf16):
     assert measured.prob.dtype == torch.float32 and torch.allclose(measured.prob, half, rtol=1e-5)
     assert abs(evaluate.text_perplexity(smollm2_bf16) / evaluate.text_perplexity(smollm2) - 1) < 0.05
     effect = kn_lens.direct_effect(smollm2_bf16, "L29N1066", prompts)
+    assert effect.dtype == torch.float32
     assert torch.allclose(effect, kn_lens.direct_effect(smollm2, "L29N1066", prompts), rtol=0.05)
+    for neuron in ("L24N1005", "L29N1066"):  # the lens reads the vocabulary in float32: the same top 10 tokens
+        half, full = kn_lens.decode(smollm2_bf16, neuron, k=10), kn_lens.decode(smollm2, neuron, k=10)
+        assert set(half.top_ids) == set(full.top_ids) and set(half.bottom_ids) == set(full.bottom_ids)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
