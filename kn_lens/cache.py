@@ -131,7 +131,8 @@ def cache_mlp_post(
         hook: the MLP hook point to cache (``"mlp_post"``, or ``"mlp_pre"`` / ``"mlp_pre_linear"``).
 
     Returns:
-        An :class:`MLPPostCache` with one row per (prompt, position), in prompt order then position order.
+        An :class:`MLPPostCache` with one row per (prompt, position), in prompt order then position order
+        (activations as float32 on the CPU, whatever the model's dtype and device).
 
     Example:
         >>> c = cache_mlp_post(model, ["The capital of France is"], layers=[23, 24])

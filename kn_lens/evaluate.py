@@ -134,7 +134,8 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
 
     Prompts are batched by (length, target length) without padding; ``fwd_hooks`` is a hook list or a per-batch
     builder (e.g. an :class:`~kn_lens.hooks.Intervention`). For multi-token targets ``prob`` is the product over
-    the target tokens (teacher-forced) and ``top1`` refers to the first token.
+    the target tokens (teacher-forced) and ``top1`` refers to the first token. Everything comes back on the CPU
+    (``prob`` float32, ``logprob`` float64), computed in float32 whatever the model's dtype, in eval mode.
 
     Example:
         >>> m = measure(bert, kn_lens.make_prompts(bert, ["The capital of France is [MASK]."], "Paris"))

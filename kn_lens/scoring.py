@@ -234,6 +234,9 @@ def target_scores(
         fwd_hooks: ``[(hook_name, fn), ...]`` or a per-batch builder (e.g. an ``Intervention``).
         batch_size: prompts per forward pass (a positive int).
 
+    Returns:
+        ``Float[Tensor, "n_prompts"]``, float32 on the CPU (computed in float32 whatever the model's dtype).
+
     Example:
         >>> target_scores(model, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"])
         tensor([0.7725, 0.3803])
