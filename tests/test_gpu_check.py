@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not HAS_HOOKED, reason="the check runs HookedTransformer / HookedEncoder paths")
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch, TransformerLens, captum and the EleutherAI package: ~20 s
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check.md"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
