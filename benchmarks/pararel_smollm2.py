@@ -104,7 +104,8 @@ def main() -> None:
         f"`{out.name}` (resumable); {span / 60:.0f} min from its manifest to its merged records (this invocation "
         f"{wall:.0f} s).\n",
         "### Coverage (facts scanned in file order until enough known ones; known = answer top-1 on >= half of "
-        "the prompts; no neurons = evaluated facts for which Dai et al.'s selection found no neuron, left out of "
+        "the prompts; no neurons = evaluated facts for which the rule "
+        "found no neuron, left out of "
         "the effect tables)\n",
         _frame_md(coverage),
         "\n### Suppress (x0) / enhance (x2) with controls (means over facts)\n",
