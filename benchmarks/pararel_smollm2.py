@@ -59,9 +59,9 @@ def rules_table(records: list[dict], table: pd.DataFrame, rules: list[str]) -> p
     rows = []
     for rule in rules:
         mine = [r for r in records if r["rule"] == rule]
-        row: dict[str, object] = dict(rule=rule, facts=len(mine),
-                                      **{"neurons/fact": sum(len(r["neurons"]) for r in mine) / max(len(mine), 1),
-                                         "no neurons": sum(not r["neurons"] for r in mine)})  # fmt: skip
+        row: dict[str, object] = {"rule": rule, "facts": len(mine),
+                                  "neurons/fact": sum(len(r["neurons"]) for r in mine) / max(len(mine), 1),
+                                  "no neurons": sum(not r["neurons"] for r in mine)}  # fmt: skip
         for intervention, short in (("suppress", "x0"), ("enhance", "x2")):
             part = summary[(summary["rule"] == rule) & (summary["intervention"] == intervention)]
             for column in ("own", "held-out", "same relation", "other relations", "random", "specificity",
@@ -196,8 +196,8 @@ def main() -> None:
         "own = the fact's attribution prompts; held-out = its held-out paraphrase; same relation / other relations "
         "= 4 other known facts of the same / other relations, with this fact's neurons; random = as many random "
         "neurons in the same layers. specificity = 1 - same / own; own/same = own / same (3 = the neurons move "
-        "their own fact 3x more than the relation's other facts). Facts without neurons are counted and left out "
-        "of the means.\n",
+        "their own fact 3x more than the relation's other facts). Facts without neurons are counted (no neurons) and "
+        "left out of the means, which rest on facts - no neurons.\n",
         _frame_md(summary),
         "\n" + answer(summary) + "\n",
         "### Coverage (scanned = facts measured for knowledge; known = answer top-1 on >= half of the prompts; "

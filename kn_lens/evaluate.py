@@ -208,6 +208,7 @@ def intervention_effects(
     objective_floor: float = 0.0,
     batch_size: int = 32,
     relation: str | None = None,
+    clean_cache: dict | None = None,
 ) -> pd.DataFrame:
     """Scale neurons (x0, x2, ...) and measure the correct answer's probability, beside the controls.
 
@@ -236,6 +237,9 @@ def intervention_effects(
         objective_floor: prompts whose base probability is below this are dropped (0 keeps all).
         batch_size: prompts per forward pass.
         relation: the value of the ``relation`` column (default the result's ``relation``).
+        clean_cache: a dict shared between calls on one model to measure each group of prompts without
+            intervention only once (e.g. one fact's controls under several selection rules); keyed by the prompts'
+            texts and targets, it must not outlive a change of the model's weights or hooks.
 
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
@@ -308,11 +312,13 @@ def intervention_effects(
     if other:
         groups.append(("other facts", "knowledge", neuron_list, "unrelated", other))
 
-    base_cache: dict[int, Measured] = {}
+    if clean_cache is not None and not isinstance(clean_cache, dict):
+        raise TypeError(f"clean_cache must be a dict (or None), got {type(clean_cache).__name__}")
+    base_cache: dict = {} if clean_cache is None else clean_cache
     rows = []
     for name, factor in interventions.items():
         for condition, neuron_label, group_neurons, prompt_set, group_prompts in groups:
-            key = id(group_prompts)
+            key = (tuple((p.text, p.target_ids) for p in group_prompts), batch_size)
             if key not in base_cache:
                 base_cache[key] = measure(model, group_prompts, batch_size=batch_size)
             base = base_cache[key]
@@ -943,6 +949,7 @@ def fact_effects(
     seed: int = 0,
     relation: str | None = None,
     batch_size: int = 32,
+    clean_cache: dict | None = None,
 ) -> dict[str, Any]:
     """The evaluation half of :func:`evaluate_fact`: one fact's neurons suppressed and enhanced beside every
     control (held-out paraphrases, same-relation facts, other-relation facts, random neurons drawn with ``seed``),
@@ -950,7 +957,8 @@ def fact_effects(
     :func:`summarize_effects`) and ``specificity`` (per intervention).
 
     A fact without neurons has nothing to intervene on: no effects, no control (it is counted, and left out of
-    effect means, by :func:`records_frame`).
+    effect means, by :func:`records_frame`). ``clean_cache``: see :func:`intervention_effects` (a sweep shares one
+    between the rules of a fact).
 
     Example:
         >>> from kn_lens.datasets import pararel
@@ -977,6 +985,7 @@ def fact_effects(
         random_seeds=(seed,),
         relation=relation,
         batch_size=batch_size,
+        clean_cache=clean_cache,
     )
     table = summarize_effects(effects)
     rows = [{k: _plain(v) for k, v in row.items() if k != "relation"} for row in table.to_dict("records")]

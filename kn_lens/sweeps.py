@@ -80,6 +80,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -1049,6 +1050,7 @@ class _Run:
             n = self.manifest["n_controls"]
             same = rng.sample(same_pool, min(n, len(same_pool)))
             other = rng.sample(other_pool, min(n, len(other_pool)))
+            clean: dict = {}  # the fact's prompts and controls measured once, whatever the rule
             for rule in rules:
                 if (rule, bag.relation, bag.uuid) in done:
                     continue
@@ -1058,7 +1060,7 @@ class _Run:
                 measured = fact_effects(self.model, att["prompts"], bag.target, chosen["neurons"],
                                         heldout=att["heldout"], same_relation=same, other_relations=other,
                                         seed=fact_seed(self.seed, bag.uuid), relation=bag.relation,
-                                        batch_size=BATCH_SIZE)  # fmt: skip
+                                        batch_size=BATCH_SIZE, clean_cache=clean)  # fmt: skip
                 yield dict(
                     rule=rule, relation=bag.relation, uuid=bag.uuid, subject=bag.subject, answer=bag.answer,
                     target=bag.target, n_prompts=len(att["prompts"]), n_heldout=len(att["heldout"]),
@@ -1136,12 +1138,15 @@ class _Run:
 
 
 def _rows(table) -> list[dict[str, Any]]:
+    """A table's rows, JSON-ready: NaN and infinite numbers (an edit can send a perplexity to inf) become null."""
     out = []
     for row in table.to_dict("records"):
         clean = {}
         for k, v in row.items():
             v = _py(v)
-            clean[k] = None if isinstance(v, float) and v != v else (round(v, 7) if isinstance(v, float) else v)
+            if isinstance(v, float):
+                v = round(v, 7) if math.isfinite(v) else None
+            clean[k] = v
         out.append(clean)
     return out
 

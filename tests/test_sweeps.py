@@ -550,6 +550,90 @@ def test_causal_model_sweep(random_gpt2, tmp_path, counted):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# evaluate_fact: one fact, any rule, arguments checked before the first forward pass
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_fact_checks_arguments_before_any_forward_pass(tiny_bert, data):
+    from kn_lens.evaluate import evaluate_fact
+
+    bags = pararel.load(data).bags(tiny_bert)
+    fact, same = bags[0], bags[1:4]
+    cases = [
+        (dict(fact=(list(fact.prompts), fact.target)), TypeError, "fact must be a fact"),
+        (dict(fact="The capital of France is [MASK]."), TypeError, "fact must be a fact"),
+        (dict(n_negatives=-1), ValueError, "n_negatives"),
+        (dict(n_heldout=-1), ValueError, "n_heldout"),
+        (dict(n_heldout=True), ValueError, "n_heldout"),
+        (dict(n_steps=0), ValueError, "n_steps"),
+        (dict(negative_share=2.0), ValueError, "negative_share"),
+        (dict(selection="best"), ValueError, "selection"),
+        (dict(same_relation="P36"), TypeError, "same_relation"),
+        (dict(other_relations=[(["x [MASK]."], "Paris")]), TypeError, "other_relations"),
+        (dict(variant="dai"), TypeError, "selection="),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(selection="contrastive", same_relation=[fact]), ValueError, "other answers"),
+    ]
+    calls = []
+    handle = tiny_bert.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        for kwargs, error, match in cases:
+            kwargs = {"fact": fact, "same_relation": same, **kwargs}
+            with pytest.raises(error, match=match):
+                evaluate_fact(tiny_bert, kwargs.pop("fact"), **kwargs)
+        assert not calls  # refused before the model ran
+        record = evaluate_fact(tiny_bert, fact, same_relation=same, attribution="grad_x_act")  # takes no n_steps
+    finally:
+        handle.remove()
+    assert calls and record["n_steps"] is None and record["neurons"] and record["rule"] == "adaptive"
+
+
+def test_clean_cache_measures_each_group_once(tiny_bert, data, monkeypatch):
+    import kn_lens.evaluate as evaluate
+
+    bags = pararel.load(data).bags(tiny_bert)
+    fact, same, other = bags[0], bags[1:3], bags[12:14]
+    calls = []
+    real = evaluate.measure
+
+    def counting(model, prompts, *, fwd_hooks=(), batch_size=32):
+        calls.append(bool(fwd_hooks))
+        return real(model, prompts, fwd_hooks=fwd_hooks, batch_size=batch_size)
+
+    monkeypatch.setattr(evaluate, "measure", counting)
+    args = (tiny_bert, fact.prompts[:3], fact.target)
+    kwargs = dict(heldout=fact.prompts[3:], same_relation=same, other_relations=other, seed=1)
+    alone = [evaluate.fact_effects(*args, neurons, **kwargs) for neurons in (["L1N253"], ["L0N7", "L1N3"])]
+    assert calls.count(False) == 2 * 4  # clean: own, held-out, same relation, other relations, for each call
+    calls.clear()
+    cache: dict = {}
+    shared = [evaluate.fact_effects(*args, neurons, clean_cache=cache, **kwargs) for neurons in (["L1N253"],
+              ["L0N7", "L1N3"])]  # fmt: skip
+    assert calls.count(False) == 4 and calls.count(True) == 2 * 2 * 6  # clean once; hooked as before
+    assert shared == alone  # the same numbers
+    with pytest.raises(TypeError, match="clean_cache"):
+        evaluate.fact_effects(*args, ["L1N253"], clean_cache=[], **kwargs)
+
+
+def test_evaluate_fact_rules(tiny_bert, data):
+    from kn_lens.evaluate import evaluate_fact
+
+    bags = pararel.load(data).bags(tiny_bert)
+    fact, same = bags[0], bags[1:5]
+    dai = evaluate_fact(tiny_bert, fact, same_relation=same, selection="dai", n_steps=5)
+    alone = find_knowledge_neurons(tiny_bert, list(fact.prompts[:3]), fact.target, variant="dai", n_steps=5)
+    assert dai["rule"] == "dai" and dai["neurons"] == [str(n) for n in alone.neurons]
+    contrastive = evaluate_fact(tiny_bert, fact, same_relation=same, selection="contrastive", n_steps=5)
+    others = [b.target for b in same if b.target != fact.target]
+    assert contrastive["others"] == list(dict.fromkeys(others))
+    metric = mean_logit_diff(tiny_bert, fact.target, others)
+    kns = find_knowledge_neurons(tiny_bert, list(fact.prompts[:3]), fact.target, objective=metric, n_steps=5)
+    assert contrastive["neurons"] == [str(n) for n in kns.neurons]
+    with pytest.raises(TypeError, match="objective"):
+        evaluate_fact(tiny_bert, fact, same_relation=same, selection="contrastive", objective="logit")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Report and the other evaluation commands
 # --------------------------------------------------------------------------------------------------------------
 
