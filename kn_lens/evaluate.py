@@ -881,8 +881,8 @@ def _token_text(model: Model, token: TargetLike) -> str:
 #: :mod:`kn_lens.neurons` (:data:`~kn_lens.neurons.RULES`) and two rules built on the per-fact one.
 SELECTIONS: dict[str, str] = {
     **RULES,
-    "fact-specific": "adaptive, then drop the neurons coarse on more than 25% of 4 prompts drawn (per fact) from "
-    "other known facts of the same relation",
+    "fact-specific": "adaptive, then drop the neurons coarse on more than negative_share (25%) of n_negatives (4) "
+    "prompts drawn (per fact) from other known facts of the same relation",
     "contrastive": "adaptive, on integrated gradients of logit(answer) - mean logit of the relation's other "
     "answers (the other known facts' answers)",
 }

@@ -749,10 +749,11 @@ def select_relation(
     start = time.perf_counter()
     relation = records[0]["relation"] if records else None
     usable = [r for r in records if r.get("candidates")]
-    cands = [Candidates.from_json(r["candidates"]) for r in usable]
+    cands = {r["uuid"]: Candidates.from_json(r["candidates"]) for r in usable}
     variant = rule if rule in ("dai", "adaptive", "eleuther") else "adaptive"
-    chosen = dict(zip([r["uuid"] for r in usable], select(cands, variant=variant, relations=[relation] * len(cands)),
-                      strict=True)) if cands else {}  # fmt: skip
+    picks = select(list(cands.values()), variant=variant, relations=[relation] * len(cands)) if cands else []
+    chosen = dict(zip(cands, picks, strict=True))
+    threshold = Rule.of("adaptive").threshold  # the fact-specific rule's negatives: coarse as the adaptive rule
     facts = []
     for r in records:
         picked = chosen.get(r["uuid"])
@@ -763,8 +764,7 @@ def select_relation(
             entry.update(share_used=picked.share, adjustments=picked.adjustments, fallback=picked.fallback)
             if rule == "fact-specific":
                 negatives = _negatives(r, usable, seed, n_negatives)
-                threshold = Rule.of("adaptive")
-                coarse = [Candidates.from_json(n["candidates"]).coarse(threshold.threshold)[i] for n, i in negatives]
+                coarse = [cands[n["uuid"]].coarse(threshold)[i] for n, i in negatives]
                 neurons, dropped = drop_shared(neurons, coarse, negative_share)
                 entry["dropped"] = {"negatives": [str(n) for n in dropped]}
                 entry["negatives"] = [[n["uuid"], i] for n, i in negatives]
