@@ -176,6 +176,10 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
     from kn_lens import sweeps
     from kn_lens.datasets import pararel
 
+    rules = sweeps.check_rules(args.rules)  # before any model loads
+    out_path = Path(args.out)
+    if out_path.exists() and not out_path.is_dir():
+        raise sweeps.SweepError(f"--out {args.out} is a file; give a folder for the run")
     rank, world = sweeps.distributed()
     steps, method = _quadrature(args)
     model = load(_model_arg(args), sweeps.local_device(args.device), getattr(args, "backend", None))
@@ -189,17 +193,19 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
         facts_per_relation=args.facts_per_relation,
         seed=args.seed,
         n_steps=steps,
-        selection=args.selection,
+        rules=rules,
         progress=not args.no_progress and (rank == 0 or not args.json),
-        **({"method": method} if method != "riemann_left" else {}),  # the default rule keeps old run folders valid
+        method=method,
     )
     if rank == 0:
         records = sweeps.read_records(out)
         known = sweeps.read_known(out)
+        per_rule = {rule: sum(r.get("rule") == rule for r in records) for rule in rules}
         summary = dict(out=str(out), records=len(records), scanned=len(known),
-                       known=sum(bool(k["known"]) for k in known), processes=world)  # fmt: skip
+                       known=sum(bool(k["known"]) for k in known), facts=len(sweeps.read_attributions(out)),
+                       rules=",".join(rules), processes=world)  # fmt: skip
         if args.json:
-            print(json.dumps(summary))
+            print(json.dumps(dict(summary, records_per_rule=per_rule)))
         else:
             print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
@@ -222,11 +228,8 @@ def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
     from kn_lens.convergence import convergence_summary
     from kn_lens.datasets import pararel
 
-    path = Path(args.run) / sweeps.MANIFEST
-    if not path.exists():  # before loading a model: a SweepError is a ValueError, reported with exit code 2
-        raise sweeps.SweepError(f"{args.run} is not a run folder (no {sweeps.MANIFEST}); give a run of "
-                                "`kn-lens evaluate pararel`")  # fmt: skip
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    # before loading a model: a SweepError is a ValueError, reported with exit code 2
+    manifest = sweeps.read_manifest(args.run)
     folder = args.data or manifest["data_path"]
     model = load(_model_arg(args), args.device, getattr(args, "backend", None))
     out = sweeps.run_convergence(model, pararel.load(folder, relations=manifest.get("relations")), args.run,
@@ -265,6 +268,15 @@ def _relations(text: str) -> list[str]:
     if not ids:
         raise argparse.ArgumentTypeError("give relation ids like P36,P37")
     return ids
+
+
+DEFAULT_RULES = ("dai", "adaptive")
+
+
+def _selections() -> dict[str, str]:
+    from kn_lens.evaluate import SELECTIONS
+
+    return SELECTIONS
 
 
 def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
@@ -333,8 +345,9 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         help="knowledge neurons on PARAREL with every control; resumable; torchrun-shardable",
         formatter_class=raw,
         epilog="examples:\n  kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 "
-        "--facts-per-relation 20\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel --out runs/smollm2 "
-        "--data pararel/\nRe-running the same command resumes the run.",
+        "--facts-per-relation 20 --rules dai,adaptive\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel "
+        "--out runs/smollm2 --data pararel/\nRe-running the same command resumes the run; with more --rules it "
+        "adds them without attributing again.",
     )
     p.add_argument("--out", required=True, help="run folder (resumed if it holds this run)")
     p.add_argument("--data", help="PARAREL folder (default: download into the cache)")
@@ -346,7 +359,10 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
                    "midpoint rule (see kn_lens.convergence)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, default=None, help="integrated-gradient steps (overrides --preset)")
     p.add_argument("--method", default=None, help="quadrature rule, e.g. riemann_middle (overrides --preset)")
-    p.add_argument("--selection", choices=("dai", "fact-specific"), default="dai")
+    rules_help = "; ".join(f"{k} = {v}" for k, v in _selections().items()).replace("%", "%%")
+    p.add_argument("--rules", default=",".join(DEFAULT_RULES),
+                   help="selection rules, comma-separated (default %(default)s); running again with more rules adds "
+                   f"them from the stored attributions: {rules_help}")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(p)
     p.set_defaults(func=cmd_evaluate_pararel)

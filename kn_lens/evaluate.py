@@ -73,9 +73,9 @@ from kn_lens._typing import Model, Neuron, check_model, group_by_layer, hook_nam
 from kn_lens.edit import edit_fact, erase
 from kn_lens.hooks import Intervention
 from kn_lens.inputs import NeuronsLike, check_batch_size, check_positions, to_neurons, to_prompts
-from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens
-from kn_lens.scoring import forward_logits, objective_from_logits, target_scores
+from kn_lens.neurons import RULES, KnowledgeNeurons, find_knowledge_neurons, random_neurons
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens, token_ids
+from kn_lens.scoring import forward_logits, mean_logit_diff, objective_from_logits, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
 DAI_INTERVENTIONS: dict[str, float] = {"suppress": 0.0, "enhance": 2.0}
@@ -211,6 +211,7 @@ def intervention_effects(
     objective_floor: float = 0.0,
     batch_size: int = 32,
     relation: str | None = None,
+    clean_cache: dict | None = None,
 ) -> pd.DataFrame:
     """Scale neurons (x0, x2, ...) and measure the correct answer's probability, beside the controls.
 
@@ -239,6 +240,9 @@ def intervention_effects(
         objective_floor: prompts whose base probability is below this are dropped (0 keeps all).
         batch_size: prompts per forward pass.
         relation: the value of the ``relation`` column (default the result's ``relation``).
+        clean_cache: a dict shared between calls on one model to measure each group of prompts without
+            intervention only once (e.g. one fact's controls under several selection rules); keyed by the prompts'
+            texts and targets, it must not outlive a change of the model's weights or hooks.
 
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
@@ -311,11 +315,13 @@ def intervention_effects(
     if other:
         groups.append(("other facts", "knowledge", neuron_list, "unrelated", other))
 
-    base_cache: dict[int, Measured] = {}
+    if clean_cache is not None and not isinstance(clean_cache, dict):
+        raise TypeError(f"clean_cache must be a dict (or None), got {type(clean_cache).__name__}")
+    base_cache: dict = {} if clean_cache is None else clean_cache
     rows = []
     for name, factor in interventions.items():
         for condition, neuron_label, group_neurons, prompt_set, group_prompts in groups:
-            key = id(group_prompts)
+            key = (tuple((p.text, p.target_ids) for p in group_prompts), batch_size)
             if key not in base_cache:
                 base_cache[key] = measure(model, group_prompts, batch_size=batch_size)
             base = base_cache[key]
@@ -874,7 +880,18 @@ def _token_text(model: Model, token: TargetLike) -> str:
 # One fact, one record: the unit of a PARAREL sweep
 # --------------------------------------------------------------------------------------------------------------
 
-SELECTIONS = ("dai", "fact-specific")
+#: The selection rules of :func:`evaluate_fact` and of PARAREL sweeps (:mod:`kn_lens.sweeps`), one line each, for
+#: tables and records (every record and table names the rule that made it): the three rules of
+#: :mod:`kn_lens.neurons` (:data:`~kn_lens.neurons.RULES`) and two rules built on the per-fact one.
+SELECTIONS: dict[str, str] = {
+    **RULES,
+    "fact-specific": "adaptive, then drop the neurons coarse on more than negative_share (25%) of n_negatives (4) "
+    "prompts drawn (per fact) from other known facts of the same relation",
+    "contrastive": "adaptive, on integrated gradients of logit(answer) - mean logit of the relation's other "
+    "answers (the other known facts' answers)",
+}
+#: What the ``selection`` of records made before rules had names meant (``"dai"`` was the per-fact rule).
+LEGACY_SELECTIONS = {"dai": "adaptive", "fact-specific": "fact-specific"}
 
 
 def fact_seed(seed: int, key: str) -> int:
@@ -892,6 +909,118 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fact_texts(fact: Any, name: str) -> tuple[list[str], Any]:
+    """(prompt texts, target) of a fact-like object (a PARAREL bag, FactPrompts, KnowledgeNeurons), checked."""
+    if isinstance(fact, str | bytes | Mapping | tuple | list) or not hasattr(fact, "prompts"):
+        raise TypeError(
+            f"{name} must be a fact with .prompts and .target (a PARAREL Bag, a FactPrompts), got "
+            f"{type(fact).__name__}; wrap (prompts, target) as kn_lens.neurons.FactPrompts(prompts, target)"
+        )
+    if getattr(fact, "target", None) is None:
+        raise ValueError(f"{name} has no target; give the fact its answer")
+    prompts = fact.prompts
+    if isinstance(prompts, str | Prompt):
+        prompts = [prompts]
+    texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"{name}.prompts must be a non-empty list of prompt texts (or Prompts)")
+    return texts, fact.target
+
+
+def _facts(items: Any, name: str) -> list[Any]:
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence | tuple):
+        raise TypeError(f"{name} must be a list of facts (PARAREL bags, FactPrompts), got {type(items).__name__}")
+    for item in items:
+        _fact_texts(item, f"an item of {name}")
+    return list(items)
+
+
+def _count(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def fact_effects(
+    model: Model,
+    prompts: Sequence[str | Prompt],
+    target: TargetLike,
+    neurons: NeuronsLike,
+    *,
+    heldout: Sequence[str | Prompt] = (),
+    same_relation: Sequence[Any] = (),
+    other_relations: Sequence[Any] = (),
+    seed: int = 0,
+    relation: str | None = None,
+    batch_size: int = 32,
+    clean_cache: dict | None = None,
+) -> dict[str, Any]:
+    """The evaluation half of :func:`evaluate_fact`: one fact's neurons suppressed and enhanced beside every
+    control (held-out paraphrases, same-relation facts, other-relation facts, random neurons drawn with ``seed``),
+    as JSON-ready ``random_neurons``, ``effects`` (one dict per intervention x condition, as
+    :func:`summarize_effects`) and ``specificity`` (per intervention).
+
+    A fact without neurons has nothing to intervene on: no effects, no control (it is counted, and left out of
+    effect means, by :func:`records_frame`). ``clean_cache``: see :func:`intervention_effects` (a sweep shares one
+    between the rules of a fact).
+
+    Example:
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert)
+        >>> out = fact_effects(bert, bags[0].prompts[:3], bags[0].target, ["L1N253", "L1N292"],
+        ...                    heldout=bags[0].prompts[3:], same_relation=bags[1:3], seed=1)
+        >>> sorted({e["condition"] for e in out["effects"]})
+        ['knowledge neurons', 'knowledge neurons (held-out)', 'random neurons', 'random neurons (held-out)',
+         'same relation']
+        >>> fact_effects(bert, bags[0].prompts[:3], bags[0].target, [])
+        {'random_neurons': [], 'effects': [], 'specificity': {}}
+    """
+    neuron_list = to_neurons(neurons, model, allow_empty=True)
+    if not neuron_list:
+        return dict(random_neurons=[], effects=[], specificity={})
+    effects = intervention_effects(
+        model,
+        neuron_list,
+        list(prompts),
+        target,
+        heldout=list(heldout) or None,
+        same_relation=list(same_relation) or None,
+        unrelated=list(other_relations) or None,
+        random_seeds=(seed,),
+        relation=relation,
+        batch_size=batch_size,
+        clean_cache=clean_cache,
+    )
+    table = summarize_effects(effects)
+    rows = [{k: _plain(v) for k, v in row.items() if k != "relation"} for row in table.to_dict("records")]
+    spec = {}
+    for name in dict.fromkeys(table["intervention"]):
+        part = table[table["intervention"] == name].set_index("condition")["rel_change_%"]
+        if "knowledge neurons" in part and "same relation" in part:
+            spec[name] = _plain(specificity(float(part["knowledge neurons"]), float(part["same relation"])))
+    control = random_neurons(model, neuron_list, seed=seed)
+    return dict(random_neurons=[str(n) for n in control], effects=rows, specificity=spec)
+
+
+def other_answers(model: Model, target: TargetLike, facts: Sequence[Any]) -> list[Any]:
+    """The distinct answers of ``facts`` other than ``target`` (compared as token ids), in order: the wrong answers
+    of the contrastive selection (:func:`kn_lens.scoring.mean_logit_diff`).
+
+    Example:
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert, relations="P37")
+        >>> [b.answer for b in bags[:4]], other_answers(bert, "Polish", bags[:4] + bags[:2])
+        (['Portuguese', 'Polish', 'Swedish', 'Thai'], ['Portuguese', 'Swedish', 'Thai'])
+    """
+    own = tuple(token_ids(model, target))
+    out: dict[tuple[int, ...], Any] = {}
+    for fact in facts:
+        ids = tuple(token_ids(model, fact.target))
+        if ids != own:
+            out.setdefault(ids, fact.target)
+    return list(out.values())
+
+
 def evaluate_fact(
     model: Model,
     fact: Any,
@@ -900,7 +1029,7 @@ def evaluate_fact(
     other_relations: Sequence[Any] = (),
     n_heldout: int = 1,
     seed: int = 0,
-    selection: str = "dai",
+    selection: str = "adaptive",
     n_negatives: int = 4,
     negative_share: float = 0.25,
     n_steps: int = 20,
@@ -910,28 +1039,40 @@ def evaluate_fact(
     """Find one fact's knowledge neurons and measure suppress / enhance beside every control: one JSON record.
 
     The fact's last ``n_heldout`` prompts are held out of the attribution. The random-neuron control uses a
-    per-fact seed (:func:`fact_seed`), so a record does not depend on which process computed it.
+    per-fact seed (:func:`fact_seed`), so a record does not depend on which process computed it. Every argument is
+    checked before the first forward pass. (A PARAREL sweep, :func:`kn_lens.sweeps.run_pararel`, does the same in
+    phases: it attributes each fact once and runs every rule on the stored scores.)
 
     Args:
         model: the model.
         fact: a PARAREL :class:`~kn_lens.datasets.pararel.Bag` (or anything with ``prompts``, ``target``,
-            ``relation``, ``uuid``).
-        same_relation: other facts of the relation (control, and negatives of the fact-specific selection).
+            ``relation``, ``uuid``, e.g. a :class:`~kn_lens.neurons.FactPrompts`).
+        same_relation: other facts of the relation (control; negatives of ``"fact-specific"``; the other answers
+            of ``"contrastive"``).
         other_relations: facts of other relations (Dai's "unrelated" control).
         n_heldout: prompts held out (0: none; kept only if at least 2 prompts remain).
         seed: the run seed.
-        selection: ``"dai"`` (Dai et al.'s rule) or ``"fact-specific"`` (neurons that are also coarse on more
-            than ``negative_share`` of ``n_negatives`` prompts of other facts of the relation are dropped).
+        selection: the rule (:data:`SELECTIONS`): ``"adaptive"`` (default, kn_lens's per-fact rule), ``"dai"``
+            (Dai et al.'s released rule, the fact alone as its relation), ``"eleuther"``, ``"fact-specific"``
+            (adaptive, then neurons also coarse on more than ``negative_share`` of ``n_negatives`` prompts of
+            ``same_relation`` facts are dropped) or ``"contrastive"`` (adaptive, on the integrated gradients of
+            :func:`~kn_lens.scoring.mean_logit_diff` against the other answers among ``same_relation``).
         n_negatives, negative_share: see ``selection``.
-        n_steps: integrated-gradient steps.
+        n_steps: integrated-gradient steps (only passed to integrated gradients, the default ``attribution``).
         batch_size: prompts per forward pass.
-        **find_kwargs: more keywords for :func:`~kn_lens.neurons.find_knowledge_neurons`.
+        **find_kwargs: more keywords for :func:`~kn_lens.neurons.find_knowledge_neurons` (``attribution``,
+            ``layers``, ``method``, ...).
 
     Returns:
-        A dict: ``relation, uuid, subject, answer, target, selection, n_prompts, n_heldout, neurons``
-        (``"L{l}N{i}"``), ``layers``, ``random_neurons``, ``effects`` (one dict per intervention x condition, as
-        :func:`summarize_effects`), ``specificity`` (per intervention), ``completeness`` (each attributed
-        prompt's completeness error, see :func:`~kn_lens.neurons.find_knowledge_neurons`), ``seconds``.
+        A dict: ``rule, relation, uuid, subject, answer, target, n_prompts, n_heldout, neurons`` (``"L{l}N{i}"``),
+        ``layers``, ``random_neurons``, ``effects`` (one dict per intervention x condition, as
+        :func:`summarize_effects`; none for a fact without neurons), ``specificity`` (per intervention),
+        ``completeness`` (each attributed prompt's completeness error, see
+        :func:`~kn_lens.neurons.find_knowledge_neurons`), ``seconds``.
+
+    Raises:
+        TypeError: ``fact`` (or a control) is not a fact object (e.g. a tuple), an unknown keyword.
+        ValueError: an unknown selection, a count out of range, ``"contrastive"`` without other answers.
 
     Example:
         >>> from kn_lens.datasets import pararel
@@ -939,80 +1080,94 @@ def evaluate_fact(
         >>> capitals, others = bags[:12], bags[12:]
         >>> record = evaluate_fact(bert, capitals[0], same_relation=capitals[1:3], other_relations=others[:2],
         ...                        n_steps=5)
-        >>> record["subject"], record["answer"], record["neurons"]
-        ('France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
+        >>> record["rule"], record["subject"], record["answer"], record["neurons"]
+        ('adaptive', 'France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
         >>> record["specificity"]
         {'suppress': 0.46, 'enhance': 1.56}
     """
     check_model(model)
+    texts, target = _fact_texts(fact, "fact")
+    same = _facts(same_relation, "same_relation")
+    other = _facts(other_relations, "other_relations")
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    texts = _texts(fact)
-    target = fact.target
-    if not isinstance(n_heldout, int) or n_heldout < 0:
-        raise ValueError(f"n_heldout must be an int >= 0, got {n_heldout!r}")
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    n_heldout = _count(n_heldout, "n_heldout", 0)
+    n_negatives = _count(n_negatives, "n_negatives", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(negative_share, bool) or not isinstance(negative_share, int | float) or not 0 <= negative_share <= 1:
+        raise ValueError(f"negative_share must be a number in [0, 1], got {negative_share!r}")
+    batch_size = check_batch_size(batch_size)
+    clash = sorted({"variant", "negatives", "negative_share", "scores"} & set(find_kwargs))
+    if clash:
+        raise TypeError(f"evaluate_fact chooses {clash} from selection=; pass selection= one of {list(SELECTIONS)}")
+    kwargs: dict[str, Any] = dict(find_kwargs)
+    if kwargs.get("attribution", "ig") == "ig":  # the other attributions take no steps
+        kwargs["n_steps"] = _count(n_steps, "n_steps", 1)
+    kwargs.setdefault("progress", False)  # one record of a sweep: the sweep's own bar counts the facts
     k = n_heldout if len(texts) - n_heldout >= 2 else 0
     train, held = texts[: len(texts) - k], texts[len(texts) - k :]
     uuid = str(getattr(fact, "uuid", "") or getattr(fact, "name", "") or target)
     local_seed = fact_seed(seed, uuid)
-    kwargs: dict[str, Any] = dict(n_steps=n_steps, **find_kwargs)
-    kwargs.setdefault("progress", False)  # one record of a sweep: the sweep's own bar counts the facts
+    extra: dict[str, Any] = {}
     if selection == "fact-specific":
-        pool = [f for f in same_relation if _texts(f)]
+        pool = [f for f in same if _fact_texts(f, "same_relation")[0]]
         rng = random.Random(local_seed)
         picked = rng.sample(pool, min(n_negatives, len(pool)))
         kwargs.update(
-            negatives=[make_prompt(model, rng.choice(_texts(f)), f.target) for f in picked],
+            negatives=[make_prompt(model, rng.choice(_fact_texts(f, "")[0]), f.target) for f in picked],
             negative_share=negative_share,
         )
+    elif selection == "contrastive":
+        if "objective" in kwargs:
+            raise TypeError("selection='contrastive' sets the objective itself; leave out objective=")
+        others = other_answers(model, target, same)
+        if not others:
+            raise ValueError("selection='contrastive' needs same_relation facts with other answers than this fact's")
+        kwargs["objective"] = mean_logit_diff(model, target, others)
+        extra["others"] = [o if isinstance(o, str) else str(o) for o in others]
+    variant = selection if selection in RULES else "adaptive"
     start = time.perf_counter()
-    kns = find_knowledge_neurons(model, train, target, **kwargs)
+    kns = find_knowledge_neurons(model, train, target, variant=variant, **kwargs)
     attributed = time.perf_counter() - start
     relation = getattr(fact, "relation", None)
-    kns.relation = relation
-    effects = intervention_effects(
-        model,
-        kns,
-        heldout=held or None,
-        same_relation=list(same_relation) or None,
-        unrelated=list(other_relations) or None,
-        random_seeds=(local_seed,),
-        relation=relation,
-        batch_size=batch_size,
-    )
-    table = summarize_effects(effects)
-    rows = [{k: _plain(v) for k, v in row.items() if k != "relation"} for row in table.to_dict("records")]
-    spec = {}
-    for name in dict.fromkeys(table["intervention"]):
-        part = table[table["intervention"] == name].set_index("condition")["rel_change_%"]
-        if "knowledge neurons" in part and "same relation" in part:
-            spec[name] = _plain(specificity(float(part["knowledge neurons"]), float(part["same relation"])))
-    control = random_neurons(model, kns.neurons, seed=local_seed) if kns.neurons else []
+    measured = fact_effects(model, train, target, kns.neurons, heldout=held, same_relation=same,
+                            other_relations=other, seed=local_seed, relation=relation,
+                            batch_size=batch_size)  # fmt: skip
     return dict(
+        rule=selection,
         relation=relation,
         uuid=uuid,
         subject=getattr(fact, "subject", None),
         answer=getattr(fact, "answer", None),
         target=target,
-        selection=selection,
         n_prompts=len(train),
         n_heldout=len(held),
         neurons=[str(n) for n in kns.neurons],
         layers=[n.layer for n in kns.neurons],
-        random_neurons=[str(n) for n in control],
+        random_neurons=measured["random_neurons"],
         share_used=_plain(kns.params.get("share_used")),
         completeness=kns.params.get("completeness"),
         dropped={k: [str(n) for n in v] for k, v in kns.dropped.items()},
-        n_steps=n_steps,
-        effects=rows,
-        specificity=spec,
+        n_steps=kwargs.get("n_steps"),
+        effects=measured["effects"],
+        specificity=measured["specificity"],
+        **extra,
         seconds_attribution=round(attributed, 3),
         seconds=round(time.perf_counter() - start, 3),
     )
 
 
+def _rule_of(record: Mapping[str, Any]) -> str:
+    """The rule of a record; records made before rules had names carry ``selection`` (see LEGACY_SELECTIONS)."""
+    if record.get("rule"):
+        return str(record["rule"])
+    return LEGACY_SELECTIONS.get(record.get("selection"), "unknown")
+
+
 def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Sweep records as one tidy frame: one row per (fact, intervention, condition), with a ``relation`` column.
+    """Sweep records as one tidy frame: one row per (rule, fact, intervention, condition), with ``rule`` and
+    ``relation`` columns.
 
     Records of unknown facts (``known`` false) carry no effects and add no rows. Nor do facts for which the
     selection found no knowledge neuron: there is nothing to intervene on, their "changes" are 0 by construction
@@ -1021,10 +1176,13 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     Example:
         >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
-        >>> len(frame)       # 6 facts x 2 interventions x 6 conditions
-        72
+        >>> frame.groupby("rule", sort=False).size()     # facts with neurons x 2 interventions x 6 conditions
+        rule
+        dai         72
+        adaptive    72
+        dtype: int64
         >>> frame.columns.tolist()
-        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
+        ['rule', 'relation', 'uuid', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
          'rel_change_%', 'rel_of_means_%']
     """
     rows = []
@@ -1032,7 +1190,7 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         if not r.get("neurons"):
             continue
         for e in r.get("effects") or ():
-            rows.append(dict(relation=r.get("relation"), uuid=r.get("uuid"), selection=r.get("selection"),
+            rows.append(dict(rule=_rule_of(r), relation=r.get("relation"), uuid=r.get("uuid"),
                              n_neurons=len(r.get("neurons") or ()), **e))  # fmt: skip
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -1051,7 +1209,7 @@ CONDITION_ORDER = (
 
 
 def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame:
-    """Per relation (and ``"all"``), intervention and condition: facts, mean relative change (both
+    """Per rule, relation (and ``"all"``), intervention and condition: facts, mean relative change (both
     definitions, averaged over facts), accuracy before/after, and the relation's specificity.
 
     Args:
@@ -1059,42 +1217,86 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         overall: add rows with ``relation="all"``.
 
     Returns:
-        Columns ``relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
+        Columns ``rule, relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
         acc_before, acc_after, ppl_before, ppl_after, specificity`` (specificity from the own and same-relation
-        mean changes).
+        mean changes); rules in the order they first appear, relations sorted. A frame without a ``rule`` column
+        gives a table without one.
 
     Example:
         >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))
-        >>> table.query("intervention == 'suppress' and relation == 'all'")[["condition", "rel_change_%"]].round(1)
-                               condition  rel_change_%
-        30             knowledge neurons         -38.1
-        31  knowledge neurons (held-out)         -35.7
-        32                 same relation          -8.8
-        33                   other facts          -9.4
-        34                random neurons          -0.1
-        35     random neurons (held-out)          -0.2
+        >>> own = table.query("intervention == 'suppress' and relation == 'all' and condition == 'knowledge neurons'")
+        >>> own[["rule", "facts", "rel_change_%", "specificity"]].round(2)
+                rule  facts  rel_change_%  specificity
+        30       dai      6        -39.41         0.63
+        66  adaptive      6        -24.81         0.68
     """
+    by_rule = "rule" in frame.columns
     if frame.empty:
-        return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
+        return pd.DataFrame(columns=["rule", "relation", "intervention", "condition", "facts"])
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
+    keys = ["rule"] * by_rule + ["relation", "intervention", "condition"]
     names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")
     metrics = [c for c in names if c in data]
-    out = data.groupby(["relation", "intervention", "condition"], sort=False)[metrics].mean().reset_index()
-    out.insert(3, "facts", data.groupby(["relation", "intervention", "condition"], sort=False).size().to_numpy())
+    out = data.groupby(keys, sort=False)[metrics].mean().reset_index()
+    out.insert(len(keys), "facts", data.groupby(keys, sort=False).size().to_numpy())
     spec = {}
-    for (rel, name), part in out.groupby(["relation", "intervention"], sort=False):
+    group = keys[:-1]
+    for key, part in out.groupby(group, sort=False):
         values = part.set_index("condition")["rel_change_%"]
         own, same = values.get("knowledge neurons"), values.get("same relation")
-        spec[(rel, name)] = specificity(own, same) if own is not None and same is not None else float("nan")
-    out["specificity"] = [spec[(r, i)] for r, i in zip(out["relation"], out["intervention"], strict=True)]
+        spec[key] = specificity(own, same) if own is not None and same is not None else float("nan")
+    out["specificity"] = [spec[tuple(row)] for row in out[group].itertuples(index=False)]
     order = {c: i for i, c in enumerate(CONDITION_ORDER)}
     out["_order"] = out["condition"].map(lambda c: order.get(c, len(order)))
-    return (
-        out.sort_values(["relation", "intervention", "_order"], kind="stable")
-        .drop(columns="_order")
-        .reset_index(drop=True)
-    )
+    sort = ["relation", "intervention", "_order"]
+    if by_rule:
+        rules = {r: i for i, r in enumerate(dict.fromkeys(frame["rule"]))}
+        out["_rule"] = out["rule"].map(rules)
+        sort = ["_rule", *sort]
+    out = out.sort_values(sort, kind="stable").drop(columns=["_order", "_rule"], errors="ignore")
+    return out.reset_index(drop=True)
+
+
+def rule_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per rule (and intervention) from a :func:`relation_table`: the ``"all"`` relation's mean change for
+    the own prompts, held-out paraphrases, same relation, other relations and random neurons, the specificity,
+    and ``own/same`` (the own change over the same-relation change: 3 means the neurons move their own fact three
+    times more than the relation's other facts).
+
+    Example:
+        >>> summary = rule_summary(relation_table(records_frame(kn_lens.sweeps.read_records(run_dir))))
+        >>> summary[["rule", "intervention", "facts", "own", "same relation", "random", "own/same"]].round(2)
+               rule intervention  facts    own  same relation  random  own/same
+        0       dai     suppress      6 -39.41         -14.49    0.04      2.72
+        1       dai      enhance      6 -33.94         -18.09   -0.34      1.88
+        2  adaptive     suppress      6 -24.81          -7.96   -0.23      3.12
+        3  adaptive      enhance      6 -24.18         -12.99    0.07      1.86
+    """
+    missing = [c for c in ("relation", "intervention", "condition", "rel_change_%") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; pass the output of relation_table")
+    names = {"knowledge neurons": "own", "knowledge neurons (held-out)": "held-out", "same relation": "same relation",
+             "other facts": "other relations", "random neurons": "random"}  # fmt: skip
+    data = table[table["relation"] == "all"]
+    if "rule" not in data.columns:
+        data = data.assign(rule="")
+    rank = {name: i for i, name in enumerate(DAI_INTERVENTIONS)}  # per rule: suppress, enhance, then others
+    rules = {name: i for i, name in enumerate(dict.fromkeys(data["rule"]))}
+    data = data.assign(_r=data["rule"].map(rules), _i=data["intervention"].map(lambda x: rank.get(x, len(rank))))
+    data = data.sort_values(["_r", "_i"], kind="stable")
+    rows = []
+    for (rule, intervention), part in data.groupby(["rule", "intervention"], sort=False):
+        values = part.set_index("condition")
+        row: dict[str, Any] = dict(rule=rule, intervention=intervention)
+        row["facts"] = int(values["facts"].get("knowledge neurons", 0)) if "facts" in values else None
+        for condition, label in names.items():
+            row[label] = float(values["rel_change_%"][condition]) if condition in values.index else float("nan")
+        row["specificity"] = float(values["specificity"].iloc[0]) if "specificity" in values else float("nan")
+        own, same = row["own"], row["same relation"]
+        row["own/same"] = own / same if same and math.isfinite(same) and math.isfinite(own) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1256,6 +1458,7 @@ __all__ = [
     "CONDITION_ORDER",
     "DAI_INTERVENTIONS",
     "EFFECT_COLUMNS",
+    "LEGACY_SELECTIONS",
     "SELECTIONS",
     "Measured",
     "compare",
@@ -1264,15 +1467,18 @@ __all__ = [
     "enhance",
     "erase_relation",
     "evaluate_fact",
+    "fact_effects",
     "fact_seed",
     "heldout_text",
     "intervention_effects",
     "measure",
+    "other_answers",
     "other_relation_facts",
     "random_active_neurons",
     "records_frame",
     "relation_neurons",
     "relation_table",
+    "rule_summary",
     "specificity",
     "summarize_effects",
     "suppress",

@@ -356,8 +356,8 @@ def relation_effects(
 
     Example:
         >>> from kn_lens.evaluate import records_frame, relation_table
-        >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))   # a tiny-BERT run
-        >>> fig = relation_effects(table)                    # fig.show() in a notebook
+        >>> records = kn_lens.sweeps.read_records(run_dir, rule="dai")   # a tiny-BERT run, one selection rule
+        >>> fig = relation_effects(relation_table(records_frame(records)))   # fig.show() in a notebook
         >>> sorted({bar.name for bar in fig.data})
         ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
          'random neurons (held-out)', 'same relation']
@@ -368,6 +368,9 @@ def relation_effects(
     )  # fmt: skip
     if table.empty:
         raise ValueError("the table is empty: no facts were evaluated")
+    if "rule" in table.columns and table["rule"].nunique() > 1:
+        raise ValueError(f"the table holds several selection rules {list(dict.fromkeys(table['rule']))}; draw one "
+                         "at a time: relation_effects(table[table['rule'] == 'dai'])")  # fmt: skip
     interventions = list(dict.fromkeys(table["intervention"]))
     fig = make_subplots(rows=len(interventions), cols=1, subplot_titles=interventions, shared_xaxes=True)
     relations = list(dict.fromkeys(table["relation"]))

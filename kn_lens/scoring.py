@@ -87,6 +87,44 @@ def logit_diff(model: Model, correct: TargetLike, wrong: TargetLike) -> Metric:
     return metric
 
 
+def mean_logit_diff(model: Model, correct: TargetLike, wrong: Sequence[TargetLike]) -> Metric:
+    """A metric: logit of ``correct`` minus the mean logit of the ``wrong`` answers, at each prompt's (first)
+    target position; the mean of :func:`logit_diff` over them.
+
+    The contrastive objective of a relation: attributed with it, a neuron scores high when it favours *this*
+    answer over the relation's other answers (" Paris" over " Rome", " Berlin", ...), not when it raises every
+    capital alike. Repeated wrong answers count once; ``correct`` may not be among them.
+
+    Example:
+        >>> metric = mean_logit_diff(model, " Paris", [" Rome", " Berlin"])
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> logits = model(p.tokens[None])
+        >>> at = logits[0, p.positions[0]]
+        >>> ids = [token_ids(model, t)[0] for t in (" Paris", " Rome", " Berlin")]
+        >>> bool(torch.isclose(metric(logits, [p])[0], at[ids[0]] - (at[ids[1]] + at[ids[2]]) / 2))
+        True
+    """
+    check_model(model)
+    good = token_ids(model, correct)
+    if isinstance(wrong, str | int) or not isinstance(wrong, Sequence) or not wrong:
+        raise ValueError("wrong must be a non-empty list of answers, e.g. [' Rome', ' Berlin']")
+    bad = list(dict.fromkeys(tuple(token_ids(model, w)) for w in wrong))
+    if len(good) != 1 or any(len(b) != 1 for b in bad):
+        raise ValueError("mean_logit_diff compares single tokens; pass one-token answers (or token ids)")
+    if (good[0],) in bad:
+        raise ValueError(f"the correct answer {correct!r} is also among the wrong ones; leave it out of wrong")
+    bad_ids = [b[0] for b in bad]
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"], prompts: Sequence[Prompt]) -> Float[Tensor, " batch"]:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.tensor([p.positions[0] for p in prompts], device=logits.device)
+        picked = logits[rows, pos]
+        return picked[:, good[0]] - picked[:, torch.tensor(bad_ids, device=logits.device)].mean(-1)
+
+    metric.__name__ = f"mean_logit_diff({correct!r}, {len(bad_ids)} others)"
+    return metric
+
+
 def objective_from_logits(
     logits: Float[Tensor, "batch pos d_vocab"],
     prompts: Sequence[Prompt] | Prompt,

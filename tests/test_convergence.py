@@ -145,7 +145,7 @@ def test_preset_and_method_reach_the_manifest(run, tmp_path, capsys):
             "--relations", "P36", "--facts-per-relation", "1", "--preset", "converged", "--steps", "6"]  # fmt: skip
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["n_steps"] == 6 and manifest["find_kwargs"] == {"method": "'riemann_middle'"}
+    assert manifest["attribution"]["n_steps"] == 6 and manifest["attribution"]["method"] == "riemann_middle"
     assert main([*argv[:-4], "--method", "simpson"]) == 2
     assert "--method must be one of" in capsys.readouterr().err
 

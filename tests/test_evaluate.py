@@ -185,7 +185,7 @@ def test_demo_table_runs(model):
 
 @pytest.fixture(scope="module")
 def fixture_effects(tiny_bert):
-    """Knowledge neurons of every fixture fact (Dai et al.'s per-fact selection: IG, coarse 0.2, refined 0.7,
+    """Knowledge neurons of every fixture fact (kn_lens's per-fact selection (`adaptive`): IG, coarse 0.2, refined 0.7,
     adaptive 2-5; the relation filter is off, as in Dai et al.'s suppression experiment), then x0 / x2 on the
     attribution prompts, the held-out paraphrase, a random control (same layers, 3 seeds) and the facts of the
     other relations (the fact at the same index in each other relation)."""
@@ -213,11 +213,11 @@ def _mean_change(effects, intervention, condition):
     return 100 * rows["rel_change"].mean()
 
 
-# Measured on the committed fixture (n_steps=20, Dai et al.'s selection, relation filter off), suppress x0, mean
-# relative change of p(answer): attribution prompts -33.6%, held-out paraphrases -35.6%, random neurons -0.01%
-# (held-out -0.11%), other facts -4.6%. The assertions keep a wide margin from each (at least 1.9 points for the
-# random control, 6 or more elsewhere), so a harmless retrain of the fixture does not flip them, while a wrong sign,
-# wrong positions or neurons that are not specific to the fact still fail.
+# Measured on the committed fixture (n_steps=20, kn_lens's per-fact rule `adaptive`, relation filter off),
+# suppress x0, mean relative change of p(answer): attribution prompts -33.6%, held-out paraphrases -35.6%,
+# random neurons -0.01% (held-out -0.11%), other facts -4.6%. The assertions keep a wide margin from each (at
+# least 1.9 points for the random control, 6 or more elsewhere), so a harmless retrain of the fixture does not flip
+# them, while a wrong sign, wrong positions or neurons that are not specific to the fact still fail.
 SUPPRESS_AT_MOST = -20.0  # measured -33.6 / -35.6: margin 13.6 / 15.6 points
 RANDOM_WITHIN = 2.0  # measured 0.01 / 0.11
 SPECIFICITY = 3.0  # the fact's drop is at least 3x the other facts' (measured 7.4x)

@@ -80,7 +80,7 @@ def test_refine_fallback_with_few_prompts():
     """3 prompts, 6 neurons shared by all: every share < 1 keeps 6, share 1.0 keeps none."""
     neurons = [Neuron(1, i) for i in range(6)]
     coarse = [neurons, neurons, neurons[::-1]]
-    assert refine(coarse, 0.7, fallback="none").neurons == []  # Dai's rule as written ends empty
+    assert refine(coarse, 0.7, fallback="none").neurons == []  # without the fallback the per-fact rule ends empty
     strength = {n: -float(n.index) for n in neurons}
     out = refine(coarse, 0.7, strength=strength)
     assert out.neurons == neurons[:5] and out.share == 0.7 and out.fallback
