@@ -117,6 +117,11 @@ def _padded(batch: Sequence[Prompt], device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
+def _padding_safe(positions: Any) -> bool:
+    """True for positions that mean the same in a right-padded batch as for each prompt alone."""
+    return isinstance(positions, str) and positions in ("site", "all")
+
+
 class Measured(NamedTuple):
     """Per-prompt scores of the target: probability, is-top-1 (first target token), log-probability, tokens."""
 
@@ -147,9 +152,11 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     n = len(prompts)
     logprob, top1 = torch.empty(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
     # A causal model never looks ahead, so prompts of different lengths can share a batch, right-padded, and be
-    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Not for
-    # interventions at the "last" position, which padding would move; encoders are batched by length.
-    ours = isinstance(fwd_hooks, Intervention) and fwd_hooks.positions != "last"
+    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Only for
+    # interventions whose positions padding cannot move ("site": each row's own; "all": the padding comes after
+    # what is read); "last", negative and explicit positions count from the end or may fall on the padding, so
+    # those prompts are batched by length, like every encoder prompt.
+    ours = isinstance(fwd_hooks, Intervention) and _padding_safe(fwd_hooks.positions)
     pad = not is_encoder(model) and (ours or not fwd_hooks)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):

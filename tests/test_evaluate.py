@@ -439,6 +439,27 @@ def test_measure_pads_causal_prompts_without_changing_results(model):
     assert _no_hooks_left(model)
 
 
+def test_measure_negative_positions_mean_the_same_in_a_batch(model):
+    """Right-padding a causal batch must not move negative positions: -1 is each prompt's own last token."""
+    from kn_lens.evaluate import measure
+    from kn_lens.prompts import make_prompt
+    from kn_lens.scoring import target_scores
+
+    texts = ["The capital of France is", "Its capital is", "What is the capital city of the French Republic? It is"]
+    prompts = [make_prompt(model, t, " Paris") for t in texts]
+    assert len({len(p) for p in prompts}) == 3
+    for positions in ((-1,), (-2,), (0, -1)):
+        hook = hooks.Intervention("scale", NEURONS, 0.0, positions=positions)
+        m = measure(model, prompts, fwd_hooks=hook)
+        alone = torch.cat([target_scores(model, [p], fwd_hooks=hook) for p in prompts])
+        assert torch.allclose(m.prob, alone, rtol=1e-4, atol=1e-7), positions
+    # through the table: -1 is the site of a single-token causal prompt, so both give the same numbers
+    by_site = intervention_effects(model, NEURONS, texts, " Paris", random_seeds=())
+    by_last = intervention_effects(model, NEURONS, texts, " Paris", random_seeds=(), positions=-1)
+    assert by_last["after"].to_numpy() == pytest.approx(by_site["after"].to_numpy(), rel=1e-4)
+    assert _no_hooks_left(model)
+
+
 def test_relation_effects_figure(tiny_bert, bags):
     from kn_lens import plotting
     from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
