@@ -145,6 +145,7 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
         (tensor([0.8874]), tensor([True]))
     """
     check_model(model)
+    batch_size = check_batch_size(batch_size)
     if not prompts:
         raise ValueError("no prompts given")
     if not all(p.target_ids for p in prompts):

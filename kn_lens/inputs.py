@@ -74,6 +74,24 @@ def check_int(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
 
 
+def check_count(value: Any, name: str, *, minimum: int = 0) -> int:
+    """An int of at least ``minimum`` (a count, a size, a number of steps); floats, NaN and bools raise.
+
+    Example:
+        >>> check_count(2, "min_count", minimum=1)
+        2
+        >>> check_count(float("nan"), "min_count", minimum=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: min_count must be an int, got nan (a float); convert with int(...) if that is really meant
+    """
+    value = check_int(value, name)
+    if value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
 def check_batch_size(value: Any, name: str = "batch_size") -> int:
     """A positive int (prompts or rows per forward pass).
 
@@ -83,10 +101,76 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
         ...
         ValueError: batch_size must be a positive int, got -1
     """
-    value = check_int(value, name)
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
+    return check_count(value, name, minimum=1)
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number, optionally within ``[low, high]`` (``low_open`` / ``high_open`` exclude the ends).
+
+    Example:
+        >>> check_number(0.5, "share", low=0, high=1, low_open=True)
+        0.5
+        >>> check_number(1.5, "objective_floor", low=0, high=1, high_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: objective_floor must be a number in [0, 1), got 1.5
+    """
+    check_finite(value, name)
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a number, got a tensor")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        interval = (
+            f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        )
+        raise ValueError(f"{name} must be a number in {interval}, got {value:g}")
     return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """One of ``choices`` (a ``ValueError`` listing them otherwise).
+
+    Example:
+        >>> check_choice("unk", "mode", ("zero", "unk"))
+        'unk'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_sequence(value: Any, name: str, *, what: str = "prompts") -> list[Any]:
+    """A list/tuple-like collection of items; a bare ``str`` (which would be read character by character), a
+    mapping or a non-iterable raise a ``TypeError`` that says how to wrap it.
+
+    Example:
+        >>> check_sequence(("a", "b"), "heldout")
+        ['a', 'b']
+        >>> check_sequence("Paris is in", "heldout")
+        Traceback (most recent call last):
+        ...
+        TypeError: heldout must be a list of prompts, not one str (it would be read character by character); ...
+    """
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"{name} must be a list of {what}, not one str (it would be read character by character); "
+            f"wrap it: [{value!r}]"
+        )
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of {what}, got {type(value).__name__}")
+    return list(value)
 
 
 def check_finite(value: float | Tensor, name: str) -> None:
@@ -530,10 +614,14 @@ __all__ = [
     "PositionsLike",
     "batch_positions",
     "check_batch_size",
+    "check_choice",
+    "check_count",
     "check_finite",
     "check_int",
     "check_neuron_values",
+    "check_number",
     "check_positions",
+    "check_sequence",
     "prompt_positions",
     "to_layers",
     "to_means",

@@ -5,6 +5,7 @@ Each test here gave a silent wrong result, a deep traceback or a late error befo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -225,3 +226,41 @@ def test_science_does_not_import_plotting():
     code = "import sys, kn_lens, kn_lens.neurons, kn_lens.interventions; print('plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ evaluation: checked before any forward pass
+
+
+@contextlib.contextmanager
+def _no_forward(model):
+    """Fail if the model runs a forward pass inside the block (the check must come first)."""
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        yield
+    finally:
+        handle.remove()
+    assert not calls, "a forward pass ran before the bad argument was reported"
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0])
+def test_measure_and_known_facts_refuse_bad_batch_sizes(model, prompts, batch_size):
+    """batch_size=-1 returned uninitialised memory as probabilities (known facts then looked unknown); 0 gave a
+    Python range error."""
+    from kn_lens.datasets.pararel import Bag, known_facts
+    from kn_lens.evaluate import measure
+
+    bag = Bag("P36", "P36-France", "France", "Paris", ("The capital of France is",), " Paris")
+    with _no_forward(model), pytest.raises(ValueError, match="batch_size must be a positive int"):
+        measure(model, prompts, batch_size=batch_size)
+    with _no_forward(model), pytest.raises(ValueError, match="batch_size must be a positive int"):
+        known_facts(model, [bag], batch_size=batch_size)
+
+
+def test_known_facts_refuses_what_is_not_a_bag(model):
+    from kn_lens.datasets.pararel import known_facts
+
+    with _no_forward(model), pytest.raises(TypeError, match=r"bags must be PARAREL Bags .*got str"):
+        known_facts(model, ["abc"])
+    with _no_forward(model), pytest.raises(TypeError, match="bags must be a list"):
+        known_facts(model, "abc")

@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 
 from kn_lens._typing import Model, check_model, is_encoder
+from kn_lens.inputs import check_batch_size, check_number, check_sequence
 
 SUBJECT = "[X]"
 OBJECT = "[Y]"
@@ -535,10 +536,14 @@ def known_facts(
     from kn_lens.prompts import make_prompt
 
     check_model(model)
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    bags = check_sequence(bags, "bags", what="PARAREL Bags (Pararel.bags(model))")
+    for bag in bags:
+        if not all(hasattr(bag, attr) for attr in ("prompts", "target", "relation", "uuid")):
+            raise TypeError(f"bags must be PARAREL Bags (from Pararel.bags(model)); got {type(bag).__name__} {bag!r}")
+    if threshold is not None:
+        check_number(threshold, "threshold", low=0, high=1, low_open=True)
+    check_number(share, "share", low=0, high=1, low_open=True)
+    batch_size = check_batch_size(batch_size)
     rows, known = [], []
     # Prompts of many bags share a forward pass (a forward costs about the same for 1 or 32 short prompts).
     chunk = max(1, 4 * batch_size // 8)
