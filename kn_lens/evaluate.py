@@ -71,9 +71,20 @@ import torch
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, hook_name, is_encoder
 from kn_lens.edit import edit_fact, erase
 from kn_lens.hooks import Intervention
-from kn_lens.inputs import NeuronsLike, check_batch_size, check_positions, to_neurons, to_prompts
+from kn_lens.inputs import (
+    NeuronsLike,
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_int,
+    check_number,
+    check_positions,
+    check_sequence,
+    to_neurons,
+    to_prompts,
+)
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens, token_ids
 from kn_lens.scoring import forward_logits, objective_from_logits, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
@@ -241,7 +252,8 @@ def intervention_effects(
         same_relation: prompts of other facts of the same relation (same forms as ``unrelated``).
         random_seeds: seeds of the random-neuron controls (empty: no control).
         positions: where to scale: each prompt's ``"site"`` (Dai et al.), ``"all"`` positions, or ``"last"``.
-        objective_floor: prompts whose base probability is below this are dropped (0 keeps all).
+        objective_floor: prompts whose base probability is below this are dropped, a number in ``[0, 1)`` (0
+            keeps all).
         batch_size: prompts per forward pass.
         relation: the value of the ``relation`` column (default the result's ``relation``).
 
@@ -296,6 +308,8 @@ def intervention_effects(
     for name, factor in interventions.items():
         _check_factor(name, factor)
     check_positions(positions)
+    objective_floor = check_number(objective_floor, "objective_floor", low=0, high=1, high_open=True)
+    random_seeds = [check_int(s, "random_seeds") for s in check_sequence(random_seeds, "random_seeds", what="ints")]
 
     # a result may legitimately have selected nothing
     neuron_list = to_neurons(neurons, model, allow_empty=result is not None)
@@ -604,6 +618,16 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     return float(torch.exp(loss.float()))
 
 
+def _check_text(text: Any) -> None:
+    """The ``text=`` of :func:`erase_relation` / :func:`edit_effects`: None, a bool or a non-empty str."""
+    if text is None or isinstance(text, bool):
+        return
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str (the held-out text), True/None (the shipped one) or False, got {text!r}")
+    if not text.strip():
+        raise ValueError("text is empty; pass a held-out text, None for the shipped one, or False for none")
+
+
 def _accuracy_ppl(m: Measured) -> tuple[float, float, float]:
     """(top-1 accuracy, answer perplexity exp(mean per-token NLL), mean probability)."""
     nll = (-m.logprob / m.n_tokens).mean()
@@ -616,8 +640,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
     Args:
         results: per-fact neuron sets: ``KnowledgeNeurons`` results, neuron lists, or sweep records (dicts with
             a ``"neurons"`` list of ``"L{l}N{i}"`` strings).
-        top: how many to keep.
-        min_count: a neuron must be selected for at least this many facts.
+        top: how many to keep (a positive int).
+        min_count: a neuron must be selected for at least this many facts (a positive int).
 
     Returns:
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
@@ -626,12 +650,12 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         >>> relation_neurons([["L1N5", "L0N3"], ["L1N5", "L1N7", "L0N3"], ["L1N5", "L1N9"]], top=3)
         [L1N5, L0N3]
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    top = check_count(top, "top", minimum=1)
+    min_count = check_count(min_count, "min_count", minimum=1)
     counts: dict[Neuron, int] = {}
-    for item in results:
+    for item in check_sequence(results, "results", what="per-fact neuron sets"):
         ns = item.get("neurons", []) if isinstance(item, Mapping) else getattr(item, "neurons", item)
-        for n in set(to_neurons(list(ns))) if ns else ():
+        for n in set(to_neurons(ns, allow_empty=True)) if ns else ():
             counts[n] = counts.get(n, 0) + 1
     ranked = sorted((n for n, c in counts.items() if c >= min_count), key=lambda n: (-counts[n], n))
     return ranked[:top]
@@ -688,6 +712,14 @@ def erase_relation(
         held-out text perplexity row).
     """
     check_model(model)
+    mode = check_choice(mode, "mode", ("zero", "unk"))
+    if mode == "unk" and getattr(getattr(model, "tokenizer", None), "unk_token_id", None) is None:
+        raise ValueError("mode='unk' needs a tokenizer with an unknown token; this one has none: use mode='zero'")
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    relation_facts = check_sequence(relation_facts, "relation_facts", what="facts")
+    other_facts = check_sequence(other_facts, "other_facts", what="facts")
     own = _prompts(model, relation_facts, None, "relation")
     if not own:
         raise ValueError("relation_facts is empty; pass the facts of the relation to erase")
@@ -760,8 +792,13 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     return out
 
 
-def _texts(fact: Any) -> list[str]:
+def _texts(fact: Any, name: str = "fact") -> list[str]:
+    """The prompt texts of a fact (``.prompts``) or of a list of prompts; one str is refused, not split."""
     prompts = fact.prompts if hasattr(fact, "prompts") else fact
+    prompts = check_sequence(prompts, name, what="prompts (or a fact with .prompts)")
+    for p in prompts:
+        if not isinstance(p, str | Prompt):
+            raise TypeError(f"{name} must hold prompt texts or Prompts, got {type(p).__name__} {p!r}")
     return [p.text if isinstance(p, Prompt) else p for p in prompts]
 
 
@@ -820,22 +857,31 @@ def edit_effects(
         a quarter of their prompts, while the same update on random active neurons leaves them intact.
     """
     check_model(model)
-    texts = _texts(fact)
+    texts = _texts(fact, "fact")
     if not texts:
         raise ValueError("the fact has no prompts")
     neuron_list = to_neurons(neurons, model, allow_empty=True)
     if not neuron_list:
         raise ValueError("no neurons to edit")
+    for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
+        check_number(value, name)
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    if new is None:
+        raise ValueError("new is None; pass the new answer, e.g. ' Rome'")
+    if old is not None:
+        token_ids(model, old)  # a clear error now, not after the first scores
     if relation is None:
         relation = getattr(fact, "relation", None)
+    new_prompts = [make_prompt(model, t, new) for t in texts]
+    held = [make_prompt(model, t, new) for t in check_sequence(heldout, "heldout")]
+    near = _prompts(model, check_sequence(neighbours, "neighbours", what="facts"), None, "neighbour")
     if old is None:  # the model's current answer, as the EleutherAI package does
         first = make_prompt(model, texts[0])
         with torch.inference_mode():
             logits = forward_logits(model, first.tokens[None].to(model.cfg.device))
         old = int(logits[0, first.site].argmax())
-    new_prompts = [make_prompt(model, t, new) for t in texts]
-    held = [make_prompt(model, t, new) for t in heldout]
-    near = _prompts(model, neighbours, None, "neighbour")
     use_text = text is not False and not is_encoder(model)
     text_value = None if text is True or text is False else text
 
@@ -1031,17 +1077,43 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
          'rel_change_%', 'rel_of_means_%']
     """
+    records = check_sequence(records, "records", what="sweep records (kn_lens.sweeps.read_records(run))")
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
+        _check_record(r, i)
         if not r.get("neurons"):
             continue
         for e in r.get("effects") or ():
             rows.append(dict(relation=r.get("relation"), uuid=r.get("uuid"), selection=r.get("selection"),
                              n_neurons=len(r.get("neurons") or ()), **e))  # fmt: skip
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
+    frame = pd.DataFrame(rows, columns=None if rows else list(RECORD_FRAME_COLUMNS))
     return frame.astype({c: float for c in ("rel_change_%", "rel_of_means_%", "before", "after") if c in frame})
+
+
+#: The columns :func:`records_frame` always has (an empty frame has exactly these).
+RECORD_FRAME_COLUMNS = ("relation", "uuid", "selection", "n_neurons", "intervention", "condition", "n", "before",
+                        "after", "rel_change_%", "rel_of_means_%")  # fmt: skip
+_EFFECT_KEYS = ("intervention", "condition", "before", "after", "rel_change_%")
+
+
+def _check_record(record: Any, i: int) -> None:
+    """A fact record of :func:`evaluate_fact` (a sweep's ``records.jsonl`` line), or a clear error naming what
+    is missing (records of another tool or schema)."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {i} is a {type(record).__name__}, not a fact record (a dict of evaluate_fact)")
+    needed = ("relation", "uuid") if record.get("known") is False else ("relation", "uuid", "neurons", "effects")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise ValueError(
+            f"record {i} lacks {missing}: not a kn_lens fact record (evaluate_fact / kn-lens evaluate pararel)"
+        )
+    effects = record.get("effects") or ()
+    if not isinstance(effects, list | tuple) or not all(isinstance(e, Mapping) for e in effects):
+        raise ValueError(f"record {i}: 'effects' must be a list of dicts (summarize_effects rows)")
+    for e in effects:
+        lacking = [k for k in _EFFECT_KEYS if k not in e]
+        if lacking:
+            raise ValueError(f"record {i}: an effect row lacks {lacking}; the record is of another schema")
 
 
 CONDITION_ORDER = (
