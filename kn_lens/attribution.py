@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from kn_lens import _ig_bridge
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
-from kn_lens.inputs import check_finite, to_means, to_prompt
+from kn_lens.inputs import check_finite, split_targets, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits, with_grad
@@ -507,16 +507,7 @@ def _ready_prompts(model: Model, prompts, targets) -> list[Prompt]:
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt")
-    if (
-        targets is None
-        or isinstance(targets, str | int)
-        or (isinstance(targets, list | tuple) and all(isinstance(t, int) for t in targets))
-    ):
-        per = [targets] * len(prompts)
-    else:
-        per = list(targets)
-        if len(per) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(per)} targets")
+    per = split_targets(targets, len(prompts))
     return [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
 
 

@@ -84,7 +84,7 @@ from kn_lens.inputs import (
     to_prompts,
 )
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens, token_ids
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target, stack_tokens, token_ids
 from kn_lens.scoring import forward_logits, objective_from_logits, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
@@ -295,6 +295,7 @@ def intervention_effects(
     if prompts is None or (isinstance(prompts, list | tuple) and not prompts):
         raise ValueError("no prompts given; pass the fact's prompts (or a KnowledgeNeurons result)")
     batch_size = check_batch_size(batch_size)
+    target = one_target(target)  # one fact: a list of ids is its multi-token answer
     main = _prompts(model, prompts, target, "fact")
     fact_target = target if target is not None else main[0].target_ids
     held = _prompts(model, heldout, fact_target, "held-out")

@@ -6,6 +6,9 @@ Every public function of kn_lens accepts the same loose forms, because they all 
 * **prompts**: a text, a :class:`~kn_lens.prompts.Prompt`, a list mixing both, ``(texts, target)`` groups of
   other facts, or anything with ``.prompts`` and ``.target`` (a :class:`~kn_lens.neurons.FactPrompts`, a
   :class:`~kn_lens.neurons.KnowledgeNeurons` result);
+* **targets** of several prompts: one for all (a str, a token id, a *tuple* of ids = one multi-token target)
+  or a *list* with one per prompt; a list of bare ints with one per prompt is ambiguous and refused
+  (:func:`~kn_lens.prompts.split_targets` says how to write each meaning);
 * **neurons**: ``Neuron(9, 1094)``, ``(9, 1094)``, ``"L9N1094"``, a list of those, an ``[n, 2]`` integer tensor,
   or anything with ``.neurons``. Layers and indices must be ints (``3.0`` and ``True`` are refused: a float
   index is almost always a bug upstream, e.g. a division that should have been ``//``);
@@ -43,7 +46,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, Neuron, NeuronLike, check_layer, is_encoder
-from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt
+from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt, split_targets
 
 PositionsLike: TypeAlias = Literal["site", "all", "last"] | int | Sequence[int] | Tensor
 """Where to read or intervene; see the module docstring. The default everywhere is ``"site"``."""
@@ -339,8 +342,9 @@ def to_prompts(
         model: the model the prompts are for.
         prompts: a text, a Prompt, a list mixing both, ``(texts, target)`` groups, or objects with ``.prompts``
             and ``.target`` (facts, results).
-        target: the target of text prompts: one for all, or a list with one per prompt. A Prompt keeps its own
-            target unless ``target`` is given.
+        target: the target of text prompts: one for all (a str, an id, a tuple of ids), or a list with one per
+            prompt (see :func:`~kn_lens.prompts.split_targets`). A Prompt keeps its own target unless ``target``
+            is given.
         need_target: raise unless every prompt ends up with a target.
         what: the argument's name, for error messages.
         allow_empty: return ``[]`` for ``None`` or an empty list instead of raising.
@@ -364,10 +368,7 @@ def to_prompts(
         if allow_empty:
             return []
         raise ValueError(f"no {what} given; pass at least one prompt")
-    per_prompt = isinstance(target, list | tuple) and not all(isinstance(t, int) for t in target)
-    if per_prompt and len(target) != len(items):  # type: ignore[arg-type]
-        raise ValueError(f"got {len(items)} {what} but {len(target)} targets; pass one target, or one per prompt")
-    targets = list(target) if per_prompt else [target] * len(items)  # type: ignore[arg-type]
+    targets = split_targets(target, len(items), what)
     out: list[Prompt] = []
     for item, item_target in zip(items, targets, strict=True):
         if isinstance(item, Prompt):
@@ -623,6 +624,7 @@ __all__ = [
     "check_positions",
     "check_sequence",
     "prompt_positions",
+    "split_targets",
     "to_layers",
     "to_means",
     "to_neuron",

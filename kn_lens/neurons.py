@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
 from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
-from kn_lens.prompts import Prompt, TargetLike, make_prompt
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target
 
 Variant = Literal["dai", "eleuther"]
 
@@ -463,7 +463,7 @@ def _fact_prompts(model: Model, prompts: Any, target: TargetLike) -> tuple[list[
         )
     if not isinstance(prompts, str | Prompt) and not isinstance(prompts, Iterable):
         raise TypeError("prompts must be a list of prompt texts (or kn_lens Prompts)")
-    made = to_prompts(model, prompts, target, need_target=True)
+    made = to_prompts(model, prompts, one_target(target), need_target=True)
     ids = {p.target_ids for p in made}
     if len(ids) > 1:
         shown = sorted({p.target for p in made})
