@@ -188,22 +188,16 @@ def norm(module: nn.Module | None, model: Any = None) -> Norm | None:
     """Describe a norm module of either backend as a :class:`Norm` (None for None).
 
     Handles TransformerLens' ``LayerNorm``/``LayerNormPre``/``RMSNorm``/``RMSNormPre`` and a bridge's
-    ``NormalizationBridge``/``RMSNormalizationBridge`` around a transformers ``nn.LayerNorm`` or ``*RMSNorm``.
+    ``NormalizationBridge``/``RMSNormalizationBridge`` around any transformers norm. A transformers norm is
+    recognised by what it does, not by its class name (T5's ``T5LayerNorm`` is an RMSNorm; a model's own
+    ``LayerNorm`` class need not subclass ``nn.LayerNorm``): it is run on a probe and must match a LayerNorm or an
+    RMSNorm with its own weight, bias and eps, else a ``TypeError`` (Gemma's ``1 + weight`` scaling, say).
     """
     if module is None:
         return None
     original = getattr(module, "_original_component", None)
     if original is not None:  # a bridge component: read the transformers module
-        name = type(original).__name__
-        if "Gemma" in name:  # Gemma's RMSNorm multiplies by (1 + weight); not modelled here
-            raise TypeError(f"{name} (weight offset by 1) is not supported by kn_lens' lens yet")
-        eps = getattr(original, "eps", None) or getattr(original, "variance_epsilon", None) or 1e-5
-        return Norm(
-            centres=isinstance(original, nn.LayerNorm) or "RMS" not in name,
-            weight=getattr(original, "weight", None),
-            bias=getattr(original, "bias", None),
-            eps=float(eps),
-        )
+        return _probed_norm(original, model)
     name = type(module).__name__
     eps = getattr(module, "eps", None) or getattr(getattr(model, "cfg", None), "eps", 1e-5)
     return Norm(
@@ -211,6 +205,39 @@ def norm(module: nn.Module | None, model: Any = None) -> Norm | None:
         weight=getattr(module, "w", None),
         bias=getattr(module, "b", None),
         eps=float(eps),
+    )
+
+
+def _probed_norm(original: nn.Module, model: Any = None) -> Norm:
+    """A transformers norm module as a :class:`Norm`, decided by running it (LayerNorm or RMSNorm?)."""
+    name = type(original).__name__
+    weight, bias = getattr(original, "weight", None), getattr(original, "bias", None)
+    weight = weight if isinstance(weight, Tensor) else None
+    bias = bias if isinstance(bias, Tensor) else None
+    eps = getattr(original, "eps", None) or getattr(original, "variance_epsilon", None)
+    eps = float(eps if eps is not None else 1e-5)
+    width = weight.shape[-1] if weight is not None else getattr(getattr(model, "cfg", None), "d_model", None)
+    if width is None:
+        raise TypeError(f"cannot tell the width of {name} (it has no weight and no model was given)")
+    reference = weight if weight is not None else next(original.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    # A probe with a large mean: a LayerNorm removes it, an RMSNorm keeps it, so the two differ clearly.
+    generator = torch.Generator().manual_seed(0)
+    probe = (torch.randn(3, int(width), generator=generator) * 0.5 + 2.0).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        out = original(probe).float()
+    tolerance = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
+    for centres in (True, False):
+        candidate = Norm(centres=centres, weight=weight, bias=bias, eps=eps)
+        with torch.inference_mode():
+            expected = candidate(probe.float()).float()
+        scale = float(expected.abs().max()) + 1.0
+        if out.shape == expected.shape and float((out - expected).abs().max()) <= tolerance * scale:
+            return candidate
+    raise TypeError(
+        f"{name} behaves neither as a LayerNorm nor as an RMSNorm with its own weight, bias and eps (e.g. Gemma's "
+        "RMSNorm scales by 1 + weight); kn_lens' lens does not support it yet"
     )
 
 
