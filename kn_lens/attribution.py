@@ -61,7 +61,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -696,38 +696,28 @@ def grad_x_activation(
     return _mean_over_target_tokens(one, prompt, objective)
 
 
-def _ablated_values(
-    model: Model, mode: str, mean_cache: dict[int, Tensor] | Tensor | None, layers: list[int], clean: Tensor
-) -> Float[Tensor, "layer d_mlp"]:
-    if mode == "zero":
-        return torch.zeros_like(clean)
-    if mode != "mean":
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mean_cache is None:
-        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if not isinstance(mean_cache, Tensor):  # {layer: means}, MLPPostCache, ActivationCache: checked by to_means
-        means = to_means(mean_cache, layers, model.cfg.d_mlp, n_layers=model.cfg.n_layers)
-        full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
-        for layer in layers:
-            full[layer] = means[layer]
-        mean_cache = full
-    means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
-    assert means is not None
-    return means.to(clean.dtype)
-
-
-def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> None:
+def _check_mode(
+    model: Model, mode: str, mean_cache: Any, layers: list[int], hook: str
+) -> Float[Tensor, "layer d_mlp"] | None:
+    """Check the ablation mode and read the means once, before any forward pass: None for ``mode="zero"``, else
+    one row of means per layer. ``mean_cache`` takes every form :func:`~kn_lens.inputs.to_means` reads
+    (``{layer: [d_mlp]}``, an ``MLPPostCache``, a TransformerLens ``ActivationCache`` of ``hook``, a tensor)."""
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mode == "mean" and mean_cache is None:
+    if mode == "zero":
+        return None
+    if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    from kn_lens.cache import MLPPostCache
+    d_mlp = model.cfg.d_mlp
+    means = to_means(mean_cache, layers, d_mlp, n_layers=model.cfg.n_layers, hook=hook)
+    return torch.stack([means[layer] for layer in layers])
 
-    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict | MLPPostCache):
-        raise TypeError(
-            "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
-            f"[d_mlp], got {type(mean_cache).__name__}"
-        )
+
+def _ablated_values(means: Tensor | None, clean: Tensor) -> Float[Tensor, "layer d_mlp"]:
+    """The ablated value of every neuron: 0, or its mean (from :func:`_check_mode`)."""
+    if means is None:
+        return torch.zeros_like(clean)
+    return means.to(device=clean.device, dtype=clean.dtype)
 
 
 def attribution_patching(
@@ -766,11 +756,11 @@ def attribution_patching(
         >>> est = attribution_patching(model, "The capital of France is", " Paris", layers=[24])
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
 
     def one(part: Prompt) -> Tensor:
         act, grad = _site_grads(model, part, layer_list, objective, hook)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
+        ablated = _ablated_values(means, act)
         return ((act - ablated) * grad).float().cpu()
 
     return _mean_over_target_tokens(one, prompt, objective)
@@ -858,14 +848,14 @@ def ablation_effects(
         indices=tensor([1005,  276,  266]))
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
     _check_batch(internal_batch_size)
     names = [hook_name(layer, hook) for layer in layer_list]
     use_fast = _use_fast(model, hook, fast)
 
     def one(part: Prompt) -> Tensor:
         clean, _ = _clean_site(model, part, names, objective)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
+        ablated = _ablated_values(means, clean)
         if use_fast:
             from kn_lens import _ig_fast
 
