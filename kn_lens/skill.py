@@ -1139,6 +1139,28 @@ def train_soft_prompt(
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     placement = placement or ("start" if is_encoder(model) else "end")
+    # Prompt tuning differentiates, whatever mode the caller is in (torch.no_grad(), inference_mode, a notebook
+    # cell decorated with either): both are lifted for the training and restored on return.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_soft_prompt(
+            model, task, verbalizer, n_tokens, steps, lr, batch_size, template, placement, eval_every, seed, progress
+        )
+
+
+def _train_soft_prompt(
+    model: Model,
+    task: Task,
+    verbalizer: Sequence[str],
+    n_tokens: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    template: str,
+    placement: Literal["start", "end"],
+    eval_every: int,
+    seed: int,
+    progress: bool,
+) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     embedding = _embedding_matrix(model)
     init = embedding[torch.randint(0, embedding.shape[0], (n_tokens,), generator=generator)].detach().clone().float()

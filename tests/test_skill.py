@@ -500,3 +500,16 @@ def test_predictivity_ties_are_ordered_the_same_everywhere():
     assert [str(n) for n in result.top(k=5)][:3] == best
     assert result.to_frame(top=2).neuron.tolist() == best[:2]
     assert result.mask(2 / 12).nonzero().tolist() == [[0, 2], [1, 0]]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_train_soft_prompt_works_under_no_grad_and_inference_mode(tiny_bert, number_task, mode):
+    """Under torch.no_grad() the loss had no grad_fn and backward() failed."""
+    kwargs = dict(n_tokens=2, steps=4, lr=0.3, placement="end", eval_every=2, seed=1, progress=False)
+    reference = skill.train_soft_prompt(tiny_bert, number_task, ("violin", "piano"), **kwargs)
+    with mode():
+        soft = skill.train_soft_prompt(tiny_bert, number_task, ("violin", "piano"), **kwargs)
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert torch.allclose(soft.embeddings, reference.embeddings)
+    assert soft.history == reference.history
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
