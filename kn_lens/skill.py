@@ -79,7 +79,7 @@ from tqdm.auto import tqdm
 
 from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
-from kn_lens.inputs import check_batch_size, to_layers
+from kn_lens.inputs import check_batch_size, check_count, check_finite, to_layers
 
 Aggregate = Literal["mean", "min"]
 
@@ -156,6 +156,13 @@ class Task:
             object.__setattr__(self, part, value)
         if len(self.classes) != 2:
             raise ValueError(f"classes must name the two labels, got {self.classes!r}")
+        for part in ("train", "dev"):  # thresholds come from train, signs and accuracies from dev
+            present = set(getattr(self, part).labels)
+            if len(present) < 2:
+                raise ValueError(
+                    f"the {part} split has a single class (label {present.pop()}): a binary task needs examples of "
+                    "both labels in train and dev (give both classes; make_task stratifies by label)"
+                )
 
     def split(self, name: str) -> Split:
         """The split called ``name`` (``"train"``, ``"dev"`` or ``"test"``)."""
@@ -229,6 +236,8 @@ def make_task(
         {'train': 2, 'dev': 2, 'test': 2}
     """
     pair = _check_pair(texts, labels)
+    if len(set(pair.labels)) < 2:
+        raise ValueError(f"every label is {pair.labels[0]}: a binary task needs examples of both labels 0 and 1")
     for what, fraction in (("dev", dev), ("test", test)):
         if not 0 <= fraction < 1:
             raise ValueError(f"{what} must be a fraction in [0, 1), got {fraction}")
@@ -377,8 +386,19 @@ def _pararel(folder: str | Path, relation: str) -> tuple[list[str], list[tuple[s
             f"relation {relation} not found in {folder} (expected patterns/{relation}.jsonl and facts/{relation}.jsonl "
             "from the PARAREL release)"
         )
-    patterns = [row["pattern"] for row in _read_jsonl(patterns_path)]
-    facts = [(row["sub_label"], row["obj_label"]) for row in _read_jsonl(facts_path)]
+    patterns = []
+    for number, row in enumerate(_read_jsonl(patterns_path), start=1):
+        pattern = row.get("pattern") if isinstance(row, dict) else None
+        if not isinstance(pattern, str) or pattern.count("[X]") != 1 or pattern.count("[Y]") != 1:
+            raise ValueError(
+                f"{patterns_path}, line {number}: a template needs exactly one [X] and one [Y]: {pattern!r}"
+            )
+        patterns.append(pattern)
+    facts = []
+    for number, row in enumerate(_read_jsonl(facts_path), start=1):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("sub_label", "obj_label")):
+            raise ValueError(f"{facts_path}, line {number}: a fact needs 'sub_label' and 'obj_label' strings")
+        facts.append((row["sub_label"], row["obj_label"]))
     return patterns, facts
 
 
@@ -451,7 +471,8 @@ def pararel_relation_pair(
 ) -> Task:
     """Which of two PARAREL relations a sentence expresses (e.g. place of birth, 0, vs place of death, 1).
 
-    Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact.
+    Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact. The two
+    relations must differ (one relation against itself has nothing to tell apart).
 
     Example:
         >>> task = pararel_relation_pair(pararel_folder, "P19", "P20", n=200)  # e.g. "../shared/pararel"
@@ -460,6 +481,8 @@ def pararel_relation_pair(
         >>> task.train.texts[0], task.train.labels[0]
         (...)
     """
+    if negative == positive:
+        raise ValueError(f"negative and positive are the same relation ({negative!r}); pass two different ones")
     rng = random.Random(seed)
     zero = _pararel_texts(folder, [negative], n // 2, fill_object=True, rng=rng)
     one = _pararel_texts(folder, [positive], n - n // 2, fill_object=True, rng=rng)
@@ -798,6 +821,9 @@ class SoftPrompt:
     def __post_init__(self) -> None:
         if not isinstance(self.embeddings, Tensor) or self.embeddings.ndim != 2 or self.embeddings.shape[0] < 1:
             raise ValueError("embeddings must be a [n_tokens, d_model] tensor with n_tokens >= 1")
+        if not self.embeddings.is_floating_point():
+            raise TypeError(f"embeddings must be a floating-point tensor, got {self.embeddings.dtype}")
+        check_finite(self.embeddings.detach(), "the soft prompt's embeddings")
         if self.placement not in ("start", "end"):
             raise ValueError(f"placement must be 'start' or 'end', got {self.placement!r}")
         _split_template(self.template)
@@ -854,18 +880,31 @@ class SoftPrompt:
 
     @classmethod
     def load(cls, path: str | Path) -> SoftPrompt:
-        """Load a soft prompt written by :meth:`save`."""
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        """Load a soft prompt written by :meth:`save`; a damaged or foreign file is a ``ValueError`` naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no soft prompt file at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and torch errors of a damaged file all differ
+            raise ValueError(f"{path} is not a readable kn_lens soft prompt file ({type(error).__name__})") from None
         if not isinstance(state, dict) or state.get("kind") != "kn_lens.SoftPrompt":
             raise ValueError(f"{path} is not a kn_lens soft prompt file")
-        return cls(
-            state["embeddings"],
-            tuple(state["verbalizer"]),  # type: ignore[arg-type]
-            state["template"],
-            state["placement"],
-            float(state["dev_accuracy"]),
-            [tuple(h) for h in state["history"]],  # type: ignore[misc]
-        )
+        missing = [k for k in ("embeddings", "verbalizer", "template", "placement", "dev_accuracy", "history")
+                   if k not in state]  # fmt: skip
+        if missing:
+            raise ValueError(f"{path} is a damaged soft prompt file: it lacks {missing}")
+        try:
+            return cls(
+                state["embeddings"],
+                tuple(state["verbalizer"]),  # type: ignore[arg-type]
+                state["template"],
+                state["placement"],
+                float(state["dev_accuracy"]),
+                [tuple(h) for h in state["history"]],  # type: ignore[misc]
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} holds an invalid soft prompt: {error}") from None
 
     def __repr__(self) -> str:
         return (
@@ -1306,7 +1345,7 @@ class Predictivity:
         """One row per neuron (best first): neuron, layer, index, predictivity, best position, its sign and
         threshold. ``top`` keeps only the best rows."""
         scores = self.scores
-        neurons = self.top(k=top) if top else self.top(1.0)
+        neurons = self.top(1.0) if top is None else self.top(k=check_count(top, "top", minimum=1))
         best_pos = self.per_position.argmax(0)
         rows = []
         for n in neurons:

@@ -513,3 +513,67 @@ def test_train_soft_prompt_works_under_no_grad_and_inference_mode(tiny_bert, num
     assert torch.allclose(soft.embeddings, reference.embeddings)
     assert soft.history == reference.history
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_tasks_need_both_classes_and_two_relations():
+    """A task with a single class, or one relation against itself, used to give predictivity numbers."""
+    with pytest.raises(ValueError, match="both labels"):
+        skill.make_task(TEXTS, [1] * len(TEXTS))
+    one = skill.Split(("a b", "c d"), (1, 1))
+    both = skill.Split(("a b", "c d"), (0, 1))
+    with pytest.raises(ValueError, match="the dev split has a single class"):
+        skill.Task("t", both, one, both)
+    with pytest.raises(ValueError, match="the train split has a single class"):
+        skill.Task("t", one, both, both)
+    assert skill.Task("t", both, both, one).test == one  # a test split may hold one class (accuracy is defined)
+    with pytest.raises(ValueError, match="same relation"):
+        skill.pararel_relation_pair(PARAREL, "P19", "P19", n=20)
+
+
+def test_pararel_templates_without_the_answer_slot_are_named(tmp_path):
+    """A template without [Y] was filled as it was: sentences without their object, labelled all the same."""
+    for folder in ("patterns", "facts"):
+        (tmp_path / folder).mkdir()
+    facts = "".join(json.dumps({"sub_label": f"S{i}", "obj_label": f"O{i}"}) + "\n" for i in range(12))
+    for rid, patterns in (("P1", ["[X] was born in [Y].", "[X] is great."]), ("P2", ["[X] died in [Y]."])):
+        (tmp_path / "patterns" / f"{rid}.jsonl").write_text(
+            "".join(json.dumps({"pattern": p}) + "\n" for p in patterns)
+        )
+        (tmp_path / "facts" / f"{rid}.jsonl").write_text(facts)
+    with pytest.raises(ValueError, match=r"P1\.jsonl, line 2: a template needs exactly one \[X\] and one \[Y\]"):
+        skill.pararel_relation_pair(tmp_path, "P1", "P2", n=10)
+    (tmp_path / "facts" / "P2.jsonl").write_text('{"sub_label": "S"}\n')
+    with pytest.raises(ValueError, match=r"P2\.jsonl, line 1: a fact needs 'sub_label' and 'obj_label'"):
+        skill.pararel_relation_pair(tmp_path, "P2", "P1", n=10)
+
+
+def test_soft_prompts_refuse_nan_and_damaged_files(tmp_path):
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        skill.SoftPrompt(torch.full((2, 32), float("nan")))
+    with pytest.raises(TypeError, match="floating-point"):
+        skill.SoftPrompt(torch.zeros(2, 32, dtype=torch.long))
+    damaged = tmp_path / "soft.pt"
+    damaged.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"soft\.pt is not a readable kn_lens soft prompt file"):
+        skill.SoftPrompt.load(damaged)
+    torch.save({"kind": "kn_lens.SoftPrompt", "embeddings": torch.zeros(2, 32)}, damaged)
+    with pytest.raises(ValueError, match="lacks"):
+        skill.SoftPrompt.load(damaged)
+    good = skill.SoftPrompt(torch.zeros(2, 32)).save(tmp_path / "good.pt")
+    state = torch.load(good, weights_only=True)
+    state["embeddings"][0, 0] = float("nan")
+    torch.save(state, damaged)
+    with pytest.raises(ValueError, match=r"invalid soft prompt.*NaN"):
+        skill.SoftPrompt.load(damaged)
+    with pytest.raises(FileNotFoundError, match="no soft prompt file"):
+        skill.SoftPrompt.load(tmp_path / "missing.pt")
+
+
+def test_predictivity_to_frame_top_must_be_positive(random_gpt2, toy_task):
+    """to_frame(top=0) returned every row."""
+    result = skill.predictivity(random_gpt2, toy_task, layers=[0], progress=False)
+    assert len(result.to_frame(top=2)) == 2 and len(result.to_frame()) == random_gpt2.cfg.d_mlp
+    with pytest.raises(ValueError, match="top must be a positive int"):
+        result.to_frame(top=0)
+    with pytest.raises(TypeError, match="top must be an int"):
+        result.to_frame(top=2.0)
