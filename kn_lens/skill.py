@@ -79,7 +79,16 @@ from tqdm.auto import tqdm
 
 from kn_lens import backends
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
-from kn_lens.inputs import check_batch_size, check_count, check_finite, to_layers
+from kn_lens.inputs import (
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_finite,
+    check_int,
+    check_number,
+    check_sequence,
+    to_layers,
+)
 
 Aggregate = Literal["mean", "min"]
 
@@ -1269,6 +1278,8 @@ class Predictivity:
         aggregate: ``"mean"`` or ``"min"`` over positions.
         layers: the layers computed.
         n_train, n_dev: examples used for the thresholds and for the accuracies.
+        prompt: the prompt the activations were read under (its positions are :attr:`positions`); None when
+            unknown (a result made by hand).
 
     Example:
         ``skill`` is :func:`predictivity` of the tiny BERT's soft prompt (see there):
@@ -1289,6 +1300,7 @@ class Predictivity:
     layers: list[int] = field(default_factory=list)
     n_train: int = 0
     n_dev: int = 0
+    prompt: HardPrompt | SoftPrompt | None = field(default=None, repr=False, compare=False)
 
     @property
     def scores(self) -> Float[Tensor, "n_layers d_mlp"]:
@@ -1510,7 +1522,7 @@ def predictivity(
     sign[:, layer_list] = sign_part[idx]
     return Predictivity(
         per_position, thresholds, sign, tuple(all_positions[i] for i in chosen), aggregate, layer_list,
-        len(train), n_dev,
+        len(train), n_dev, prompt,
     )  # fmt: skip
 
 
@@ -1546,6 +1558,42 @@ def random_mask(like: Tensor, *, seed: int = 0, exclude: Tensor | None = None) -
     return out
 
 
+def _same_prompt(model: Model, skill: Predictivity, prompt: PromptLike) -> HardPrompt | SoftPrompt:
+    """The prompt to perturb under: ``skill``'s own (None), or one that reads the same activations (same template,
+    placement and soft embeddings; the verbalizer may differ)."""
+    measured = skill.prompt
+    if prompt is None:
+        return measured if measured is not None else as_prompt(model, None)
+    prompt = as_prompt(model, prompt)
+    if measured is None:
+        return prompt
+    same = (
+        type(prompt) is type(measured)
+        and prompt.template == measured.template
+        and (
+            isinstance(prompt, HardPrompt)
+            or (
+                prompt.placement == measured.placement  # type: ignore[union-attr]
+                and prompt.embeddings.shape == measured.embeddings.shape  # type: ignore[union-attr]
+                and torch.equal(prompt.embeddings.detach().cpu(), measured.embeddings.detach().cpu())  # type: ignore[union-attr]
+            )
+        )
+    )
+    if not same:
+        raise ValueError(
+            f"prompt differs from the one predictivity was measured with ({_describe(measured)} vs "
+            f"{_describe(prompt)}): its positions {skill.positions} and thresholds belong to that prompt; pass "
+            "prompt=None (or the same prompt), or measure predictivity with this one"
+        )
+    return prompt
+
+
+def _describe(prompt: HardPrompt | SoftPrompt) -> str:
+    if isinstance(prompt, SoftPrompt):
+        return f"a {prompt.n_tokens}-token soft prompt ({prompt.placement}) in {prompt.template!r}"
+    return f"the template {prompt.template!r}"
+
+
 def perturbation_curve(
     model: Model,
     task: Task,
@@ -1570,8 +1618,10 @@ def perturbation_curve(
 
     Args:
         model, task: the model and task.
-        skill: the :class:`Predictivity` (from the same ``prompt``).
-        prompt: the prompt the accuracy is measured with.
+        skill: the :class:`Predictivity`.
+        prompt: the prompt the accuracy is measured with: the one ``skill`` was measured with (None: that one). A
+            prompt with another template, placement or soft embeddings is refused: ``skill.positions`` and its
+            thresholds belong to the prompt they were read under (the verbalizer may differ).
         fractions: fractions of all neurons (of ``layers``) to perturb.
         kind: ``"gaussian"``, ``"zero"`` or ``"mean"``.
         std: the noise's standard deviation for ``"gaussian"``.
@@ -1596,8 +1646,25 @@ def perturbation_curve(
     """
     from kn_lens import hooks as hooks_module
 
+    check_model(model)
     if not isinstance(skill, Predictivity):
         raise TypeError("skill must be the Predictivity result of kn_lens.skill.predictivity")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a kn_lens.skill.Task, got {type(task).__name__}")
+    task.split(split)
+    prompt = _same_prompt(model, skill, prompt)
+    fractions = [_check_fraction(f) for f in check_sequence(fractions, "fractions", what="fractions")]
+    if not fractions:
+        raise ValueError("fractions is empty; pass at least one fraction, e.g. [0.01, 0.05]")
+    check_choice(kind, "kind", ("gaussian", "zero", "mean"))
+    check_number(std, "std", low=0)
+    seeds = [check_int(seed, "seeds") for seed in check_sequence(seeds, "seeds", what="ints")]
+    batch_size = check_batch_size(batch_size)
+    if skill.n_layers != model.cfg.n_layers or skill.d_mlp != model.cfg.d_mlp:
+        raise ValueError(
+            f"skill has {skill.n_layers} layers x {skill.d_mlp} neurons, the model {model.cfg.n_layers} x "
+            f"{model.cfg.d_mlp}: it was measured on another model"
+        )
     if not seeds:
         raise ValueError("seeds is empty; pass at least one seed")
     allowed = torch.zeros(skill.n_layers, skill.d_mlp, dtype=torch.bool)
@@ -1608,7 +1675,7 @@ def perturbation_curve(
     rows[0]["accuracy"] = accuracy(model, task, prompt=prompt, split=split, batch_size=batch_size, progress=False)
     steps = [(f, sel, s) for f in fractions for sel, s in [("skill", seeds[0])] + [("random", s) for s in seeds]]
     for fraction, selection, seed in tqdm(steps, desc="perturbation curve", disable=not progress):
-        k = max(1, round(_check_fraction(fraction) * pool))
+        k = max(1, round(fraction * pool))
         top = torch.zeros_like(allowed)
         top.view(-1)[_best_first(scores.flatten())[:k]] = True  # the same tie order as Predictivity.mask
         chosen = top if selection == "skill" else random_mask(top, seed=seed)

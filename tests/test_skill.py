@@ -577,3 +577,48 @@ def test_predictivity_to_frame_top_must_be_positive(random_gpt2, toy_task):
         result.to_frame(top=0)
     with pytest.raises(TypeError, match="top must be an int"):
         result.to_frame(top=2.0)
+
+
+def _forwards(model):
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
+def test_perturbation_curve_perturbs_under_the_prompt_predictivity_was_measured_with(random_gpt2, toy_task):
+    """Another prompt than predictivity's was accepted: its positions and thresholds then hit other tokens."""
+    measured = skill.HardPrompt("{text} It was", (" bad", " good"))
+    result = skill.predictivity(random_gpt2, toy_task, prompt=measured, progress=False)
+    assert result.prompt is measured
+    kw = dict(fractions=[0.05], seeds=(0,), progress=False)
+    default = skill.perturbation_curve(random_gpt2, toy_task, result, **kw)  # None: the measured prompt
+    clean = skill.accuracy(random_gpt2, toy_task, prompt=measured, progress=False)
+    assert default.accuracy.iloc[0] == clean
+    other_words = skill.HardPrompt("{text} It was", (" no", " yes"))  # the verbalizer may differ
+    assert len(skill.perturbation_curve(random_gpt2, toy_task, result, prompt=other_words, **kw)) == 3
+    soft = skill.SoftPrompt(torch.zeros(2, random_gpt2.cfg.d_model), placement="end")
+    calls, handle = _forwards(random_gpt2)
+    try:
+        for prompt in ("Review: {text} It was", skill.HardPrompt("{text}."), soft, None):
+            if prompt is None:  # a result of another prompt: a soft prompt's, then perturbed under a hard one
+                soft_result = skill.Predictivity(result.per_position, result.thresholds, result.sign,
+                                                 result.positions, prompt=soft)  # fmt: skip
+                with pytest.raises(ValueError, match="differs from the one predictivity was measured with"):
+                    skill.perturbation_curve(random_gpt2, toy_task, soft_result, prompt=measured, **kw)
+                continue
+            with pytest.raises(ValueError, match="differs from the one predictivity was measured with"):
+                skill.perturbation_curve(random_gpt2, toy_task, result, prompt=prompt, **kw)
+        for bad, error in (
+            (dict(fractions=[0.05, 2.0]), ValueError),
+            (dict(fractions=0.05), TypeError),
+            (dict(kind="noise"), ValueError),
+            (dict(std=-1.0), ValueError),
+            (dict(seeds=(0.5,)), TypeError),
+            (dict(batch_size=0), ValueError),
+            (dict(split="validation"), ValueError),
+        ):
+            with pytest.raises(error):
+                skill.perturbation_curve(random_gpt2, toy_task, result, **{**kw, **bad})
+    finally:
+        handle.remove()
+    assert not calls, "a forward pass ran before the bad argument was reported"
