@@ -235,7 +235,8 @@ class Pararel:
             model: a model; its kind picks ``style`` (encoder: ``"mask"``, causal: ``"cut"``), its tokenizer
                 filters the answers to single tokens (unless ``multi_token``) and gives the mask token.
             style: ``"mask"`` (``[Y]`` -> ``[MASK]``), ``"cut"`` (causal: the template up to ``[Y]``, for
-                templates where ``[X]`` precedes ``[Y]``) or ``"end"`` (causal: only templates ending in ``[Y]``).
+                templates where ``[X]`` precedes ``[Y]``) or ``"end"`` (causal: only templates ending in ``[Y]``);
+                with a model it must fit the model's kind (``"mask"`` for encoders only).
             relations: relation ids to keep (default all).
             min_templates: after the style's template filter, relations with fewer templates are dropped.
             multi_token: keep answers that are several tokens (targets for multi-token scoring).
@@ -265,6 +266,12 @@ class Pararel:
             style = "mask" if is_encoder(model) else "cut"
         if style not in ("mask", "cut", "end"):
             raise ValueError(f"style must be 'mask', 'cut' or 'end', got {style!r}")
+        if model is not None and (style == "mask") != is_encoder(model):
+            kind, fits = ("an encoder", "'mask'") if is_encoder(model) else ("a causal model", "'cut' or 'end'")
+            raise ValueError(
+                f"style={style!r} does not fit {kind} (its prompts would never be scored where the answer is): use "
+                f"{fits}, or leave style=None to pick it from the model"
+            )
         if isinstance(min_templates, bool) or not isinstance(min_templates, int) or min_templates < 1:
             raise ValueError(f"min_templates must be a positive int, got {min_templates!r}")
         chosen = _check_relations(relations, list(self.relations)) or list(self.relations)
