@@ -69,7 +69,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens import _ig_bridge
+from kn_lens import _ig_bridge, backends
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
 from kn_lens.inputs import check_finite, split_targets, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
@@ -300,7 +300,7 @@ def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
 
 
 def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
-    return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+    return backends.run_with_hooks(model, tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
 
 
 @torch.no_grad()

@@ -215,3 +215,41 @@ def test_two_permanent_edits_of_one_neuron_must_be_restored_newest_first(random_
     a.restore()
     b.restore()
     assert _same(model, original)
+
+
+# ------------------------------------------------------------------------------------------ plain attribution
+
+
+def _plain_attribution_sweep(model, grad: bool, stride: int) -> None:
+    prompt = kn_lens.make_prompt(model, "The capital of France is", " Paris")
+    kwargs = dict(layers=[1], n_steps=2, fast=False, return_convergence_delta=True)
+    reference = kn_lens.integrated_gradients(model, prompt, **kwargs)
+
+    def run():
+        kn_lens.integrated_gradients(model, prompt, **kwargs)
+
+    def check(n):
+        assert _no_hooks(model), f"a hook was left on the model by an interrupt at line event {n}: {WHERE} {STACK}"
+        assert torch.is_grad_enabled() is grad, f"grad mode changed by an interrupt at line event {n}: {WHERE}"
+
+    before = torch.is_grad_enabled()
+    torch.set_grad_enabled(grad)  # the caller's mode (set outside the interrupted region)
+    try:
+        total = _interrupt_everywhere(run, check, files=_machinery, stride=stride)
+    finally:
+        torch.set_grad_enabled(before)
+    assert total > 500
+    again = kn_lens.integrated_gradients(model, prompt, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(again, reference, strict=True))
+
+
+def test_an_interrupt_in_plain_attribution_leaves_no_hook(random_llama):
+    """TransformerLens' hooks() cleanup, interrupted, left hooks on the model (a later call then failed on sizes).
+    Every 17th line event here; every one, in both grad modes, in the slow test below."""
+    _plain_attribution_sweep(random_llama, grad=True, stride=17)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad", [True, False])
+def test_an_interrupt_anywhere_in_plain_attribution_leaves_no_hook(random_llama, grad):
+    _plain_attribution_sweep(random_llama, grad=grad, stride=1)
