@@ -195,6 +195,36 @@ def check_finite(value: float | Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a finite number, got {value}")
 
 
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """A torch device that exists on this machine (None passes): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"{name} must be a str like 'cpu' or 'cuda', or a torch.device; got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name} {device!r}: this machine has no CUDA GPU (or this torch has no CUDA); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{name} {device!r}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name} {device!r}: MPS is not available on this machine; use cpu")
+    return parsed
+
+
 # --------------------------------------------------------------------------------------------------- neurons
 
 
@@ -617,6 +647,7 @@ __all__ = [
     "check_batch_size",
     "check_choice",
     "check_count",
+    "check_device",
     "check_finite",
     "check_int",
     "check_neuron_values",

@@ -45,6 +45,7 @@ import torch
 
 from kn_lens import backends
 from kn_lens._typing import Model
+from kn_lens.inputs import check_device
 
 if backends.HAS_HOOKED:
     from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
@@ -153,6 +154,7 @@ def load_model(
 
         >>> model = load_model("gpt2")  # doctest: +SKIP
     """
+    check_device(device)  # a device that exists here, before minutes of loading
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
     if dtype is not None and not dtype.is_floating_point:

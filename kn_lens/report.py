@@ -60,6 +60,54 @@ class _Figures:
         return out
 
 
+#: The keys every run manifest has (:func:`kn_lens.sweeps.run_pararel` writes them).
+MANIFEST_KEYS = ("model", "relations", "data_path")
+
+
+def read_manifest(run: str | os.PathLike) -> dict:
+    """The manifest of a run folder of :func:`kn_lens.sweeps.run_pararel`, checked: a ``SweepError`` (a
+    ``ValueError``) that names the file when it is missing, not JSON, not a JSON object, another tool's, or lacks
+    a key.
+
+    Example:
+        >>> read_manifest(run_dir)["model"]
+        'tiny-bert'
+    """
+    path = Path(run) / MANIFEST
+    if not path.is_file():
+        raise SweepError(f"{run} is not a run folder (no {MANIFEST}); run `kn-lens evaluate pararel --out {run}`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SweepError(f"{path} is damaged (not JSON: {err}); it is the run's settings, restore it") from None
+    if not isinstance(manifest, dict):
+        raise SweepError(f"{path} holds a JSON {type(manifest).__name__}, not a kn_lens run manifest (an object)")
+    if manifest.get("kind", "kn_lens.pararel") != "kn_lens.pararel":
+        raise SweepError(f"{path} is another tool's manifest (kind {manifest.get('kind')!r}), not a kn_lens run's")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise SweepError(f"{path} lacks {missing}: not the manifest of a `kn-lens evaluate pararel` run")
+    return manifest
+
+
+def _run_files(run: Path) -> tuple[list[dict], pd.DataFrame, list[dict]]:
+    """Records, known facts and relation results of a run, each checked (a file of another schema is named)."""
+    try:
+        records = read_records(run)
+        records_frame(records)  # checks every record
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, SweepError):
+            raise
+        raise SweepError(f"{run / 'records.jsonl'} holds records of another schema: {err}") from None
+    known = read_known(run)
+    if not all(isinstance(k, dict) and {"relation", "uuid", "known"} <= k.keys() for k in known):
+        raise SweepError(f"{run / 'known.jsonl'} holds rows of another schema (each needs relation, uuid, known)")
+    relations = read_relations(run)
+    if not all(isinstance(r, dict) and "kind" in r and isinstance(r.get("rows", []), list) for r in relations):
+        raise SweepError(f"{run / 'relations.jsonl'} holds rows of another schema (each needs kind and rows)")
+    return records, pd.DataFrame(known), relations
+
+
 def build_report(run: str | os.PathLike) -> str:
     """The HTML text of the report of a run folder (see :func:`write_report`)."""
     import plotly.graph_objects as go
@@ -67,12 +115,8 @@ def build_report(run: str | os.PathLike) -> str:
     from kn_lens import plotting
 
     run = Path(run)
-    if not (run / MANIFEST).exists():
-        raise SweepError(f"{run} is not a run folder (no {MANIFEST}); run `kn-lens evaluate pararel --out {run}`")
-    manifest = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
-    records = read_records(run)
-    known = pd.DataFrame(read_known(run))
-    relations = read_relations(run)
+    manifest = read_manifest(run)
+    records, known, relations = _run_files(run)
     figure = _Figures()
     parts = [f"<h1>Knowledge neurons on PARAREL: {html.escape(str(manifest.get('model')))}</h1>"]
     settings = {k: manifest.get(k) for k in ("model", "relations", "facts_per_relation", "seed", "n_steps",
@@ -210,8 +254,12 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
         ('tiny-bert.html', True)
     """
     path = Path(output) if output else Path(run) / "report.html"
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of output {path} does not exist; create it first")
     path.write_text(build_report(run), encoding="utf-8")
     return path
 
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["MANIFEST_KEYS", "build_report", "read_manifest", "write_report"]

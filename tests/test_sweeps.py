@@ -183,4 +183,48 @@ def test_every_evaluation_command_has_help_with_an_example(command, capsys):
         main([*command, "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "example" in text and "--json" in text and "--device" in text and "--model" in text
+    assert "example" in text and "--json" in text
+    loads_a_model = command != ["report"]  # each command shows the options it uses: report loads no model
+    assert ("--device" in text) is loads_a_model and ("--model" in text) is loads_a_model
+    assert ("--backend" in text) is loads_a_model
+
+
+def _one_line(capsys, argv, *expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("kn-lens")]
+    assert len(ours) == 1 and ours[0].startswith("kn-lens: error:") and "Traceback" not in err, err
+    for text in expected:
+        assert text in ours[0], (text, ours[0])
+
+
+def test_bad_run_folders_and_files_are_one_line_errors(data, reference, tmp_path, capsys):
+    """Each of these ended in a traceback (or, for another tool's manifest, in an empty page and exit 0)."""
+    import shutil
+
+    # --out is a file; report --output is a folder
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _one_line(capsys, _args(data, a_file), "--out", "is a file")
+    _one_line(capsys, ["report", str(reference), "--output", str(tmp_path)], "is a folder")
+    # manifests: damaged (the file named), a list, lacking keys, another tool's
+    for name, text, message in (
+        ("damaged", "{not json", "manifest.json is damaged"),
+        ("a-list", "[1, 2]", "holds a JSON list"),
+        ("no-keys", json.dumps({"model": "x"}), "lacks ['relations', 'data_path']"),
+        ("foreign", json.dumps({"kind": "other.tool", "model": "x"}), "another tool's manifest"),
+    ):
+        run = tmp_path / name
+        shutil.copytree(reference, run)
+        (run / "manifest.json").write_text(text)
+        _one_line(capsys, ["report", str(run)], str(run / "manifest.json"), message)
+        _one_line(capsys, ["--model", "tiny-bert", "evaluate", "convergence", str(run)], message)
+    # records of another schema
+    run = tmp_path / "other-records"
+    shutil.copytree(reference, run)
+    (run / "report.html").unlink(missing_ok=True)
+    (run / "records.jsonl").write_text(json.dumps({"uuid": "x", "score": 1}) + "\n")
+    _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema", "lacks")
+    (run / "records.jsonl").write_text(json.dumps(["not", "a", "record"]) + "\n")
+    _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema")
+    assert not (run / "report.html").exists()
