@@ -756,6 +756,8 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
         >>> filtered = relation_filter(results, 0.1)  # drop neurons found for 2 or more of the 3 capitals
         >>> results[0].neurons, filtered[0].dropped["relation"]
         ([L1N253, L1N292, L1N990, L0N721, L1N1001], [L1N253])
+        >>> relation_filter(results, 0.7)[0].dropped["relation"]  # 2 of 3 facts is not more than 70%: kept
+        []
     """
     _check_relation_share(share, "share")
     by_relation: dict[str | None, list[int]] = {}
