@@ -405,6 +405,9 @@ def summarize_effects(
         >>> summarize_effects(df, base_split=(0.9,))[["condition", "base", "n", "before", "rel_change_%"]].round(3)
                    condition   base  n  before  rel_change_%
         0  knowledge neurons  p<0.9  3   0.895         2.352
+        >>> row = summarize_effects(df).iloc[0]  # the relative change of the mean: (after - before) / before
+        >>> round(float(row["rel_of_means_%"]), 3), round(float(100 * (row["after"] / row["before"] - 1)), 3)
+        (2.352, 2.352)
     """
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
@@ -994,6 +997,9 @@ def evaluate_fact(
         ('France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
         >>> record["specificity"]
         {'suppress': 0.46, 'enhance': 1.56}
+        >>> layer = lambda names: sorted(kn_lens.Neuron.parse(n).layer for n in names)
+        >>> layer(record["random_neurons"]) == layer(record["neurons"])  # the control: as many per layer
+        True
     """
     check_model(model)
     if selection not in SELECTIONS:
