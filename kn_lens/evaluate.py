@@ -303,6 +303,8 @@ def intervention_effects(
     same = _prompts(model, same_relation, None, "same-relation")
     if relation is None and result is not None:
         relation = result.relation
+    if interventions is not None and not isinstance(interventions, Mapping):
+        raise TypeError(f"interventions must map names to factors, e.g. {{'suppress': 0.0}}; got {interventions!r}")
     interventions = dict(DAI_INTERVENTIONS if interventions is None else interventions)
     if not interventions:
         raise ValueError("no interventions given; e.g. {'suppress': 0.0, 'enhance': 2.0}")
@@ -409,9 +411,17 @@ def summarize_effects(
         >>> round(float(row["rel_of_means_%"]), 3), round(float(100 * (row["after"] / row["before"] - 1)), 3)
         (2.352, 2.352)
     """
+    if not isinstance(effects, pd.DataFrame):
+        raise TypeError(f"effects must be the DataFrame of intervention_effects, got {type(effects).__name__}")
+    by = check_sequence(by, "by", what="column names")
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
         raise ValueError(f"the frame lacks columns {missing}; pass the output of intervention_effects")
+    if base_split is not None:
+        base_split = [
+            check_number(x, "base_split", low=0, high=1, low_open=True, high_open=True)
+            for x in check_sequence(base_split, "base_split", what="probabilities, e.g. (0.9,)")
+        ]
     frame = effects.copy()
     keys = list(by)
     if base_split:
@@ -576,11 +586,14 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    facts = check_sequence(facts, "facts", what="facts")
+    if not all(hasattr(f, "relation") for f in facts):
+        raise TypeError("every fact needs a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    k = None if k is None else check_count(k, "k")
+    seed = check_int(seed, "seed")
     pool = [f for f in facts if getattr(f, "relation", None) != fact.relation]
     if k is None or k >= len(pool):
         return pool
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
     picked = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:k].tolist())
     return [pool[i] for i in picked]
 
@@ -658,7 +671,9 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
     min_count = check_count(min_count, "min_count", minimum=1)
     counts: dict[Neuron, int] = {}
     for item in check_sequence(results, "results", what="per-fact neuron sets"):
-        ns = item.get("neurons", []) if isinstance(item, Mapping) else getattr(item, "neurons", item)
+        if isinstance(item, Mapping) and "neurons" not in item:
+            raise ValueError(f"a record without 'neurons' ({sorted(item)[:6]}): pass sweep records or neuron lists")
+        ns = item["neurons"] if isinstance(item, Mapping) else getattr(item, "neurons", item)
         for n in set(to_neurons(ns, allow_empty=True)) if ns else ():
             counts[n] = counts.get(n, 0) + 1
     ranked = sorted((n for n, c in counts.items() if c >= min_count), key=lambda n: (-counts[n], n))
@@ -775,6 +790,8 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
+    seed = check_int(seed, "seed")
+    prompts = to_prompts(model, prompts, what="prompts", allow_empty=True)
     if not prompts:
         raise ValueError("no prompts to find active neurons on")
     by_layer = group_by_layer(neuron_list)
@@ -1157,8 +1174,13 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         34                random neurons          -0.1
         35     random neurons (held-out)          -0.2
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be the DataFrame of records_frame(records), got {type(frame).__name__}")
     if frame.empty:
         return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
+    missing = [c for c in ("relation", "intervention", "condition", "rel_change_%") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the frame lacks columns {missing}; pass records_frame(records)")
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
     names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")

@@ -643,6 +643,8 @@ def knowledge_neurons(
             raise ValueError(
                 f"neuron L{layer}N{index} is outside the scores (layers {all_layers}, {arr.shape[2]} neurons each)"
             )
+    if isinstance(prompt_labels, str):
+        raise TypeError(f"prompt_labels must be a list of labels, one per prompt, not one str: [{prompt_labels!r}]")
     labels = list(prompt_labels) if prompt_labels is not None else [f"prompt {i}" for i in range(arr.shape[0])]
     if len(labels) != arr.shape[0]:
         raise ValueError(f"{len(labels)} prompt labels for {arr.shape[0]} prompts")

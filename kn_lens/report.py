@@ -253,6 +253,8 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
         >>> path.name, path.stat().st_size > 10_000
         ('tiny-bert.html', True)
     """
+    if not isinstance(run, str | os.PathLike):
+        raise TypeError(f"run must be the path of a run folder, got {type(run).__name__}")
     path = Path(output) if output else Path(run) / "report.html"
     if path.is_dir():
         raise ValueError(f"output {path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}")

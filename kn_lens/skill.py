@@ -283,7 +283,8 @@ def binarize(
         >>> binarize(["a", "b", "c"], ["entail", "neutral", "contra"], "entail", "contra")
         (['a', 'c'], [1, 0])
     """
-    texts, labels = list(texts), list(labels)
+    texts = check_sequence(texts, "texts", what="texts")
+    labels = check_sequence(labels, "labels", what="labels")
     if len(texts) != len(labels):
         raise ValueError(f"texts and labels have different lengths ({len(texts)} vs {len(labels)})")
     pos = set(positive) if isinstance(positive, list | set | tuple | frozenset) else {positive}

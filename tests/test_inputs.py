@@ -337,3 +337,41 @@ def test_edit_and_erase_check_their_arguments_before_any_forward_pass(tiny_bert)
         with _no_forward(tiny_bert), pytest.raises(error, match=message):
             erase_relation(tiny_bert, facts, ["L1N3"], **kwargs)
     assert torch.equal(tiny_bert.blocks[1].mlp.W_out, weights)
+
+
+def test_more_public_functions_name_their_bad_argument(tiny_bert):
+    """Found by the same search: each ended in an AttributeError, a torch or pandas error, or a silent result."""
+    import pandas as pd
+
+    from kn_lens import evaluate, plotting, skill
+    from kn_lens.fixtures import tiny_bert as fx
+
+    prompts = fx.train_prompts(fx.FACTS[0])
+    cases = [
+        (TypeError, "k must be an int", lambda: evaluate.other_relation_facts(fx.FACTS, fx.FACTS[0], k=2.5)),
+        (TypeError, "facts must be a list", lambda: evaluate.other_relation_facts("abc", fx.FACTS[0])),
+        (TypeError, "seed must be an int", lambda: evaluate.random_active_neurons(
+            tiny_bert, ["L1N3"], prompts, seed=0.5)),
+        (TypeError, "effects must be the DataFrame", lambda: evaluate.summarize_effects([1, 2])),
+        (TypeError, "frame must be the DataFrame", lambda: evaluate.relation_table([1])),
+        (ValueError, "lacks columns", lambda: evaluate.relation_table(pd.DataFrame({"a": [1]}))),
+        (TypeError, "interventions must map names", lambda: evaluate.intervention_effects(
+            tiny_bert, ["L1N3"], prompts, "Paris", interventions=[0.0])),
+        (ValueError, "a record without 'neurons'", lambda: evaluate.relation_neurons([{"uuid": "x"}])),
+        (TypeError, "texts must be a list", lambda: skill.binarize("abc", [1, 0, 1], 1)),
+        (TypeError, "prompt_labels must be a list", lambda: plotting.knowledge_neurons(
+            scores=torch.zeros(2, 2, 3), neurons=[(0, 1)], prompt_labels="ab")),
+        (TypeError, "run must be the path", lambda: kn_lens.report.write_report(None)),
+    ]  # fmt: skip
+    for error, message, call in cases:
+        with _no_forward(tiny_bert), pytest.raises(error, match=message):
+            call()
+    effects = evaluate.intervention_effects(tiny_bert, ["L1N3"], prompts, "Paris", random_seeds=())
+    for bad in ("0.5", [1.5], [math.nan]):
+        with pytest.raises((TypeError, ValueError), match="base_split"):
+            evaluate.summarize_effects(effects, base_split=bad)
+    # texts are prompts too: the edit control reads them like every other function
+    made = kn_lens.make_prompts(tiny_bert, prompts)
+    assert evaluate.random_active_neurons(tiny_bert, ["L1N3"], prompts) == evaluate.random_active_neurons(
+        tiny_bert, ["L1N3"], made
+    )
