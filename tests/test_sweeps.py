@@ -228,3 +228,16 @@ def test_bad_run_folders_and_files_are_one_line_errors(data, reference, tmp_path
     (run / "records.jsonl").write_text(json.dumps(["not", "a", "record"]) + "\n")
     _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema")
     assert not (run / "report.html").exists()
+
+
+def test_torchrun_failure_is_one_line_per_process(tmp_path):
+    """Each process printed a traceback; now each says which process it is and what is wrong, in one line (the
+    launcher's own summary is torchrun's)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "kn_lens",
+           *_args(tmp_path / "nowhere", tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = sorted(line for line in done.stderr.splitlines() if line.startswith("kn-lens"))
+    assert [line.split(":")[0] for line in ours] == ["kn-lens (process 0 of 2)", "kn-lens (process 1 of 2)"], ours
+    assert all("error: --data" in line and "does not exist" in line for line in ours)
+    assert "kn_lens/" not in done.stderr  # no traceback through kn_lens
