@@ -61,7 +61,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -69,10 +69,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kn_lens import _ig_bridge, _memory
+from kn_lens import _ig_bridge, _memory, backends
 from kn_lens._device import accumulator_dtype, evaluating
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
-from kn_lens.inputs import check_finite, to_means, to_prompt
+from kn_lens.inputs import check_finite, split_targets, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits, with_grad
@@ -301,7 +301,7 @@ def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
 
 
 def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
-    return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+    return backends.run_with_hooks(model, tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
 
 
 @torch.no_grad()
@@ -539,16 +539,7 @@ def _ready_prompts(model: Model, prompts, targets) -> list[Prompt]:
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt")
-    if (
-        targets is None
-        or isinstance(targets, str | int)
-        or (isinstance(targets, list | tuple) and all(isinstance(t, int) for t in targets))
-    ):
-        per = [targets] * len(prompts)
-    else:
-        per = list(targets)
-        if len(per) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(per)} targets")
+    per = split_targets(targets, len(prompts))
     return [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
 
 
@@ -741,38 +732,28 @@ def grad_x_activation(
     return _mean_over_target_tokens(one, prompt, objective)
 
 
-def _ablated_values(
-    model: Model, mode: str, mean_cache: dict[int, Tensor] | Tensor | None, layers: list[int], clean: Tensor
-) -> Float[Tensor, "layer d_mlp"]:
-    if mode == "zero":
-        return torch.zeros_like(clean)
-    if mode != "mean":
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mean_cache is None:
-        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if not isinstance(mean_cache, Tensor):  # {layer: means}, MLPPostCache, ActivationCache: checked by to_means
-        means = to_means(mean_cache, layers, model.cfg.d_mlp, n_layers=model.cfg.n_layers)
-        full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
-        for layer in layers:
-            full[layer] = means[layer]
-        mean_cache = full
-    means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
-    assert means is not None
-    return means.to(clean.dtype)
-
-
-def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> None:
+def _check_mode(
+    model: Model, mode: str, mean_cache: Any, layers: list[int], hook: str
+) -> Float[Tensor, "layer d_mlp"] | None:
+    """Check the ablation mode and read the means once, before any forward pass: None for ``mode="zero"``, else
+    one row of means per layer. ``mean_cache`` takes every form :func:`~kn_lens.inputs.to_means` reads
+    (``{layer: [d_mlp]}``, an ``MLPPostCache``, a TransformerLens ``ActivationCache`` of ``hook``, a tensor)."""
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mode == "mean" and mean_cache is None:
+    if mode == "zero":
+        return None
+    if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    from kn_lens.cache import MLPPostCache
+    d_mlp = model.cfg.d_mlp
+    means = to_means(mean_cache, layers, d_mlp, n_layers=model.cfg.n_layers, hook=hook)
+    return torch.stack([means[layer] for layer in layers])
 
-    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict | MLPPostCache):
-        raise TypeError(
-            "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
-            f"[d_mlp], got {type(mean_cache).__name__}"
-        )
+
+def _ablated_values(means: Tensor | None, clean: Tensor) -> Float[Tensor, "layer d_mlp"]:
+    """The ablated value of every neuron: 0, or its mean (from :func:`_check_mode`)."""
+    if means is None:
+        return torch.zeros_like(clean)
+    return means.to(device=clean.device, dtype=clean.dtype)
 
 
 @evaluating
@@ -812,11 +793,11 @@ def attribution_patching(
         >>> est = attribution_patching(model, "The capital of France is", " Paris", layers=[24])
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
 
     def one(part: Prompt) -> Tensor:
         act, grad = _site_grads(model, part, layer_list, objective, hook)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
+        ablated = _ablated_values(means, act)
         return ((act.float() - ablated.float()) * grad.float()).cpu()
 
     return _mean_over_target_tokens(one, prompt, objective)
@@ -907,7 +888,7 @@ def ablation_effects(
         indices=tensor([1005,  276,  266]))
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
     _check_batch(internal_batch_size)
     _memory.check_budget(memory_budget)
     names = [hook_name(layer, hook) for layer in layer_list]
@@ -915,7 +896,7 @@ def ablation_effects(
 
     def one(part: Prompt) -> Tensor:
         clean, _ = _clean_site(model, part, names, objective)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
+        ablated = _ablated_values(means, clean)
         if use_fast:
             from kn_lens import _ig_fast
 

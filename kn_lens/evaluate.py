@@ -72,9 +72,20 @@ from kn_lens._device import evaluating
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, hook_name, is_encoder
 from kn_lens.edit import edit_fact, erase
 from kn_lens.hooks import Intervention
-from kn_lens.inputs import NeuronsLike, check_batch_size, check_positions, to_neurons, to_prompts
+from kn_lens.inputs import (
+    NeuronsLike,
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_int,
+    check_number,
+    check_positions,
+    check_sequence,
+    to_neurons,
+    to_prompts,
+)
 from kn_lens.neurons import RULES, KnowledgeNeurons, find_knowledge_neurons, random_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens, token_ids
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target, stack_tokens, token_ids
 from kn_lens.scoring import forward_logits, mean_logit_diff, objective_from_logits, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
@@ -118,6 +129,11 @@ def _padded(batch: Sequence[Prompt], device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
+def _padding_safe(positions: Any) -> bool:
+    """True for positions that mean the same in a right-padded batch as for each prompt alone."""
+    return isinstance(positions, str) and positions in ("site", "all")
+
+
 class Measured(NamedTuple):
     """Per-prompt scores of the target: probability, is-top-1 (first target token), log-probability, tokens."""
 
@@ -143,6 +159,7 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
         (tensor([0.8874]), tensor([True]))
     """
     check_model(model)
+    batch_size = check_batch_size(batch_size)
     if not prompts:
         raise ValueError("no prompts given")
     if not all(p.target_ids for p in prompts):
@@ -150,9 +167,11 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     n = len(prompts)
     logprob, top1 = torch.empty(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
     # A causal model never looks ahead, so prompts of different lengths can share a batch, right-padded, and be
-    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Not for
-    # interventions at the "last" position, which padding would move; encoders are batched by length.
-    ours = isinstance(fwd_hooks, Intervention) and fwd_hooks.positions != "last"
+    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Only for
+    # interventions whose positions padding cannot move ("site": each row's own; "all": the padding comes after
+    # what is read); "last", negative and explicit positions count from the end or may fall on the padding, so
+    # those prompts are batched by length, like every encoder prompt.
+    ours = isinstance(fwd_hooks, Intervention) and _padding_safe(fwd_hooks.positions)
     pad = not is_encoder(model) and (ours or not fwd_hooks)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):
@@ -237,7 +256,8 @@ def intervention_effects(
         same_relation: prompts of other facts of the same relation (same forms as ``unrelated``).
         random_seeds: seeds of the random-neuron controls (empty: no control).
         positions: where to scale: each prompt's ``"site"`` (Dai et al.), ``"all"`` positions, or ``"last"``.
-        objective_floor: prompts whose base probability is below this are dropped (0 keeps all).
+        objective_floor: prompts whose base probability is below this are dropped, a number in ``[0, 1)`` (0
+            keeps all).
         batch_size: prompts per forward pass.
         relation: the value of the ``relation`` column (default the result's ``relation``).
         clean_cache: a dict shared between calls on one model to measure each group of prompts without
@@ -282,6 +302,7 @@ def intervention_effects(
     if prompts is None or (isinstance(prompts, list | tuple) and not prompts):
         raise ValueError("no prompts given; pass the fact's prompts (or a KnowledgeNeurons result)")
     batch_size = check_batch_size(batch_size)
+    target = one_target(target)  # one fact: a list of ids is its multi-token answer
     main = _prompts(model, prompts, target, "fact")
     fact_target = target if target is not None else main[0].target_ids
     held = _prompts(model, heldout, fact_target, "held-out")
@@ -289,12 +310,16 @@ def intervention_effects(
     same = _prompts(model, same_relation, None, "same-relation")
     if relation is None and result is not None:
         relation = result.relation
+    if interventions is not None and not isinstance(interventions, Mapping):
+        raise TypeError(f"interventions must map names to factors, e.g. {{'suppress': 0.0}}; got {interventions!r}")
     interventions = dict(DAI_INTERVENTIONS if interventions is None else interventions)
     if not interventions:
         raise ValueError("no interventions given; e.g. {'suppress': 0.0, 'enhance': 2.0}")
     for name, factor in interventions.items():
         _check_factor(name, factor)
     check_positions(positions)
+    objective_floor = check_number(objective_floor, "objective_floor", low=0, high=1, high_open=True)
+    random_seeds = [check_int(s, "random_seeds") for s in check_sequence(random_seeds, "random_seeds", what="ints")]
 
     # a result may legitimately have selected nothing
     neuron_list = to_neurons(neurons, model, allow_empty=result is not None)
@@ -391,10 +416,21 @@ def summarize_effects(
         >>> summarize_effects(df, base_split=(0.9,))[["condition", "base", "n", "before", "rel_change_%"]].round(3)
                    condition   base  n  before  rel_change_%
         0  knowledge neurons  p<0.9  3   0.895         2.352
+        >>> row = summarize_effects(df).iloc[0]  # the relative change of the mean: (after - before) / before
+        >>> round(float(row["rel_of_means_%"]), 3), round(float(100 * (row["after"] / row["before"] - 1)), 3)
+        (2.352, 2.352)
     """
+    if not isinstance(effects, pd.DataFrame):
+        raise TypeError(f"effects must be the DataFrame of intervention_effects, got {type(effects).__name__}")
+    by = check_sequence(by, "by", what="column names")
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
         raise ValueError(f"the frame lacks columns {missing}; pass the output of intervention_effects")
+    if base_split is not None:
+        base_split = [
+            check_number(x, "base_split", low=0, high=1, low_open=True, high_open=True)
+            for x in check_sequence(base_split, "base_split", what="probabilities, e.g. (0.9,)")
+        ]
     frame = effects.copy()
     keys = list(by)
     if base_split:
@@ -559,11 +595,14 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    facts = check_sequence(facts, "facts", what="facts")
+    if not all(hasattr(f, "relation") for f in facts):
+        raise TypeError("every fact needs a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    k = None if k is None else check_count(k, "k")
+    seed = check_int(seed, "seed")
     pool = [f for f in facts if getattr(f, "relation", None) != fact.relation]
     if k is None or k >= len(pool):
         return pool
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
     picked = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:k].tolist())
     return [pool[i] for i in picked]
 
@@ -604,6 +643,16 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     return float(torch.exp(-logprobs.mean()))
 
 
+def _check_text(text: Any) -> None:
+    """The ``text=`` of :func:`erase_relation` / :func:`edit_effects`: None, a bool or a non-empty str."""
+    if text is None or isinstance(text, bool):
+        return
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str (the held-out text), True/None (the shipped one) or False, got {text!r}")
+    if not text.strip():
+        raise ValueError("text is empty; pass a held-out text, None for the shipped one, or False for none")
+
+
 def _accuracy_ppl(m: Measured) -> tuple[float, float, float]:
     """(top-1 accuracy, answer perplexity exp(mean per-token NLL), mean probability)."""
     nll = (-m.logprob / m.n_tokens).mean()
@@ -616,8 +665,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
     Args:
         results: per-fact neuron sets: ``KnowledgeNeurons`` results, neuron lists, or sweep records (dicts with
             a ``"neurons"`` list of ``"L{l}N{i}"`` strings).
-        top: how many to keep.
-        min_count: a neuron must be selected for at least this many facts.
+        top: how many to keep (a positive int).
+        min_count: a neuron must be selected for at least this many facts (a positive int).
 
     Returns:
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
@@ -626,12 +675,14 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         >>> relation_neurons([["L1N5", "L0N3"], ["L1N5", "L1N7", "L0N3"], ["L1N5", "L1N9"]], top=3)
         [L1N5, L0N3]
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    top = check_count(top, "top", minimum=1)
+    min_count = check_count(min_count, "min_count", minimum=1)
     counts: dict[Neuron, int] = {}
-    for item in results:
-        ns = item.get("neurons", []) if isinstance(item, Mapping) else getattr(item, "neurons", item)
-        for n in set(to_neurons(list(ns))) if ns else ():
+    for item in check_sequence(results, "results", what="per-fact neuron sets"):
+        if isinstance(item, Mapping) and "neurons" not in item:
+            raise ValueError(f"a record without 'neurons' ({sorted(item)[:6]}): pass sweep records or neuron lists")
+        ns = item["neurons"] if isinstance(item, Mapping) else getattr(item, "neurons", item)
+        for n in set(to_neurons(ns, allow_empty=True)) if ns else ():
             counts[n] = counts.get(n, 0) + 1
     ranked = sorted((n for n, c in counts.items() if c >= min_count), key=lambda n: (-counts[n], n))
     return ranked[:top]
@@ -688,6 +739,14 @@ def erase_relation(
         held-out text perplexity row).
     """
     check_model(model)
+    mode = check_choice(mode, "mode", ("zero", "unk"))
+    if mode == "unk" and getattr(getattr(model, "tokenizer", None), "unk_token_id", None) is None:
+        raise ValueError("mode='unk' needs a tokenizer with an unknown token; this one has none: use mode='zero'")
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    relation_facts = check_sequence(relation_facts, "relation_facts", what="facts")
+    other_facts = check_sequence(other_facts, "other_facts", what="facts")
     own = _prompts(model, relation_facts, None, "relation")
     if not own:
         raise ValueError("relation_facts is empty; pass the facts of the relation to erase")
@@ -740,6 +799,8 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
+    seed = check_int(seed, "seed")
+    prompts = to_prompts(model, prompts, what="prompts", allow_empty=True)
     if not prompts:
         raise ValueError("no prompts to find active neurons on")
     by_layer = group_by_layer(neuron_list)
@@ -761,8 +822,13 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     return out
 
 
-def _texts(fact: Any) -> list[str]:
+def _texts(fact: Any, name: str = "fact") -> list[str]:
+    """The prompt texts of a fact (``.prompts``) or of a list of prompts; one str is refused, not split."""
     prompts = fact.prompts if hasattr(fact, "prompts") else fact
+    prompts = check_sequence(prompts, name, what="prompts (or a fact with .prompts)")
+    for p in prompts:
+        if not isinstance(p, str | Prompt):
+            raise TypeError(f"{name} must hold prompt texts or Prompts, got {type(p).__name__} {p!r}")
     return [p.text if isinstance(p, Prompt) else p for p in prompts]
 
 
@@ -822,22 +888,31 @@ def edit_effects(
         a quarter of their prompts, while the same update on random active neurons leaves them intact.
     """
     check_model(model)
-    texts = _texts(fact)
+    texts = _texts(fact, "fact")
     if not texts:
         raise ValueError("the fact has no prompts")
     neuron_list = to_neurons(neurons, model, allow_empty=True)
     if not neuron_list:
         raise ValueError("no neurons to edit")
+    for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
+        check_number(value, name)
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    if new is None:
+        raise ValueError("new is None; pass the new answer, e.g. ' Rome'")
+    if old is not None:
+        token_ids(model, old)  # a clear error now, not after the first scores
     if relation is None:
         relation = getattr(fact, "relation", None)
+    new_prompts = [make_prompt(model, t, new) for t in texts]
+    held = [make_prompt(model, t, new) for t in check_sequence(heldout, "heldout")]
+    near = _prompts(model, check_sequence(neighbours, "neighbours", what="facts"), None, "neighbour")
     if old is None:  # the model's current answer, as the EleutherAI package does
         first = make_prompt(model, texts[0])
         with torch.inference_mode():
             logits = forward_logits(model, first.tokens[None].to(model.cfg.device))
         old = int(logits[0, first.site].argmax())
-    new_prompts = [make_prompt(model, t, new) for t in texts]
-    held = [make_prompt(model, t, new) for t in heldout]
-    near = _prompts(model, neighbours, None, "neighbour")
     use_text = text is not False and not is_encoder(model)
     text_value = None if text is True or text is False else text
 
@@ -1084,6 +1159,9 @@ def evaluate_fact(
         ('adaptive', 'France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
         >>> record["specificity"]
         {'suppress': 0.46, 'enhance': 1.56}
+        >>> layer = lambda names: sorted(kn_lens.Neuron.parse(n).layer for n in names)
+        >>> layer(record["random_neurons"]) == layer(record["neurons"])  # the control: as many per layer
+        True
     """
     check_model(model)
     texts, target = _fact_texts(fact, "fact")
@@ -1185,17 +1263,43 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         ['rule', 'relation', 'uuid', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
          'rel_change_%', 'rel_of_means_%']
     """
+    records = check_sequence(records, "records", what="sweep records (kn_lens.sweeps.read_records(run))")
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
+        _check_record(r, i)
         if not r.get("neurons"):
             continue
         for e in r.get("effects") or ():
             rows.append(dict(rule=_rule_of(r), relation=r.get("relation"), uuid=r.get("uuid"),
                              n_neurons=len(r.get("neurons") or ()), **e))  # fmt: skip
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
+    frame = pd.DataFrame(rows, columns=None if rows else list(RECORD_FRAME_COLUMNS))
     return frame.astype({c: float for c in ("rel_change_%", "rel_of_means_%", "before", "after") if c in frame})
+
+
+#: The columns :func:`records_frame` always has (an empty frame has exactly these).
+RECORD_FRAME_COLUMNS = ("relation", "uuid", "selection", "n_neurons", "intervention", "condition", "n", "before",
+                        "after", "rel_change_%", "rel_of_means_%")  # fmt: skip
+_EFFECT_KEYS = ("intervention", "condition", "before", "after", "rel_change_%")
+
+
+def _check_record(record: Any, i: int) -> None:
+    """A fact record of :func:`evaluate_fact` (a sweep's ``records.jsonl`` line), or a clear error naming what
+    is missing (records of another tool or schema)."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {i} is a {type(record).__name__}, not a fact record (a dict of evaluate_fact)")
+    needed = ("relation", "uuid") if record.get("known") is False else ("relation", "uuid", "neurons", "effects")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise ValueError(
+            f"record {i} lacks {missing}: not a kn_lens fact record (evaluate_fact / kn-lens evaluate pararel)"
+        )
+    effects = record.get("effects") or ()
+    if not isinstance(effects, list | tuple) or not all(isinstance(e, Mapping) for e in effects):
+        raise ValueError(f"record {i}: 'effects' must be a list of dicts (summarize_effects rows)")
+    for e in effects:
+        lacking = [k for k in _EFFECT_KEYS if k not in e]
+        if lacking:
+            raise ValueError(f"record {i}: an effect row lacks {lacking}; the record is of another schema")
 
 
 CONDITION_ORDER = (
@@ -1230,9 +1334,14 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         30       dai      6        -39.41         0.63
         66  adaptive      6        -24.81         0.68
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be the DataFrame of records_frame(records), got {type(frame).__name__}")
     by_rule = "rule" in frame.columns
     if frame.empty:
         return pd.DataFrame(columns=["rule", "relation", "intervention", "condition", "facts"])
+    missing = [c for c in ("relation", "intervention", "condition", "rel_change_%") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the frame lacks columns {missing}; pass records_frame(records)")
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
     keys = ["rule"] * by_rule + ["relation", "intervention", "condition"]

@@ -85,7 +85,7 @@ from tqdm.auto import tqdm
 
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
 from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
-from kn_lens.prompts import Prompt, TargetLike, make_prompt
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target
 
 Variant = Literal["adaptive", "dai", "eleuther"]
 
@@ -909,7 +909,7 @@ def _fact_prompts(model: Model, prompts: Any, target: TargetLike) -> tuple[list[
         )
     if not isinstance(prompts, str | Prompt) and not isinstance(prompts, Iterable):
         raise TypeError("prompts must be a list of prompt texts (or kn_lens Prompts)")
-    made = to_prompts(model, prompts, target, need_target=True)
+    made = to_prompts(model, prompts, one_target(target), need_target=True)
     ids = {p.target_ids for p in made}
     if len(ids) > 1:
         shown = sorted({p.target for p in made})
@@ -1246,6 +1246,8 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
         >>> filtered = relation_filter(results, 0.1)  # drop neurons found for 2 or more of the 3 capitals
         >>> results[0].neurons, filtered[0].dropped["relation"]
         ([L1N253, L1N292, L1N990, L0N721, L1N1001], [L1N253])
+        >>> relation_filter(results, 0.7)[0].dropped["relation"]  # 2 of 3 facts is not more than 70%: kept
+        []
     """
     _check_relation_share(share, "share")
     by_relation: dict[str | None, list[int]] = {}

@@ -29,7 +29,16 @@ from pathlib import Path
 import pandas as pd
 
 from kn_lens.evaluate import records_frame, relation_table, rule_summary
-from kn_lens.sweeps import coverage, read_convergence, read_known, read_manifest, read_records, read_relations
+from kn_lens.sweeps import (
+    MANIFEST_KEYS,
+    SweepError,
+    coverage,
+    read_convergence,
+    read_known,
+    read_manifest,
+    read_records,
+    read_relations,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -60,6 +69,24 @@ class _Figures:
         return out
 
 
+def _run_files(run: Path) -> tuple[list[dict], pd.DataFrame, list[dict]]:
+    """Records, known facts and relation results of a run, each checked (a file of another schema is named)."""
+    try:
+        records = read_records(run)
+        records_frame(records)  # checks every record
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, SweepError):
+            raise
+        raise SweepError(f"{run / 'records.jsonl'} holds records of another schema: {err}") from None
+    known = read_known(run)
+    if not all(isinstance(k, dict) and {"relation", "uuid", "known"} <= k.keys() for k in known):
+        raise SweepError(f"{run / 'known.jsonl'} holds rows of another schema (each needs relation, uuid, known)")
+    relations = read_relations(run)
+    if not all(isinstance(r, dict) and "kind" in r and isinstance(r.get("rows", []), list) for r in relations):
+        raise SweepError(f"{run / 'relations.jsonl'} holds rows of another schema (each needs kind and rows)")
+    return records, pd.DataFrame(known), relations
+
+
 def build_report(run: str | os.PathLike) -> str:
     """The HTML text of the report of a run folder (see :func:`write_report`)."""
     import plotly.graph_objects as go
@@ -69,9 +96,7 @@ def build_report(run: str | os.PathLike) -> str:
     run = Path(run)
     manifest = read_manifest(run)  # a folder of another tool (or none) is refused here
     rules = list(manifest.get("rules") or {})
-    records = read_records(run)
-    known = pd.DataFrame(read_known(run))
-    relations = read_relations(run)
+    records, known, relations = _run_files(run)
     figure = _Figures()
     parts = [f"<h1>Knowledge neurons on PARAREL: {html.escape(str(manifest.get('model')))}</h1>"]
     settings = {k: manifest.get(k) for k in ("model", "model_config", "relations", "facts_per_relation", "seed",
@@ -216,9 +241,15 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
         >>> path.name, path.stat().st_size > 10_000
         ('tiny-bert.html', True)
     """
+    if not isinstance(run, str | os.PathLike):
+        raise TypeError(f"run must be the path of a run folder, got {type(run).__name__}")
     path = Path(output) if output else Path(run) / "report.html"
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of output {path} does not exist; create it first")
     path.write_text(build_report(run), encoding="utf-8")
     return path
 
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["MANIFEST_KEYS", "build_report", "read_manifest", "write_report"]

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import backends
 from kn_lens._device import evaluating
 from kn_lens._typing import Model, check_model
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
@@ -193,8 +194,18 @@ def with_grad(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn(*args, **kwargs)
+        grad = torch.is_grad_enabled()
+        try:
+            try:
+                if torch.is_inference_mode_enabled():
+                    with torch.inference_mode(False), torch.enable_grad():
+                        return fn(*args, **kwargs)
+                with torch.enable_grad():
+                    return fn(*args, **kwargs)
+            finally:  # the caller's grad mode, also when an interrupt hit torch's own restore
+                torch.set_grad_enabled(grad)
+        finally:
+            torch.set_grad_enabled(grad)
 
     return wrapper
 
@@ -218,7 +229,7 @@ def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, 
         torch.Size([1, 5, 49152])
     """
     if fwd_hooks:
-        return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+        return backends.run_with_hooks(model, tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
     return model(tokens, return_type="logits")
 
 

@@ -132,6 +132,10 @@ BATCH_SIZE = 32
 CONTRASTIVE_OBJECTIVE = "logit(answer) - mean logit of the relation's other known answers (scoring.mean_logit_diff)"
 
 
+#: The keys every run manifest has, checked when a folder is read.
+MANIFEST_KEYS = ("kind", "schema", "model", "relations", "data_path", "rules")
+
+
 class SweepError(ValueError):
     """A run folder cannot be used (another run's manifest, unreadable files, data of another run)."""
 
@@ -353,13 +357,19 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SweepError(f"{path} is not a readable manifest ({err}); use another --out folder") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise SweepError(f"{path} is not the manifest of a kn_lens PARAREL run (no kind {KIND!r}); another tool "
-                         "wrote it: use another folder")  # fmt: skip
+        raise SweepError(f"{path} is damaged (not JSON: {err}); it is the run's settings: restore it, or use "
+                         "another --out folder") from None  # fmt: skip
+    if not isinstance(manifest, dict):
+        raise SweepError(f"{path} holds a JSON {type(manifest).__name__}, not a kn_lens run manifest (an object)")
+    if manifest.get("kind") != KIND:
+        raise SweepError(f"{path} is another tool's manifest (kind {manifest.get('kind')!r}), not the manifest of a "
+                         f"kn_lens PARAREL run ({KIND!r}): use another folder")  # fmt: skip
     if manifest.get("schema") != SCHEMA:
         raise SweepError(f"{path} was written by an older kn_lens (run layout {manifest.get('schema', 1)}, this "
                          f"one reads {SCHEMA}); re-run it into a new folder")  # fmt: skip
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise SweepError(f"{path} lacks {missing}: not the manifest of a `kn-lens evaluate pararel` run")
     return manifest
 
 

@@ -254,6 +254,24 @@ def test_attribution_patching_mean(random_gpt2):
     assert torch.allclose(ap[0][ok], ((act - means[1]) * grad)[ok], atol=1e-6)
 
 
+def test_ablations_take_an_activation_cache_as_means(random_gpt2):
+    """hooks accepted a TransformerLens ActivationCache as mean_cache, ablation_effects refused it."""
+    texts = ["The capital of Spain is", "The capital of Italy is"]
+    names = {layer: A.hook_name(layer, "mlp_post") for layer in (0, 1)}
+    tokens = random_gpt2.to_tokens(texts[0], prepend_bos=False)
+    _, cache = random_gpt2.run_with_cache(tokens, names_filter=list(names.values()))
+    means = {layer: cache[name].reshape(-1, cache[name].shape[-1]).mean(0) for layer, name in names.items()}
+    prompt = make_prompt(random_gpt2, PROMPT, " Paris")
+    for fn in (A.ablation_effects, A.attribution_patching):
+        kw = dict(layers=[1], mode="mean", objective="logit")
+        from_cache = fn(random_gpt2, prompt, mean_cache=cache, **kw)
+        from_dict = fn(random_gpt2, prompt, mean_cache=means, **kw)
+        assert torch.allclose(from_cache, from_dict, atol=1e-6)
+        assert from_cache.abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"the cache has no blocks\.1\.mlp\.hook_pre"):
+        A.ablation_effects(random_gpt2, prompt, layers=[1], mode="mean", mean_cache=cache, hook="mlp_pre")
+
+
 @pytest.mark.parametrize("model_name", ["random_llama", "tiny_bert"])
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ablation_effects_match_direct_runs(request, model_name, mode):

@@ -147,6 +147,21 @@ def test_official_name_offline_says_what_to_do(monkeypatch):
         kn_lens.load_model("gpt2")
 
 
+def test_official_names_go_to_the_right_class_by_their_model_not_a_substring(monkeypatch):
+    """Any official name containing "bert" was sent to HookedEncoder (HuBERT, a speech model, included)."""
+    import huggingface_hub.constants
+
+    from kn_lens.models import _official_class
+
+    for name in ("bert-base-cased", "google-bert/bert-large-uncased"):
+        assert _official_class(name) is HookedEncoder
+    for name in ("gpt2", "EleutherAI/pythia-160m", "Qwen/Qwen2-0.5B"):
+        assert _official_class(name) is HookedTransformer
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="speech model"):  # before: HookedEncoder.from_pretrained, then the hub
+        kn_lens.load_model("facebook/hubert-base-ls960")
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         kn_lens.load_model(tmp_path / "missing")

@@ -682,4 +682,61 @@ def test_every_evaluation_command_has_help_with_an_example(command, capsys):
         main([*command, "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "example" in text and "--json" in text and "--device" in text and "--model" in text
+    assert "example" in text and "--json" in text
+    loads_a_model = command != ["report"]  # each command shows the options it uses: report loads no model
+    assert ("--device" in text) is loads_a_model and ("--model" in text) is loads_a_model
+    assert ("--backend" in text) is loads_a_model
+
+
+def _one_line(capsys, argv, *expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("kn-lens")]
+    assert len(ours) == 1 and ours[0].startswith("kn-lens: error:") and "Traceback" not in err, err
+    for text in expected:
+        assert text in ours[0], (text, ours[0])
+
+
+def test_bad_run_folders_and_files_are_one_line_errors(data, reference, tmp_path, capsys):
+    """Each of these ended in a traceback (or, for another tool's manifest, in an empty page and exit 0)."""
+    import shutil
+
+    # --out is a file; report --output is a folder
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _one_line(capsys, _args(data, a_file), "--out", "is a file")
+    _one_line(capsys, ["report", str(reference), "--output", str(tmp_path)], "is a folder")
+    # manifests: damaged (the file named), a list, lacking keys, another tool's
+    for name, text, message in (
+        ("damaged", "{not json", "manifest.json is damaged"),
+        ("a-list", "[1, 2]", "holds a JSON list"),
+        ("no-keys", json.dumps({"model": "x"}), "lacks ['relations', 'data_path']"),
+        ("foreign", json.dumps({"kind": "other.tool", "model": "x"}), "another tool's manifest"),
+    ):
+        run = tmp_path / name
+        shutil.copytree(reference, run)
+        (run / "manifest.json").write_text(text)
+        _one_line(capsys, ["report", str(run)], str(run / "manifest.json"), message)
+        _one_line(capsys, ["--model", "tiny-bert", "evaluate", "convergence", str(run)], message)
+    # records of another schema
+    run = tmp_path / "other-records"
+    shutil.copytree(reference, run)
+    (run / "report.html").unlink(missing_ok=True)
+    (run / "records.jsonl").write_text(json.dumps({"uuid": "x", "score": 1}) + "\n")
+    _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema", "lacks")
+    (run / "records.jsonl").write_text(json.dumps(["not", "a", "record"]) + "\n")
+    _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema")
+    assert not (run / "report.html").exists()
+
+
+def test_torchrun_failure_is_one_line_per_process(tmp_path):
+    """Each process printed a traceback; now each says which process it is and what is wrong, in one line (the
+    launcher's own summary is torchrun's)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "kn_lens",
+           *_args(tmp_path / "nowhere", tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = sorted(line for line in done.stderr.splitlines() if line.startswith("kn-lens"))
+    assert [line.split(":")[0] for line in ours] == ["kn-lens (process 0 of 2)", "kn-lens (process 1 of 2)"], ours
+    assert all("error: --data" in line and "does not exist" in line for line in ours)
+    assert "kn_lens/" not in done.stderr  # no traceback through kn_lens
