@@ -1277,7 +1277,7 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 #: The columns :func:`records_frame` always has (an empty frame has exactly these).
-RECORD_FRAME_COLUMNS = ("relation", "uuid", "selection", "n_neurons", "intervention", "condition", "n", "before",
+RECORD_FRAME_COLUMNS = ("rule", "relation", "uuid", "n_neurons", "intervention", "condition", "n", "before",
                         "after", "rel_change_%", "rel_of_means_%")  # fmt: skip
 _EFFECT_KEYS = ("intervention", "condition", "before", "after", "rel_change_%")
 

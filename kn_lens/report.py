@@ -77,7 +77,8 @@ def _run_files(run: Path) -> tuple[list[dict], pd.DataFrame, list[dict]]:
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         if isinstance(err, SweepError):
             raise
-        raise SweepError(f"{run / 'records.jsonl'} holds records of another schema: {err}") from None
+        why = f"a record lacks the key {err}" if isinstance(err, KeyError) else str(err)
+        raise SweepError(f"{run / 'records.jsonl'} holds records of another schema: {why}") from None
     known = read_known(run)
     if not all(isinstance(k, dict) and {"relation", "uuid", "known"} <= k.keys() for k in known):
         raise SweepError(f"{run / 'known.jsonl'} holds rows of another schema (each needs relation, uuid, known)")

@@ -361,10 +361,10 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
                          "another --out folder") from None  # fmt: skip
     if not isinstance(manifest, dict):
         raise SweepError(f"{path} holds a JSON {type(manifest).__name__}, not a kn_lens run manifest (an object)")
-    if manifest.get("kind") != KIND:
+    if "kind" in manifest and manifest["kind"] != KIND:
         raise SweepError(f"{path} is another tool's manifest (kind {manifest.get('kind')!r}), not the manifest of a "
                          f"kn_lens PARAREL run ({KIND!r}): use another folder")  # fmt: skip
-    if manifest.get("schema") != SCHEMA:
+    if "kind" in manifest and manifest.get("schema") != SCHEMA:
         raise SweepError(f"{path} was written by an older kn_lens (run layout {manifest.get('schema', 1)}, this "
                          f"one reads {SCHEMA}); re-run it into a new folder")  # fmt: skip
     missing = [k for k in MANIFEST_KEYS if k not in manifest]

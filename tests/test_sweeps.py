@@ -710,7 +710,7 @@ def test_bad_run_folders_and_files_are_one_line_errors(data, reference, tmp_path
     for name, text, message in (
         ("damaged", "{not json", "manifest.json is damaged"),
         ("a-list", "[1, 2]", "holds a JSON list"),
-        ("no-keys", json.dumps({"model": "x"}), "lacks ['relations', 'data_path']"),
+        ("no-keys", json.dumps({"model": "x"}), "lacks ['kind', 'schema', 'relations', 'data_path', 'rules']"),
         ("foreign", json.dumps({"kind": "other.tool", "model": "x"}), "another tool's manifest"),
     ):
         run = tmp_path / name
@@ -725,7 +725,7 @@ def test_bad_run_folders_and_files_are_one_line_errors(data, reference, tmp_path
     (run / "records.jsonl").write_text(json.dumps({"uuid": "x", "score": 1}) + "\n")
     _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema", "lacks")
     (run / "records.jsonl").write_text(json.dumps(["not", "a", "record"]) + "\n")
-    _one_line(capsys, ["report", str(run)], "records.jsonl holds records of another schema")
+    _one_line(capsys, ["report", str(run)], "records.jsonl, line 1: a record must be a JSON object")
     assert not (run / "report.html").exists()
 
 
