@@ -2,7 +2,7 @@
 
 On the embedded SmolLM2-135M: the first ``--facts`` PARAREL capital facts (P36) the model knows, ``--prompts``
 paraphrases each, all 30 layers. Every rule of ``kn_lens.convergence.SETTINGS`` re-selects each fact's knowledge
-neurons (Dai et al.'s rule: coarse > 0.2 x max, refined by share) and is compared with the 128-point midpoint
+neurons (kn_lens's per-fact rule: coarse > 0.2 x max, refined by share) and is compared with the 128-point midpoint
 reference (``PRESETS["converged"]``): Jaccard of the neuron sets, largest score error, completeness error.
 
 Then the price: CPU seconds per prompt of kn_lens' fast path at 20 steps (Dai) and at the converged preset,
@@ -76,7 +76,8 @@ def main() -> None:
         "## Convergence of integrated gradients: which rule selects the converged neurons "
         "(`benchmarks/bench_convergence.py`)\n",
         f"SmolLM2-135M (embedded), the first {len(facts)} PARAREL P36 facts it knows, {args.prompts} paraphrases "
-        f"each, all 30 layers, target probability, zero baseline, Dai et al.'s selection (coarse > 0.2 x max, "
+        f"each, all 30 layers, target probability, zero baseline, kn_lens's per-fact rule `adaptive` "
+        f"(coarse > 0.2 x max, "
         f"refined by share). Reference: {PRESETS['converged']['n_steps']}-point {PRESETS['converged']['method']} "
         f"rule (`PRESETS['converged']`). {machine()}; {threads} thread; whole comparison {cpu_all / 60:.1f} CPU "
         "min. Completeness error: sum |delta| / sum |F(clean) - F(baseline)| over layers, per prompt.\n",
@@ -88,7 +89,12 @@ def main() -> None:
             ["", "rule", "CPU s / prompt", "vs plain 20-step loop"],
             [
                 ["plain loop (the research code's)", "riemann_left 20", f"{plain_dai:.1f}", "1.00x"],
-                ["kn_lens fast path, Dai's rule", "riemann_left 20", f"{ours_dai:.1f}", f"{ours_dai / plain_dai:.2f}x"],
+                [
+                    "kn_lens fast path, Dai's quadrature",
+                    "riemann_left 20",
+                    f"{ours_dai:.1f}",
+                    f"{ours_dai / plain_dai:.2f}x",
+                ],
                 [
                     "kn_lens fast path, converged preset",
                     f"{PRESETS['converged']['method']} {PRESETS['converged']['n_steps']}",
@@ -97,7 +103,7 @@ def main() -> None:
                 ],
             ],
         ),
-        f"\nDai's rule (riemann_left 20) against the reference: mean Jaccard {dai['jaccard'].mean():.2f} (min "
+        f"\nDai's quadrature (riemann_left 20) against the reference: mean Jaccard {dai['jaccard'].mean():.2f} (min "
         f"{dai['jaccard'].min():.2f}), score error up to {100 * dai['score_error'].max():.0f}% of the largest "
         f"score, completeness error {100 * dai['completeness'].mean():.1f}% on average. The converged preset costs "
         f"{ours_conv / plain_dai:.2f}x the plain 20-step loop per prompt "

@@ -194,9 +194,9 @@ def main() -> None:
             "pass (a few layers, few steps, small models) passes are overhead-bound and packing pays (the layer-"
             "subset rows).",
             "- On a GPU (not measured here: no GPU lent) the same holds at the same budget: passes are bounded by "
-            "`_ig_fast.MEMORY_BUDGET`, not by the prompt count, so a full-size prompt fills its passes alone. The "
-            "lever there is a larger budget (fewer, fuller passes), which packing then lets short prompts and layer "
-            "subsets fill.",
+            "the memory budget (`memory_budget=`, by default half of the GPU's free memory), not by the prompt "
+            "count, so a full-size prompt fills its passes alone. The lever there is the larger budget (fewer, "
+            "fuller passes), which packing then lets short prompts and layer subsets fill.",
             "- Causal prompts of different lengths pack together (shorter prefixes left-padded and masked out of "
             "attention, exact); encoder prompts pack only with prompts of the same length and mask position (padding "
             "an encoder prompt would recompute every padded position), so a fact's paraphrases pack less there.",

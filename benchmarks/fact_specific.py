@@ -1,4 +1,4 @@
-"""Fact-specific selection vs Dai et al.'s rule: how much of the own effect it keeps, how much of the
+"""Fact-specific selection vs kn_lens's per-fact rule: how much of the own effect it keeps, how much of the
 same-relation effect it removes (suppress x0), on the trained tiny BERT (all 48 facts) by default.
 
 ``selection="fact-specific"`` drops the neurons that are also coarse on more than a quarter of 4 prompts of other

@@ -2,7 +2,7 @@
 
 For each fact (capital cities and languages of countries, 4 paraphrases used for attribution and 4 held out),
 this script finds the knowledge neurons with ``kn_lens.find_knowledge_neurons_many`` (integrated gradients,
-Dai et al.'s selection), then scales them at the last prompt position with
+kn_lens's per-fact rule `adaptive`), then scales them at the last prompt position with
 ``kn_lens.evaluate.intervention_effects``: x0 (suppress) and x2 (enhance), beside the same number of random
 neurons in the same layers and the facts of the other relation. Two selections are reported: per fact as in
 Dai et al.'s section 3, and with the relation filter (neurons selected for > 10% of a relation's facts
@@ -203,14 +203,14 @@ def main() -> None:
 
 {len(facts)} facts ({n_capital} capital cities, {len(facts) - n_capital} languages), each with 4 paraphrases for
 attribution and 4 held-out paraphrases. Knowledge neurons: integrated gradients of the answer's probability
-({args.steps} steps, all 30 layers, `mlp_post` at the last prompt position), Dai et al.'s selection (coarse
+({args.steps} steps, all 30 layers, `mlp_post` at the last prompt position), kn_lens's per-fact rule `adaptive` (coarse
 0.2 x max, refined > 0.7 of the prompts, adaptive 2-5). Interventions scale the neurons at the last prompt
 position; "random neurons" are the same number of neurons in the same layers (3 seeds); "other facts" are the
 facts of the other relation (their attribution prompts) under the same intervention. Relative change = mean
 over prompts of (after - before) / before (Dai et al.'s measure); Δ log-odds does not saturate. Measured on
 {machine()}; attribution {found_s:.0f} s, everything {total_s:.0f} s.
 
-### Per fact (Dai et al.'s selection, no relation filter): {sum(n_kn) / len(n_kn):.1f} neurons per fact
+### Per fact (kn_lens's per-fact rule `adaptive`, no relation filter): {sum(n_kn) / len(n_kn):.1f} neurons per fact
 
 {per_fact_markdown(effects)}
 

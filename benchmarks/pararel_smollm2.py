@@ -1,25 +1,31 @@
-"""PARAREL on the embedded SmolLM2-135M: Dai et al.'s tables with every control, through the resumable sweep.
+"""PARAREL on the embedded SmolLM2-135M under several selection rules: Dai et al.'s tables with every control.
 
-Runs ``kn_lens.sweeps.run_pararel`` (the same runner as ``kn-lens evaluate pararel``) on the facts SmolLM2
-knows, then writes its section of ``benchmarks/RESULTS.md``: coverage, suppress / enhance per relation beside
-the same-relation, other-relation, random-neuron and held-out controls (both metric definitions, accuracy,
-specificity), relation erasure and fact edits with their controls, and measured throughput (attributed prompts
-per second, with an estimate for the whole causal-cut PARAREL on this machine).
+Runs ``kn_lens.sweeps.run_pararel`` (the same runner as ``kn-lens evaluate pararel``) on facts SmolLM2 knows
+(each relation's facts shuffled by the seed, scanned until enough known ones), attributes every fact once (and once
+more with the contrastive objective when that rule is asked for), selects with every rule from the stored
+attributions, and writes its section of ``benchmarks/RESULTS.md``: per rule the own / held-out / same-relation /
+other-relation / random-neuron effects of suppress (x0) and enhance (x2), specificity, the own / same-relation
+ratio, neurons per fact and facts without neurons; coverage (scanned / known); per relation; erasing each
+relation's most frequent neurons and editing facts, beside their controls; and the time and prompts/s of every
+phase. It answers: is there a rule whose neurons move their own fact at least 3x more than the same relation's
+other facts, at an own effect of -30% or stronger?
 
-The run folder survives interruption: re-running the same command resumes it (``nohup ... &`` is the intended
-way to run the full size, about an hour of attribution on 2 CPU cores).
+The run folder survives interruption: re-running the same command resumes it (``nohup ... &`` is the intended way
+to run the full size); running it again with more ``--rules`` adds them from the stored attributions.
 
 Run::
 
-    python benchmarks/pararel_smollm2.py --relations P36,P37 --facts-per-relation 5          # smoke size
-    python benchmarks/pararel_smollm2.py --relations P36,P37,P103,P1412,P364 --facts-per-relation 50
-    torchrun --standalone --nproc_per_node 2 benchmarks/pararel_smollm2.py ...                 # 2 processes
+    python benchmarks/pararel_smollm2.py --relations P36 --facts-per-relation 2 --steps 2 --no-write   # smoke
+    torchrun --standalone --nproc_per_node 2 benchmarks/pararel_smollm2.py \\
+        --relations P30,P36,P176,P178,P279 --facts-per-relation 50 --steps 20 \\
+        --rules dai,adaptive,fact-specific,contrastive
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -29,9 +35,10 @@ from _common import machine, markdown_table, set_threads, write_section
 import kn_lens
 from kn_lens import sweeps
 from kn_lens.datasets import pararel
-from kn_lens.evaluate import records_frame, relation_table
+from kn_lens.evaluate import SELECTIONS, records_frame, relation_table, rule_summary
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "pararel"
+MODEL = "SmolLM2-135M-Instruct (embedded GGUF Q4_1)"
 
 
 def _fmt(x: object) -> str:
@@ -41,101 +48,189 @@ def _fmt(x: object) -> str:
 
 
 def _frame_md(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(none)"
     return markdown_table(list(frame.columns), [[_fmt(v) for v in row] for row in frame.itertuples(index=False)])
+
+
+def rules_table(records: list[dict], table: pd.DataFrame, rules: list[str]) -> pd.DataFrame:
+    """One row per rule: facts, neurons per fact, facts without neurons, then suppress and enhance side by side."""
+    summary = rule_summary(table)
+    rows = []
+    for rule in rules:
+        mine = [r for r in records if r["rule"] == rule]
+        row: dict[str, object] = {"rule": rule, "facts": len(mine),
+                                  "neurons/fact": sum(len(r["neurons"]) for r in mine) / max(len(mine), 1),
+                                  "no neurons": sum(not r["neurons"] for r in mine)}  # fmt: skip
+        for intervention, short in (("suppress", "x0"), ("enhance", "x2")):
+            part = summary[(summary["rule"] == rule) & (summary["intervention"] == intervention)]
+            for column in ("own", "held-out", "same relation", "other relations", "random", "specificity",
+                           "own/same"):  # fmt: skip
+                row[f"{short} {column}"] = float(part[column].iloc[0]) if len(part) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_relation(table: pd.DataFrame, intervention: str = "suppress") -> pd.DataFrame:
+    """Per relation and rule: own, same-relation and random change (%), specificity."""
+    part = table[(table["intervention"] == intervention) & (table["relation"] != "all")]
+    rows = []
+    for (rule, relation), group in part.groupby(["rule", "relation"], sort=False):
+        values = group.set_index("condition")
+        row = dict(rule=rule, relation=relation, facts=int(values["facts"].get("knowledge neurons", 0)))
+        for condition, label in (("knowledge neurons", "own"), ("same relation", "same relation"),
+                                 ("other facts", "other relations"), ("random neurons", "random")):  # fmt: skip
+            row[label] = float(values["rel_change_%"].get(condition, float("nan")))
+        row["specificity"] = float(values["specificity"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def erase_summary(relations: list[dict]) -> pd.DataFrame:
+    rows = [dict(rule=r["rule"], **row) for r in relations if r["kind"] == "erase" for row in r["rows"]]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    keys = ["rule", "mode", "neurons", "condition"]
+    out = frame.groupby(keys, sort=False)[["acc_before", "acc_after", "ppl_change_%"]].mean().reset_index()
+    out.insert(len(keys), "relations", frame.groupby(keys, sort=False).size().to_numpy())
+    return out
+
+
+def edit_summary(relations: list[dict]) -> pd.DataFrame:
+    rows = [dict(rule=r["rule"], **row) for r in relations if r["kind"] == "edit" for row in r["rows"]]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    cols = [c for c in ("success", "paraphrase_success", "neighbourhood_before", "neighbourhood_after", "ppl_after")
+            if c in frame]  # fmt: skip
+    out = frame.groupby(["rule", "neurons"], sort=False)[cols].mean().reset_index()
+    out.insert(2, "edits", frame.groupby(["rule", "neurons"], sort=False).size().to_numpy())
+    return out
+
+
+def answer(summary: pd.DataFrame) -> str:
+    """The issue's question, answered from the table."""
+    hits = summary[(summary["x0 own/same"] >= 3) & (summary["x0 own"] <= -30)]
+    best = summary.loc[summary["x0 own/same"].idxmax()] if summary["x0 own/same"].notna().any() else None
+    if len(hits):
+        return ("**Yes**: " + ", ".join(f"{r['rule']} (own {r['x0 own']:.0f}%, own/same {r['x0 own/same']:.1f})"
+                                         for _, r in hits.iterrows()) + " move their own fact at least 3x more than "
+                "the same relation's other facts, at an own effect of -30% or stronger.")  # fmt: skip
+    if best is None:
+        return "No rule has both an own and a same-relation effect to compare."
+    return (f"**No** rule moves its own fact at least 3x more than the same relation's other facts at an own effect "
+            f"of -30% or stronger; the largest own/same ratio is {best['rule']}'s ({best['x0 own/same']:.2f}, own "
+            f"{best['x0 own']:.0f}%, same relation {best['x0 same relation']:.0f}%).")  # fmt: skip
+
+
+def completeness(out: Path) -> pd.DataFrame:
+    rows = []
+    for name, contrastive in (("attribution", False), ("contrastive", True)):
+        errors = [sum(r["completeness"]) / len(r["completeness"]) for r in sweeps.read_attributions(out,
+                  contrastive=contrastive) if r.get("completeness")]  # fmt: skip
+        if errors:
+            s = pd.Series(errors) * 100
+            rows.append({"attribution": name, "facts": len(s), "median %": s.median(), "p90 %": s.quantile(0.9),
+                         "max %": s.max()})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED), help="PARAREL folder")
-    parser.add_argument("--relations", default="P36,P37")
-    parser.add_argument("--facts-per-relation", type=int, default=5)
+    parser.add_argument("--relations", default="P30,P36,P176,P178,P279")
+    parser.add_argument("--facts-per-relation", type=int, default=50)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--selection", default="dai", choices=("dai", "fact-specific"))
+    parser.add_argument("--rules", default="dai,adaptive,fact-specific,contrastive")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="run folder (default benchmarks/runs/pararel_smollm2-...)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args()
     threads = set_threads(args.threads)
-    rank, world = sweeps.distributed()
+    rules = sweeps.check_rules(args.rules)
+    rank, _ = sweeps.distributed()
     relations = [r.strip() for r in args.relations.split(",") if r.strip()]
     out = Path(args.out or Path(__file__).with_name("runs") / (
-        f"pararel_smollm2-{'_'.join(relations)}-{args.facts_per_relation}-{args.selection}"))  # fmt: skip
+        f"pararel_smollm2-{'_'.join(relations)}-{args.facts_per_relation}-{args.steps}steps"))  # fmt: skip
 
     model = kn_lens.load_model()
     data = pararel.load(args.data, relations=relations)
     start = time.perf_counter()
-    sweeps.run_pararel(model, data, out, model_name="SmolLM2-135M-Instruct (embedded GGUF Q4_1)",
-                       relations=relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
-                       n_steps=args.steps, selection=args.selection)  # fmt: skip
+    sweeps.run_pararel(model, data, out, model_name=MODEL, relations=relations,
+                       facts_per_relation=args.facts_per_relation, seed=args.seed, n_steps=args.steps,
+                       rules=rules)  # fmt: skip
     wall = time.perf_counter() - start
     if rank != 0:
         return
+    manifest = sweeps.read_manifest(out)
+    run_world = manifest["world_size"]
+    all_rules = list(manifest["rules"])
     records = sweeps.read_records(out)
-    known = pd.DataFrame(sweeps.read_known(out))
-    span = (out / sweeps.RECORDS).stat().st_mtime - (out / sweeps.MANIFEST).stat().st_mtime
-    run_world = json.loads((out / sweeps.MANIFEST).read_text())["world_size"]
-    prompts = sum(r["n_prompts"] for r in records)
-    attribution_s = sum(r["seconds_attribution"] for r in records)
-    fact_s = sum(r["seconds"] for r in records)
-    rate = prompts / attribution_s if attribution_s else float("nan")  # one process
-    machine_rate = rate * run_world  # the run's processes attributed side by side
+    table = relation_table(records_frame(records))
+    summary = rules_table(records, table, all_rules)
+    coverage = sweeps.coverage(out)
+    coverage.insert(3, "coverage %", 100 * coverage["known"] / coverage["scanned"].where(coverage["scanned"] > 0))
+    times = sweeps.phase_times(out)
+    times["wall_s (est.)"] = times["seconds"] / run_world
+    relation_rows = sweeps.read_relations(out)
     full = pararel.load(args.data).bags(model)
     full_prompts = sum(len(b.prompts) - 1 for b in full)  # one held out per fact
-    errors = [sum(r["completeness"]) / len(r["completeness"]) for r in records if r.get("completeness")]
-    coverage = known.groupby("relation", sort=False)["known"].agg(["size", "sum"]).reset_index()
-    coverage.columns = ["relation", "scanned", "known"]
-    coverage["coverage %"] = 100 * coverage["known"] / coverage["scanned"]
-    evaluated = pd.Series([r["relation"] for r in records]).value_counts()
-    empty = pd.Series([r["relation"] for r in records if not r["neurons"]], dtype=object).value_counts()
-    coverage["evaluated"] = [int(evaluated.get(r, 0)) for r in coverage["relation"]]
-    coverage["no neurons"] = [int(empty.get(r, 0)) for r in coverage["relation"]]
-
-    table = relation_table(records_frame(records))
-    keep = ["relation", "intervention", "condition", "facts", "before", "after", "rel_change_%", "rel_of_means_%",
-            "acc_before", "acc_after", "ppl_before", "ppl_after", "specificity"]  # fmt: skip
-    keep = [c for c in keep if c in table]
-    erase_rows = pd.DataFrame([row for r in sweeps.read_relations(out) if r["kind"] == "erase" for row in r["rows"]])
-    edits = pd.DataFrame([row for r in sweeps.read_relations(out) if r["kind"] == "edit" for row in r["rows"]])
+    attribution = times[times["phase"] == "attribution"]
+    rate = float(attribution["prompts_per_s"].iloc[0]) if len(attribution) else math.nan
+    span = (out / sweeps.RECORDS).stat().st_mtime - (out / sweeps.MANIFEST).stat().st_mtime
     parts = [
-        f"## PARAREL on SmolLM2-135M (`benchmarks/pararel_smollm2.py`, {args.selection} selection)\n",
-        f"{machine()}; {threads} torch thread(s), {world} process(es); relations {', '.join(relations)}, up to "
-        f"{args.facts_per_relation} known facts each, IG {args.steps} steps, seed {args.seed}. Run folder "
-        f"`{out.name}` (resumable); {span / 60:.0f} min from its manifest to its merged records (this invocation "
-        f"{wall:.0f} s).\n",
-        "### Coverage (facts scanned in file order until enough known ones; known = answer top-1 on >= half of "
-        "the prompts; no neurons = evaluated facts for which Dai et al.'s selection found no neuron, left out of "
-        "the effect tables)\n",
+        f"## PARAREL on SmolLM2-135M under {len(all_rules)} selection rules (`benchmarks/pararel_smollm2.py`)\n",
+        f"{machine()}; {threads} torch thread(s) per process, {run_world} process(es) (torchrun); relations "
+        f"{', '.join(relations)}, {args.facts_per_relation} known facts each (each relation's facts shuffled by seed "
+        f"{args.seed}, scanned until {args.facts_per_relation} known), integrated gradients {args.steps} steps "
+        f"(left Riemann, Dai et al.'s), one prompt per fact held out. Run folder `{out.name}` (resumable; "
+        f"{span / 3600:.1f} h from its manifest to its last merged records; this invocation {wall:.0f} s). The "
+        "machine was shared with other work during the run, so times are upper bounds. No relation filter: neurons "
+        "shared by a relation stay, and the same-relation control shows them.\n",
+        "### Rules\n",
+        _frame_md(pd.DataFrame([{"rule": k, "what it selects": SELECTIONS[k]} for k in all_rules])),
+        "\n### Per rule: suppress (x0) and enhance (x2), % change of the answer's probability (mean over facts "
+        "with neurons), beside the controls\n",
+        "own = the fact's attribution prompts; held-out = its held-out paraphrase; same relation / other relations "
+        "= 4 other known facts of the same / other relations, with this fact's neurons; random = as many random "
+        "neurons in the same layers. specificity = 1 - same / own; own/same = own / same (3 = the neurons move "
+        "their own fact 3x more than the relation's other facts). Facts without neurons are counted (no neurons) and "
+        "left out of the means, which rest on facts - no neurons.\n",
+        _frame_md(summary),
+        "\n" + answer(summary) + "\n",
+        "### Coverage (scanned = facts measured for knowledge; known = answer top-1 on >= half of the prompts; "
+        "evaluated = the first known facts in the seed's order; no neurons per rule)\n",
         _frame_md(coverage),
-        "\n### Suppress (x0) / enhance (x2) with controls (means over facts)\n",
-        _frame_md(table[keep]),
-        "\n### Erasing each relation's most frequent neurons (beside as many random neurons)\n",
-        _frame_md(erase_rows) if not erase_rows.empty else "(none)",
-        "\n### Editing facts (Dai et al.'s update, beside the same update on random active neurons)\n",
-        _frame_md(edits.drop(columns=["relation"])) if not edits.empty else "(none)",
-        "\n### Completeness of the 20-step integral, per fact\n",
+        "\n### Suppress (x0) per relation and rule\n",
+        _frame_md(per_relation(table)),
+        "\n### Erasing each relation's most frequent neurons (per rule, beside as many random neurons; mean over "
+        "relations)\n",
+        _frame_md(erase_summary(relation_rows)),
+        "\n### Editing facts (Dai et al.'s update on 2 facts per relation, beside the same update on random active "
+        "neurons; mean over edits)\n",
+        _frame_md(edit_summary(relation_rows)),
+        "\n### Completeness of the integral, per fact (mean over its prompts of sum |delta| / sum |F(clean) - "
+        "F(baseline)|; 0 = exact)\n",
+        _frame_md(completeness(out)),
+        "\n### Time per phase\n",
+        "seconds = summed over the processes (wall about seconds / processes); prompts/s = attributed prompts per "
+        "second of one process.\n",
+        _frame_md(times),
         (
-            f"Mean over a fact's prompts of sum |delta| / sum |F(clean) - F(baseline)| (0 = exact): median "
-            f"{100 * pd.Series(errors).median():.1f}%, mean {100 * pd.Series(errors).mean():.1f}%, max "
-            f"{100 * max(errors):.1f}% over {len(errors)} facts (see the convergence section for what it does to the "
-            "selected neurons)."
-            if errors
-            else "(not recorded)"
+            f"\nAt {rate:.2f} prompts/s per process, the whole causal-cut PARAREL for this tokenizer ({len(full)} "
+            f"single-token facts, {full_prompts} attribution prompts) would take about "
+            f"{full_prompts / rate / run_world / 3600:.0f} h of attribution with {run_world} process(es) here."
+            if rate == rate and rate > 0
+            else ""
         ),
-        "\n### Throughput\n",
-        f"{len(records)} facts, {prompts} attributed prompts, {attribution_s:.0f} s of attribution summed over "
-        f"{run_world} process(es) of 1 thread: {rate:.2f} prompts/s per process, {machine_rate:.2f} prompts/s for "
-        f"the machine ({fact_s / max(len(records), 1):.1f} s per fact with all controls, per process). The machine "
-        "was shared with other work during the run (tests and the convergence benchmark), so these are lower "
-        f"bounds. The whole causal-cut PARAREL for this tokenizer ({len(full)} single-token facts, {full_prompts} "
-        f"attribution prompts) would take about {full_prompts / machine_rate / 3600:.0f} h of attribution at this "
-        "rate on this 2-core machine (before the known-fact filter, which removes most of it for a model this "
-        "small).",
     ]
     text = "\n".join(parts)
     print(text)
+    print(json.dumps({"out": str(out), "facts": len(sweeps.read_attributions(out)), "records": len(records)}))
     if not args.no_write:
-        write_section(f"pararel_smollm2_{args.selection}", text)
+        write_section("pararel_smollm2_rules", text)
 
 
 if __name__ == "__main__":

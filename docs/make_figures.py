@@ -111,7 +111,7 @@ def main() -> None:
 
     model = kn_lens.load_model()
 
-    # 1-2. Integrated gradients for one fact over paraphrases; knowledge neurons by Dai et al.'s rule.
+    # 1-2. Integrated gradients for one fact over paraphrases; knowledge neurons by kn_lens's per-fact rule.
     cached = HTML / "ig_scores.pt"
     if cached.exists() and not args.recompute:
         scores = torch.load(cached)
@@ -119,7 +119,7 @@ def main() -> None:
         scores = integrated_gradients_many(model, PARAPHRASES, " Paris", progress=True)  # [prompt, layer, d_mlp]
         torch.save(scores, cached)
     mean = scores.mean(0)
-    kns = find_knowledge_neurons(model, PARAPHRASES, " Paris", scores=scores)  # Dai et al.'s rule on these scores
+    kns = find_knowledge_neurons(model, PARAPHRASES, " Paris", scores=scores)  # kn_lens's per-fact rule on these scores
     selected = list(kns.neurons)
     print("knowledge neurons:", selected)
     emit(

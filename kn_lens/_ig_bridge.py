@@ -222,7 +222,6 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     )
     if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
         clean.prefix_logits = logits[0, :start].clone()
-    clean.logit_positions = length - start if callable(objective) else len(prompt.positions)
     clean.f_clean = _ig_fast._objective(model, final[0][None], [clean], None, objective, _unembed)[0]
     return clean
 

@@ -4,7 +4,8 @@ What the plain reference recomputes and this module does not:
 
 * **Layers below L.** Changing a neuron of layer ``L`` at the site leaves every layer ``< L`` as it was, so one
   clean pass gives each group of rows its starting point: the residual stream after block ``L``, in which only the
-  site differs, by ``(f(x) - post) @ W_out`` (``f`` maps the hooked activation to ``mlp_post``).
+  site differs: there it is the clean ``resid_mid`` plus the MLP's output projection of ``f(x)`` (``f`` maps the
+  hooked activation to ``mlp_post``), computed as the block computes it.
 * **Earlier positions (causal models).** Positions before the site cannot see it: their keys and values are
   taken from the clean pass (a frozen TransformerLens key/value cache), and only the positions from the site on
   are recomputed. For a single-token target that is one position per row.
@@ -24,6 +25,11 @@ What the plain reference recomputes and this module does not:
   prompts; it does not reduce the arithmetic, so on a CPU (where one prompt's rows already keep the cores busy)
   it gains little, more where a pass is cheap relative to its overhead (accelerators, short prompts).
 
+Every dtype: the blocks run in the model's dtype with TransformerLens' own arithmetic (``F.linear`` on contiguous
+transposed weights in half precision, as its ``GatedMLP`` and ``Unembed`` do), the path's points are interpolated
+in float32, the objective is computed in float32 and the steps are summed in the device's accumulator dtype
+(:func:`kn_lens._device.accumulator_dtype`). How many rows share a pass: :mod:`kn_lens._memory`.
+
 Encoders (``HookedEncoder``) get the first, third and fourth (and packing, of prompts of equal length: padding an
 encoder prompt would cost a full recomputation of every padded position); bidirectional attention lets every
 position see the site, so all positions are recomputed from block ``L + 1`` on.
@@ -41,10 +47,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from kn_lens import _memory
+from kn_lens._device import accumulator_dtype, is_half
 from kn_lens._typing import Model, is_encoder
 from kn_lens.backends import is_bridge, is_hooked
 from kn_lens.prompts import Prompt
@@ -55,10 +64,6 @@ try:  # architectures whose norms sit after the sublayers (OLMo 2); the fast pat
 except ImportError:  # pragma: no cover - older TransformerLens
     POST_NORM_ARCHITECTURES = ()
 
-MEMORY_BUDGET = 400 * 2**20
-"""Bytes of activations one fast pass may keep for its backward pass (sets the automatic batch size)."""
-NO_BACKWARD_FACTOR = 4
-"""Ablation passes run without autograd, so about this many times more rows fit in the same budget."""
 PACK_SIZE = 16
 """At most this many prompts share one pack of passes (their clean state is held while the pack runs)."""
 
@@ -109,13 +114,12 @@ class _Clean:
     site: int  # the site, relative to ``start``
     out_prompt: Prompt  # the prompt with target positions relative to ``start`` (for objective_from_logits)
     resid: dict[int, Tensor]  # layer -> residual after block L (encoders: before its final LayerNorm) [Q, d_model]
-    acts: dict[str, Tensor]  # "pre" / "pre_linear" / "post" -> [n_layers, d_mlp] at the site
+    acts: dict[str, Tensor]  # "pre" / "pre_linear" / "post" -> [n_layers, d_mlp], "mid" -> [n_layers, d_model]
     keys: list[Tensor]  # per block: clean keys of positions < start [start, n_kv_heads, d_head] (causal)
     values: list[Tensor]
     f_clean: Tensor  # objective of the clean run (scalar)
     prompt: Prompt  # the prompt as given (a callable metric reads it)
     prefix_logits: Tensor | None = None  # clean logits of positions < start [start, d_vocab] (callable metrics)
-    logit_positions: int = 1  # positions whose logits each row computes (a callable metric reads them all)
 
 
 @torch.no_grad()
@@ -128,7 +132,7 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     tokens = prompt.tokens.to(model.cfg.device)[None]
     # the embedding, whatever its kind (HookedTransformer: stop before block 0)
     resid = model.embed(tokens) if encoder else model(tokens, stop_at_layer=0)
-    acts: dict[str, list[Tensor]] = {"pre": [], "post": [], "pre_linear": []}
+    acts: dict[str, list[Tensor]] = {"pre": [], "post": [], "pre_linear": [], "mid": []}
     kept: dict[int, Tensor] = {}
     keys: list[Tensor] = []
     values: list[Tensor] = []
@@ -160,7 +164,6 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     )
     if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
         clean.prefix_logits = _unembed(model, resid[0, :start])
-    clean.logit_positions = len(prompt) - start if callable(objective) else len(prompt.positions)
     clean.f_clean = _objective(model, resid[:, start:], [clean], None, objective)[0]
     return clean
 
@@ -181,16 +184,19 @@ def _post_of(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> T
 
 
 def _enter(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Tensor:
-    """Rows of group ``layer`` as they leave block ``layer``: clean residual, site shifted by the new MLP output."""
+    """Rows of group ``layer`` as they leave block ``layer``: the clean residual, except at the site, where the
+    block's output is recomputed from the new activation as the block computes it (clean ``resid_mid`` plus the
+    MLP's output projection of the new ``mlp_post``), so the rows carry the same rounding as the plain path."""
     rows = x.shape[0]
     post = _post_of(model, clean, layer, hook, x)
-    delta = (post - clean.acts["post"][layer]) @ model.blocks[layer].mlp.W_out  # [rows, d_model]
+    gated = bool(getattr(model.cfg, "gated_mlp", False))
+    out = _mlp_out(model.blocks[layer].mlp, post, gated)  # [rows, d_model]
     base = clean.resid[layer]
     site = clean.site
     resid = torch.cat(
         [
             base[:site].expand(rows, -1, -1),
-            (base[site] + delta)[:, None],
+            (clean.acts["mid"][layer] + out)[:, None],
             base[site + 1 :].expand(rows, -1, -1),
         ],
         dim=1,
@@ -334,8 +340,7 @@ def _unembed(model: Model, resid: Tensor) -> Tensor:
     elif model.cfg.normalization_type is not None:
         resid = model.ln_final(resid)
     unembed = model.unembed
-    logits = torch.addmm(unembed.b_U, resid.reshape(-1, resid.shape[-1]), unembed.W_U)
-    return logits.view(*resid.shape[:-1], -1)
+    return _nn_linear(resid, unembed.W_U, unembed.b_U)
 
 
 def _objective(
@@ -370,18 +375,39 @@ def _objective(
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x @ weight + bias`` for ``weight`` [d_in, d_out], without copying the weight."""
+    """``x @ weight + bias`` for ``weight`` [d_in, d_out], without copying the weight (TransformerLens' MLP computes
+    its projections this way: ``batch_addmm``)."""
     flat = x.reshape(-1, x.shape[-1])
     out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
     return out.view(*x.shape[:-1], weight.shape[-1])
 
 
+def _nn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight + bias`` as TransformerLens' gated MLP and unembedding compute it.
+
+    In half precision they call ``F.linear`` with the transposed weight made contiguous (transformers'
+    ``nn.Linear`` layout), because the matmul's accumulation order, and so its rounding, depends on the layout; the
+    fast path does the same there, to give the plain path's numbers. In float32 the layouts agree to float32
+    rounding, and :func:`_linear` spares the copy of the weight on every call.
+    """
+    if is_half(x.dtype):
+        return F.linear(x, weight.T.contiguous(), bias)
+    return _linear(x, weight, bias)
+
+
+def _mlp_out(mlp, post: Tensor, gated: bool) -> Tensor:
+    """The MLP's output projection of ``post`` (``mlp_post``), as the MLP computes it."""
+    return _nn_linear(post, mlp.W_out, mlp.b_out) if gated else _linear(post, mlp.W_out, mlp.b_out)
+
+
 def _mlp(block, x: Tensor, gated: bool, record: dict[str, Tensor] | None = None) -> Tensor:
-    """The block's MLP, computed from its weights (TransformerLens' GatedMLP copies its weights on every call)."""
+    """The block's MLP, computed from its weights with TransformerLens' arithmetic (its ``GatedMLP`` copies its
+    weights on every call; the fast path copies them only in half precision, where the layout changes the
+    rounding: see :func:`_nn_linear`)."""
     mlp = block.mlp
     if gated:
-        pre = _linear(x, mlp.W_gate, None)
-        pre_linear = _linear(x, mlp.W_in, None)
+        pre = _nn_linear(x, mlp.W_gate, None)
+        pre_linear = _nn_linear(x, mlp.W_in, None)
         post = mlp.act_fn(pre) * pre_linear + mlp.b_in
         if record is not None:
             record["pre_linear"] = pre_linear
@@ -390,7 +416,7 @@ def _mlp(block, x: Tensor, gated: bool, record: dict[str, Tensor] | None = None)
         post = mlp.act_fn(pre)
     if record is not None:
         record["pre"], record["post"] = pre, post
-    return _linear(post, mlp.W_out, mlp.b_out)
+    return _mlp_out(mlp, post, gated)
 
 
 def _block(
@@ -403,77 +429,43 @@ def _block(
     mask: Tensor | None = None,
 ) -> Tensor:
     """One transformer block without hook points; the same arithmetic as the block's forward. ``record`` (if
-    given) receives the MLP's ``pre``/``pre_linear``/``post`` and ``resid_post`` (encoders: before the final
-    LayerNorm, as at BERT's ``hook_resid_post``); ``mask`` ([rows, keys], causal) marks left padding of packed
-    prefixes."""
+    given) receives ``mid`` (what the MLP's output is added to), the MLP's ``pre``/``pre_linear``/``post`` and
+    ``resid_post`` (encoders: before the final LayerNorm, as at BERT's ``hook_resid_post``); ``mask`` ([rows, keys],
+    causal) marks left padding of packed prefixes."""
     if encoder:  # BERT: post-LayerNorm after attention and after the MLP
         mid = block.ln1(resid + block.attn(resid, resid, resid))
+        if record is not None:
+            record["mid"] = mid
         post = mid + _mlp(block, mid, gated, record)
         if record is not None:
             record["resid_post"] = post
         return block.ln2(post)
     x = block.ln1(resid)
     mid = resid + block.attn(query_input=x, key_input=x, value_input=x, past_kv_cache_entry=entry, attention_mask=mask)
+    if record is not None:
+        record["mid"] = mid
     post = mid + _mlp(block, block.ln2(mid), gated, record)
     if record is not None:
         record["resid_post"] = post
     return post
 
 
-# The memory plan's estimate of what autograd keeps per recomputed position and block, in float32 tensors of each
-# width (counted from the block's forward: MLP pre/post/gate and their saved inputs; norms, residual copies,
-# queries/keys/values and attention outputs; attention scores and probabilities per head), and how many
-# vocabulary-wide tensors the objective keeps at each position it reads (logits, log-softmax and their grads).
-BYTES_PER_FLOAT = 4
-SAVED_D_MLP_TENSORS = 10
-SAVED_D_MODEL_TENSORS = 24
-SAVED_SCORE_TENSORS_PER_HEAD = 6
-SAVED_VOCAB_TENSORS = 6
-
-
-def _bytes_per_step(model: Model, clean: _Clean, layer: int, prompt_len: int) -> float:
-    """Rough activation memory one row of group ``layer`` keeps for the backward pass (see the constants above)."""
-    return _row_bytes(model, layer, prompt_len - clean.start, prompt_len, clean.logit_positions)
-
-
-def _row_bytes(model: Model, layer: int, recomputed: int, keys: int, logit_positions: int) -> float:
-    """:func:`_bytes_per_step` from shapes: ``recomputed`` positions attend to ``keys`` positions (padding
-    included) in every block above ``layer``; the objective reads ``logit_positions`` positions."""
-    cfg = model.cfg
-    per_pos_block = BYTES_PER_FLOAT * (
-        SAVED_D_MLP_TENSORS * cfg.d_mlp
-        + SAVED_D_MODEL_TENSORS * cfg.d_model
-        + SAVED_SCORE_TENSORS_PER_HEAD * cfg.n_heads * keys
+def _row_bytes(model: Model, prompt: Prompt, layer: int, keys: int, objective: Objective) -> float:
+    """Bytes one row of group ``layer`` of ``prompt`` keeps for the backward pass (see
+    :func:`kn_lens._memory.row_bytes`): the recomputed positions attend to ``keys`` positions (padding included)
+    in every block above ``layer``; the logits are computed at the target positions (a callable metric: at every
+    recomputed position, and it reads them all, the clean prefix's in front)."""
+    start = 0 if is_encoder(model) else prompt.site
+    recomputed = len(prompt) - start
+    metric = callable(objective)
+    return _memory.row_bytes(
+        model.cfg,
+        blocks=model.cfg.n_layers - 1 - layer,
+        positions=recomputed,
+        keys=keys,
+        logit_positions=len(prompt) + recomputed if metric else len(prompt.positions),
+        objective_positions=len(prompt) if metric else len(prompt.positions),
     )
-    logits = BYTES_PER_FLOAT * SAVED_VOCAB_TENSORS * cfg.d_vocab * logit_positions
-    return per_pos_block * recomputed * (cfg.n_layers - 1 - layer) + logits
-
-
-def _plan(costs: list[float], n_steps: int, budget: float) -> list[list[tuple[int, int, int]]]:
-    """Pack ``(group, first step, end step)`` units into passes of at most ``budget`` bytes, group after group.
-
-    Whole groups (all their steps) are kept together where they fit, so early blocks still see many rows (few rows
-    per matmul make the weights' memory traffic, not arithmetic, the cost); a group is split over passes only
-    when it does not fit.
-    """
-    passes: list[list[tuple[int, int, int]]] = []
-    current: list[tuple[int, int, int]] = []
-    used = 0.0
-    for group, cost in enumerate(costs):
-        step = 0
-        while step < n_steps:
-            room = int((budget - used) // cost)
-            if room < 1 and current:
-                passes.append(current)
-                current, used = [], 0.0
-                continue
-            take = min(max(room, 1), n_steps - step)
-            current.append((group, step, step + take))
-            used += take * cost
-            step += take
-    if current:
-        passes.append(current)
-    return passes
 
 
 def _shape_key(model: Model, prompt: Prompt, objective: Objective) -> tuple | None:
@@ -510,6 +502,7 @@ def _pack_plan(
     n_steps: int,
     objective: Objective,
     internal_batch_size: int | None,
+    memory_budget: float,
 ) -> list[list[tuple[int, int, int]]]:
     """Passes of ``(unit, first step, end step)``; unit ``u`` is layer ``layers[u // n]`` of prompt ``u % n``."""
     n = len(prompts)
@@ -521,11 +514,9 @@ def _pack_plan(
         ]
     encoder = is_encoder(model)
     starts = [0 if encoder else p.site for p in prompts]
-    recomputed = len(prompts[0]) - starts[0]
-    keys = max(starts) + recomputed
-    logit_positions = len(prompts[0]) - starts[0] if callable(objective) else len(prompts[0].positions)
-    costs = [_row_bytes(model, layers[u // n], recomputed, keys, logit_positions) for u in range(units)]
-    return _plan(costs, n_steps, MEMORY_BUDGET)
+    keys = max(starts) + len(prompts[0]) - starts[0]
+    costs = [_row_bytes(model, prompts[u % n], layers[u // n], keys, objective) for u in range(units)]
+    return _memory.plan(costs, n_steps, memory_budget)
 
 
 @with_grad
@@ -541,13 +532,22 @@ def integrated_gradients(
     internal_batch_size: int | None,
     want_delta: bool,
     progress: bool,
+    *,
+    memory_budget: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Fast IG: one clean pass, then all layers' steps in shared batches (see the module docstring)."""
     out = integrated_gradients_packed(
         model, [prompt], layers, alphas, weights, baselines, objective, hook, internal_batch_size, want_delta,
-        progress=progress, pack=False,
+        progress=progress, pack=False, memory_budget=memory_budget,
     )  # fmt: skip
     return out[0]
+
+
+def _interpolate(base: Tensor, diff: Tensor, alphas: Tensor, dtype: torch.dtype) -> Tensor:
+    """Points ``base + alpha * diff`` of the path (``[steps, d]``), computed in float32 and stored in ``dtype``
+    (the model's), a leaf that requires grad."""
+    x = base.float() + alphas.float()[:, None] * diff.float()
+    return x.to(dtype).detach().requires_grad_(True)
 
 
 @with_grad
@@ -566,6 +566,7 @@ def integrated_gradients_packed(
     progress: bool = False,
     pack: bool = True,
     desc: str = "IG (fast), passes",
+    memory_budget: float | None = None,
 ) -> list[tuple[Tensor, Tensor | None]]:
     """Fast IG of several single-target prompts, the rows of several prompts sharing passes (see the module
     docstring); one ``(scores, deltas)`` per prompt, each what :func:`integrated_gradients` gives it alone (to
@@ -573,14 +574,19 @@ def integrated_gradients_packed(
 
     Prompts pack by the shape of their recomputed part (:func:`_shape_key`); a callable metric's prompts run one at
     a time (its logits span every position, and it is called with one prompt). The memory plan adds up the rows
-    of every prompt of a pack (padding included) against :data:`MEMORY_BUDGET`; ``internal_batch_size`` puts
-    that many steps of every layer of every prompt of the pack in each pass. ``pack=False``: one prompt per pack.
+    of every prompt of a pack (padding included) against ``memory_budget`` (bytes; None: the device's default,
+    :func:`kn_lens._memory.default_budget`); ``internal_batch_size`` puts that many steps of every layer of every
+    prompt of the pack in each pass. ``pack=False``: one prompt per pack. Steps are summed in the device's
+    accumulator dtype (float64, float32 on MPS); scores and deltas come back as float32 on the CPU.
     """
     prompts = list(prompts)
     engine = _engine(model)
+    device = next(model.parameters()).device
+    memory = _memory.budget(memory_budget, device)
+    acc = accumulator_dtype(device)
     packs = _packs(model, prompts, objective, pack)
     plans = [
-        _pack_plan(model, [prompts[i] for i in members], layers, len(alphas), objective, internal_batch_size)
+        _pack_plan(model, [prompts[i] for i in members], layers, len(alphas), objective, internal_batch_size, memory)
         for members in packs
     ]
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
@@ -591,21 +597,20 @@ def integrated_gradients_packed(
         stacked = engine.stack(model, cleans)
         act = torch.stack([c.acts[kind][layers] for c in cleans])  # [n, G, d]
         base = torch.zeros_like(act) if baselines is None else baselines.to(act.dtype).expand_as(act)
-        diff = act - base
+        diff = act.float() - base.float()  # the path's length, in float32 whatever the model's dtype
         n = len(members)
-        total = torch.zeros_like(act, dtype=torch.float64)
+        total = torch.zeros(act.shape, dtype=acc, device=act.device)
         f_base = torch.zeros(n, len(layers), dtype=torch.float64)
-        alphas_ = alphas.to(device=act.device)
-        weights_ = weights.to(device=act.device)
+        weights_ = weights.to(acc).to(act.device)  # float64 on the CPU first: MPS has no float64
         for units in passes:
             xs, extras, where = [], [], []
             for u, first, end in units:
                 g, i = divmod(u, n)
-                a = alphas_[first:end].to(act.dtype)
+                a = alphas[first:end].float()
                 extra = want_delta and first == 0  # one more row at alpha = 0 for F(baseline)
                 if extra:
                     a = torch.cat([a, a.new_zeros(1)])
-                xs.append((base[i, g] + a[:, None] * diff[i, g]).detach().requires_grad_(True))
+                xs.append(_interpolate(base[i, g], diff[i, g], a.to(act.device), act.dtype))
                 extras.append(extra)
                 where.append((i, layers[g]))
             f = _run(model, stacked, where, hook, xs, objective)
@@ -614,16 +619,17 @@ def integrated_gradients_packed(
             for (u, first, end), x, grad, extra in zip(units, xs, grads, extras, strict=True):
                 g, i = divmod(u, n)
                 steps = end - first
-                total[i, g] += (weights_[first:end, None] * grad[:steps].double()).sum(0)
+                total[i, g] += (weights_[first:end, None] * grad[:steps].to(acc)).sum(0)
                 if extra:
                     f_base[i, g] = float(f[offset + steps].detach())
                 offset += x.shape[0]
             bar.update()
-        scores = (diff.double() * total).float().cpu()
+        scores = (diff.to(acc) * total).float().cpu()
         for i, member in enumerate(members):
             deltas = None
             if want_delta:
-                deltas = (scores[i].double().sum(1) - (cleans[i].f_clean.double().cpu() - f_base[i])).float()
+                f_clean = float(cleans[i].f_clean)
+                deltas = (scores[i].double().sum(1) - (f_clean - f_base[i])).float()
             results[member] = (scores[i], deltas)
     bar.close()
     return results
@@ -639,17 +645,24 @@ def ablation_effects(
     hook: str,
     internal_batch_size: int | None,
     progress: bool,
+    *,
+    memory_budget: float | None = None,
 ) -> Tensor:
-    """Exact ablation of every neuron, ``chunk`` neurons of every layer per shared pass: ``F(clean) - F(ablated)``."""
+    """Exact ablation of every neuron, ``chunk`` neurons of every layer per shared pass: ``F(clean) - F(ablated)``
+    (float32, CPU); ``chunk`` from ``memory_budget`` (bytes; None: the device's default) unless
+    ``internal_batch_size`` gives it."""
     engine = _engine(model)
     clean = engine.clean_pass(model, prompt, layers, objective)
     kind = {"mlp_post": "post", "mlp_pre": "pre", "mlp_pre_linear": "pre_linear"}[hook]
     act = clean.acts[kind][layers]  # [G, d]
     d_mlp = act.shape[1]
-    per_row = sum(_bytes_per_step(model, clean, layer, len(prompt)) for layer in layers)
-    chunk = internal_batch_size or max(1, int(NO_BACKWARD_FACTOR * MEMORY_BUDGET // per_row))
+    keys = len(prompt)
+    per_row = sum(_row_bytes(model, prompt, layer, keys, objective) for layer in layers)
+    memory = _memory.budget(memory_budget, act.device) * _memory.NO_BACKWARD_FACTOR
+    chunk = internal_batch_size or _memory.rows_per_pass(per_row, memory)
     chunk = min(chunk, d_mlp)
     out = torch.zeros(len(layers), d_mlp, dtype=torch.float32)
+    f_clean = clean.f_clean.float()
     for start in tqdm(range(0, d_mlp, chunk), desc="ablations (fast)", disable=not progress, leave=False):
         idx = torch.arange(start, min(start + chunk, d_mlp), device=act.device)
         rows = torch.arange(len(idx), device=act.device)
@@ -660,5 +673,5 @@ def ablation_effects(
             xs.append(x)
         f = _run(model, engine.stack(model, [clean]), [(0, layer) for layer in layers], hook, xs, objective)
         f = f.view(len(layers), len(idx))
-        out[:, start : start + len(idx)] = (clean.f_clean - f).float().cpu()  # larger = supports the target
+        out[:, start : start + len(idx)] = (f_clean - f.float()).cpu()  # larger = supports the target
     return out

@@ -64,7 +64,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -73,9 +73,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
-from kn_lens import _ig_bridge
+from kn_lens import _ig_bridge, _memory, backends
+from kn_lens._device import accumulator_dtype, evaluating
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
-from kn_lens.inputs import check_finite, to_means, to_prompt
+from kn_lens.inputs import check_finite, split_targets, to_means, to_prompt
 from kn_lens.inputs import to_layers as check_layers
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits, with_grad
@@ -396,7 +397,7 @@ def _tokens(model: Model, prompt: Prompt, rows: int) -> Tensor:
 
 
 def _logits(model: Model, tokens: Tensor, fwd_hooks) -> Tensor:
-    return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+    return backends.run_with_hooks(model, tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
 
 
 @torch.no_grad()
@@ -424,6 +425,21 @@ def _replace_site(site: int, values: Tensor) -> Callable:
 # ------------------------------------------------------------------------------------------ integrated gradients
 
 
+def _plain_row_bytes(model: Model, prompt: Prompt, objective: Objective) -> float:
+    """What one row of the plain path keeps for its backward pass (:func:`kn_lens._memory.row_bytes`): every
+    block at every position, the logits of every position, the objective at the target positions (a callable
+    metric: at every position)."""
+    n = len(prompt)
+    return _memory.row_bytes(
+        model.cfg,
+        blocks=model.cfg.n_layers,
+        positions=n,
+        keys=n,
+        logit_positions=n,
+        objective_positions=n if callable(objective) else len(prompt.positions),
+    )
+
+
 @with_grad
 def _ig_plain(
     model: Model,
@@ -434,34 +450,41 @@ def _ig_plain(
     baselines: Tensor | None,
     objective: Objective,
     hook: str,
-    batch: int,
+    batch: int | None,
     want_delta: bool,
     progress: bool,
+    *,
+    memory_budget: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Reference IG: per layer, full sequence, one run_with_hooks forward+backward per batch of steps."""
+    """Reference IG: per layer, full sequence, one run_with_hooks forward+backward per batch of steps (``batch``
+    steps, or as many as fit ``memory_budget``: see :mod:`kn_lens._memory`)."""
     names = [hook_name(layer, hook) for layer in layers]
     clean, f_clean = _clean_site(model, prompt, names, objective)
     dtype, device = clean.dtype, clean.device
+    acc = accumulator_dtype(device)
+    if batch is None:
+        cost = _plain_row_bytes(model, prompt, objective)
+        batch = _memory.rows_per_pass(cost, _memory.budget(memory_budget, device), at_most=len(alphas))
+    weights = weights.to(acc).to(device)  # float64 on the CPU first: MPS has no float64
     scores = torch.zeros(len(layers), clean.shape[-1], dtype=torch.float32)
     deltas = torch.zeros(len(layers), dtype=torch.float32) if want_delta else None
     for i, name in enumerate(tqdm(names, desc="IG (plain), layers", disable=not progress, leave=False)):
         base = torch.zeros_like(clean[i]) if baselines is None else baselines[i]
-        diff = clean[i] - base
-        total = torch.zeros_like(clean[i], dtype=torch.float64)
+        diff = clean[i].float() - base.float()  # the path's length, in float32 whatever the model's dtype
+        total = torch.zeros(diff.shape, dtype=acc, device=device)
         for start in range(0, len(alphas), batch):
-            a = alphas[start : start + batch].to(device=device, dtype=dtype)
-            w = weights[start : start + batch].to(device=device)
-            x = (base + a[:, None] * diff).detach().requires_grad_(True)
+            a = alphas[start : start + batch].float().to(device)
+            x = (base.float() + a[:, None] * diff).to(dtype).detach().requires_grad_(True)
             logits = _logits(model, _tokens(model, prompt, len(a)), [(name, _replace_site(prompt.site, x))])
             f = objective_from_logits(logits, prompt, objective)  # type: ignore[arg-type]
             (grad,) = torch.autograd.grad(f.sum(), x)
-            total += (w[:, None] * grad.double()).sum(0)
-        scores[i] = (diff.double() * total).float().cpu()
+            total += (weights[start : start + batch, None] * grad.to(acc)).sum(0)
+        scores[i] = (diff.to(acc) * total).float().cpu()
         if deltas is not None:
             with torch.no_grad():
                 logits = _logits(model, _tokens(model, prompt, 1), [(name, _replace_site(prompt.site, base[None]))])
                 f_base = objective_from_logits(logits, prompt, objective)[0]  # type: ignore[arg-type]
-            deltas[i] = float(scores[i].double().sum() - (f_clean.double() - f_base.double()))
+            deltas[i] = float(scores[i].double().sum() - (float(f_clean) - float(f_base)))
     return scores, deltas
 
 
@@ -486,6 +509,7 @@ def _ig_setup(
     return layer_list, baselines, alphas, weights
 
 
+@evaluating
 def integrated_gradients(
     model: Model,
     prompt: str | Prompt,
@@ -501,6 +525,7 @@ def integrated_gradients(
     return_convergence_delta: bool = False,
     fast: bool = True,
     progress: bool = False,
+    memory_budget: float | None = None,
 ) -> Float[Tensor, "layer d_mlp"] | tuple[Float[Tensor, "layer d_mlp"], Float[Tensor, " layer"]]:
     """Integrated-gradients attribution of a target to every neuron of the requested layers (Dai et al. 2022).
 
@@ -521,7 +546,7 @@ def integrated_gradients(
             ``metric(logits, prompts) -> [batch]`` (see :mod:`kn_lens.scoring`, e.g. ``logit_diff``).
         hook: the MLP hook point, one of :data:`HOOKS` (``"mlp_pre"`` to match the EleutherAI package on GPT).
         internal_batch_size: steps per forward pass (plain), or steps of every layer per pass (fast; then all
-            requested layers ride in one batch). None = all steps at once (plain) / an automatic memory budget.
+            requested layers ride in one batch). None = as many as fit ``memory_budget``.
         return_convergence_delta: also return, per layer, ``sum(scores) - (F(clean) - F(baseline))``.
         fast: use the fast path (same scores to float32 rounding); False runs the plain reference.
             Architectures the fast path does not model exactly (parallel attention/MLP, post-norm blocks,
@@ -529,10 +554,15 @@ def integrated_gradients(
             one-time warning giving the reason); a model with hooks attached uses it too, with a warning (the fast
             path would bypass them). :func:`attribution_path` tells which path runs and why.
         progress: show a progress bar.
+        memory_budget: bytes one pass may keep for its backward pass; rows (steps, layers) that would not fit
+            are split over several passes, with the same scores. None = the device's default: half of a CUDA
+            device's available memory, 400 MiB on a CPU, 2 GiB on MPS (see :mod:`kn_lens._memory`).
 
     Returns:
-        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU), one row per requested layer in ascending order; with
-        ``return_convergence_delta=True`` a tuple ``(scores, delta)`` with ``delta: Float[Tensor, "layer"]``.
+        ``Float[Tensor, "layer d_mlp"]`` (float32, CPU, whatever the model's dtype and device), one row per
+        requested layer in ascending order; with ``return_convergence_delta=True`` a tuple ``(scores, delta)``
+        with ``delta: Float[Tensor, "layer"]``. The objective is computed in float32 and the steps are summed in
+        float64 (float32 on MPS); the model runs in eval mode (a model in train mode is put back afterwards).
 
     Raises:
         ValueError: a layer out of range, ``n_steps < 1``, an unknown method/objective/hook/baseline, a target
@@ -549,13 +579,15 @@ def integrated_gradients(
     layer_list, baselines, alphas, weights = _ig_setup(
         model, layers, n_steps, method, baseline, objective, hook, internal_batch_size
     )
+    _memory.check_budget(memory_budget)
     path_name, _ = _choose_path(model, hook, fast, warn=True)
     if path_name == "plain":
-        path, batch = _ig_plain, internal_batch_size or n_steps
+        path = _ig_plain
     else:  # hooked-fast or bridge-fast: _ig_fast drives both (the backend's steps come from its engine)
         from kn_lens import _ig_fast
 
-        path, batch = _ig_fast.integrated_gradients, internal_batch_size
+        path = _ig_fast.integrated_gradients
+    batch = internal_batch_size
 
     def one(part: Prompt) -> tuple[Tensor, Tensor | None]:
         return path(
@@ -570,6 +602,7 @@ def integrated_gradients(
             batch,
             return_convergence_delta,
             progress,
+            memory_budget=memory_budget,
         )
 
     scores, deltas = _mean_over_target_tokens(one, prompt, objective)
@@ -600,19 +633,11 @@ def _ready_prompts(model: Model, prompts, targets) -> list[Prompt]:
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt")
-    if (
-        targets is None
-        or isinstance(targets, str | int)
-        or (isinstance(targets, list | tuple) and all(isinstance(t, int) for t in targets))
-    ):
-        per = [targets] * len(prompts)
-    else:
-        per = list(targets)
-        if len(per) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(per)} targets")
+    per = split_targets(targets, len(prompts))
     return [_one_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
 
 
+@evaluating
 def integrated_gradients_many(
     model: Model,
     prompts: Sequence[str | Prompt] | str | Prompt,
@@ -644,10 +669,10 @@ def integrated_gradients_many(
         progress: progress bar (over passes when packing, else over prompts).
         **kwargs: any keyword of :func:`integrated_gradients` (``layers``, ``n_steps``, ``method``, ...). With
             packing, ``internal_batch_size`` is the number of steps of every layer *of every prompt packed
-            together* per pass.
+            together* per pass, and ``memory_budget`` (bytes) bounds the rows of all of them in one pass.
 
     Returns:
-        ``Float[Tensor, "prompt layer d_mlp"]`` (and ``[prompt, layer]`` deltas with
+        ``Float[Tensor, "prompt layer d_mlp"]`` (float32, CPU; and ``[prompt, layer]`` deltas with
         ``return_convergence_delta=True``).
 
     Example:
@@ -665,6 +690,7 @@ def integrated_gradients_many(
         return _many(integrated_gradients, model, prompts, targets, progress, "IG, prompts", **kwargs)
     ready = _ready_prompts(model, prompts, targets)
     objective = options["objective"]
+    _memory.check_budget(options["memory_budget"])
     layer_list, baselines, alphas, weights = _ig_setup(
         model,
         options["layers"],
@@ -686,6 +712,7 @@ def integrated_gradients_many(
     outs = _ig_fast.integrated_gradients_packed(
         model, parts, layer_list, alphas, weights, baselines, objective, options["hook"],
         options["internal_batch_size"], want_delta, progress=progress, desc="IG (packed), passes",
+        memory_budget=options["memory_budget"],
     )  # fmt: skip
     per_prompt = [_mean_of_parts([o for o, j in zip(outs, owners, strict=True) if j == i]) for i in range(len(ready))]
     scores = torch.stack([s for s, _ in per_prompt])
@@ -752,6 +779,7 @@ def _common_checks(model, prompt, target, layers, objective, hook) -> tuple[Prom
     return prompt, layer_list
 
 
+@evaluating
 def grad_x_activation(
     model: Model,
     prompt: str | Prompt,
@@ -788,46 +816,37 @@ def grad_x_activation(
 
     def one(part: Prompt) -> Tensor:
         act, grad = _site_grads(model, part, layer_list, objective, hook)
-        diff = act if baselines is None else act - baselines
-        return (diff * grad).float().cpu()
+        diff = act.float() if baselines is None else act.float() - baselines.float()
+        return (diff * grad.float()).cpu()
 
     return _mean_over_target_tokens(one, prompt, objective)
 
 
-def _ablated_values(
-    model: Model, mode: str, mean_cache: dict[int, Tensor] | Tensor | None, layers: list[int], clean: Tensor
-) -> Float[Tensor, "layer d_mlp"]:
-    if mode == "zero":
-        return torch.zeros_like(clean)
-    if mode != "mean":
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mean_cache is None:
-        raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    if not isinstance(mean_cache, Tensor):  # {layer: means}, MLPPostCache, ActivationCache: checked by to_means
-        means = to_means(mean_cache, layers, model.cfg.d_mlp, n_layers=model.cfg.n_layers)
-        full = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp)
-        for layer in layers:
-            full[layer] = means[layer]
-        mean_cache = full
-    means = _baselines(model, mean_cache, layers, model.cfg.d_mlp, clean.device)
-    assert means is not None
-    return means.to(clean.dtype)
-
-
-def _check_mode(mode: str, mean_cache: dict[int, Tensor] | Tensor | None) -> None:
+def _check_mode(
+    model: Model, mode: str, mean_cache: Any, layers: list[int], hook: str
+) -> Float[Tensor, "layer d_mlp"] | None:
+    """Check the ablation mode and read the means once, before any forward pass: None for ``mode="zero"``, else
+    one row of means per layer. ``mean_cache`` takes every form :func:`~kn_lens.inputs.to_means` reads
+    (``{layer: [d_mlp]}``, an ``MLPPostCache``, a TransformerLens ``ActivationCache`` of ``hook``, a tensor)."""
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mode == "mean" and mean_cache is None:
+    if mode == "zero":
+        return None
+    if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")
-    from kn_lens.cache import MLPPostCache
-
-    if mean_cache is not None and not isinstance(mean_cache, Tensor | dict | MLPPostCache):
-        raise TypeError(
-            "mean_cache must be {layer: Tensor[d_mlp]} (kn_lens.mean_activations) or a Tensor [n_layers, d_mlp] / "
-            f"[d_mlp], got {type(mean_cache).__name__}"
-        )
+    d_mlp = model.cfg.d_mlp
+    means = to_means(mean_cache, layers, d_mlp, n_layers=model.cfg.n_layers, hook=hook)
+    return torch.stack([means[layer] for layer in layers])
 
 
+def _ablated_values(means: Tensor | None, clean: Tensor) -> Float[Tensor, "layer d_mlp"]:
+    """The ablated value of every neuron: 0, or its mean (from :func:`_check_mode`)."""
+    if means is None:
+        return torch.zeros_like(clean)
+    return means.to(device=clean.device, dtype=clean.dtype)
+
+
+@evaluating
 def attribution_patching(
     model: Model,
     prompt: str | Prompt,
@@ -864,12 +883,12 @@ def attribution_patching(
         >>> est = attribution_patching(model, "The capital of France is", " Paris", layers=[24])
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
 
     def one(part: Prompt) -> Tensor:
         act, grad = _site_grads(model, part, layer_list, objective, hook)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, act)
-        return ((act - ablated) * grad).float().cpu()
+        ablated = _ablated_values(means, act)
+        return ((act.float() - ablated.float()) * grad.float()).cpu()
 
     return _mean_over_target_tokens(one, prompt, objective)
 
@@ -909,6 +928,7 @@ def _ablation_plain(
     return out
 
 
+@evaluating
 def ablation_effects(
     model: Model,
     prompt: str | Prompt,
@@ -922,6 +942,7 @@ def ablation_effects(
     internal_batch_size: int | None = None,
     fast: bool = True,
     progress: bool = False,
+    memory_budget: float | None = None,
 ) -> Float[Tensor, "layer d_mlp"]:
     """Exact ablation effects: ``F(clean) - F(neuron ablated at the site)`` for every neuron, in batches.
 
@@ -941,9 +962,10 @@ def ablation_effects(
             (:func:`kn_lens.cache.mean_activations`), or a tensor ``[n_layers, d_mlp]`` / ``[d_mlp]``.
         objective: "prob", "logprob" or "logit".
         hook: MLP hook point (see :data:`HOOKS`).
-        internal_batch_size: ablated neurons per forward pass (default 64 plain, automatic fast).
+        internal_batch_size: ablated neurons per forward pass (None: as many as fit ``memory_budget``).
         fast: use the fast path (same numbers to float32 rounding).
         progress: progress bar.
+        memory_budget: bytes one pass may use (None: the device's default; see :func:`integrated_gradients`).
 
     Returns:
         ``Float[Tensor, "layer d_mlp"]`` (float32, CPU); positive = ablating the neuron lowers the objective.
@@ -956,21 +978,27 @@ def ablation_effects(
         indices=tensor([1005,  276,  266]))
     """
     prompt, layer_list = _common_checks(model, prompt, target, layers, objective, hook)
-    _check_mode(mode, mean_cache)
+    means = _check_mode(model, mode, mean_cache, layer_list, hook)
     _check_batch(internal_batch_size)
+    _memory.check_budget(memory_budget)
     names = [hook_name(layer, hook) for layer in layer_list]
     use_fast = _choose_path(model, hook, fast, warn=True)[0] != "plain"
 
     def one(part: Prompt) -> Tensor:
         clean, _ = _clean_site(model, part, names, objective)
-        ablated = _ablated_values(model, mode, mean_cache, layer_list, clean)
+        ablated = _ablated_values(means, clean)
         if use_fast:
             from kn_lens import _ig_fast
 
             return _ig_fast.ablation_effects(
-                model, part, layer_list, ablated, objective, hook, internal_batch_size, progress
-            )
-        return _ablation_plain(model, part, layer_list, ablated, objective, hook, internal_batch_size or 64, progress)
+                model, part, layer_list, ablated, objective, hook, internal_batch_size, progress,
+                memory_budget=memory_budget,
+            )  # fmt: skip
+        batch = internal_batch_size
+        if batch is None:  # a pass without autograd keeps about a quarter of what a backward pass needs
+            room = _memory.budget(memory_budget, clean.device) * _memory.NO_BACKWARD_FACTOR
+            batch = _memory.rows_per_pass(_plain_row_bytes(model, part, objective), room)
+        return _ablation_plain(model, part, layer_list, ablated, objective, hook, batch, progress)
 
     return _mean_over_target_tokens(one, prompt, objective)
 

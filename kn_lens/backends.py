@@ -20,10 +20,14 @@ kn_lens imports on both majors and the rest of the package never names a backend
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.hooks
 from torch import Tensor, nn
 
 try:  # TransformerLens 3.x
@@ -188,22 +192,16 @@ def norm(module: nn.Module | None, model: Any = None) -> Norm | None:
     """Describe a norm module of either backend as a :class:`Norm` (None for None).
 
     Handles TransformerLens' ``LayerNorm``/``LayerNormPre``/``RMSNorm``/``RMSNormPre`` and a bridge's
-    ``NormalizationBridge``/``RMSNormalizationBridge`` around a transformers ``nn.LayerNorm`` or ``*RMSNorm``.
+    ``NormalizationBridge``/``RMSNormalizationBridge`` around any transformers norm. A transformers norm is
+    recognised by what it does, not by its class name (T5's ``T5LayerNorm`` is an RMSNorm; a model's own
+    ``LayerNorm`` class need not subclass ``nn.LayerNorm``): it is run on a probe and must match a LayerNorm or an
+    RMSNorm with its own weight, bias and eps, else a ``TypeError`` (Gemma's ``1 + weight`` scaling, say).
     """
     if module is None:
         return None
     original = getattr(module, "_original_component", None)
     if original is not None:  # a bridge component: read the transformers module
-        name = type(original).__name__
-        if "Gemma" in name:  # Gemma's RMSNorm multiplies by (1 + weight); not modelled here
-            raise TypeError(f"{name} (weight offset by 1) is not supported by kn_lens' lens yet")
-        eps = getattr(original, "eps", None) or getattr(original, "variance_epsilon", None) or 1e-5
-        return Norm(
-            centres=isinstance(original, nn.LayerNorm) or "RMS" not in name,
-            weight=getattr(original, "weight", None),
-            bias=getattr(original, "bias", None),
-            eps=float(eps),
-        )
+        return _probed_norm(original, model)
     name = type(module).__name__
     eps = getattr(module, "eps", None) or getattr(getattr(model, "cfg", None), "eps", 1e-5)
     return Norm(
@@ -211,6 +209,39 @@ def norm(module: nn.Module | None, model: Any = None) -> Norm | None:
         weight=getattr(module, "w", None),
         bias=getattr(module, "b", None),
         eps=float(eps),
+    )
+
+
+def _probed_norm(original: nn.Module, model: Any = None) -> Norm:
+    """A transformers norm module as a :class:`Norm`, decided by running it (LayerNorm or RMSNorm?)."""
+    name = type(original).__name__
+    weight, bias = getattr(original, "weight", None), getattr(original, "bias", None)
+    weight = weight if isinstance(weight, Tensor) else None
+    bias = bias if isinstance(bias, Tensor) else None
+    eps = getattr(original, "eps", None) or getattr(original, "variance_epsilon", None)
+    eps = float(eps if eps is not None else 1e-5)
+    width = weight.shape[-1] if weight is not None else getattr(getattr(model, "cfg", None), "d_model", None)
+    if width is None:
+        raise TypeError(f"cannot tell the width of {name} (it has no weight and no model was given)")
+    reference = weight if weight is not None else next(original.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    # A probe with a large mean: a LayerNorm removes it, an RMSNorm keeps it, so the two differ clearly.
+    generator = torch.Generator().manual_seed(0)
+    probe = (torch.randn(3, int(width), generator=generator) * 0.5 + 2.0).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        out = original(probe).float()
+    tolerance = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
+    for centres in (True, False):
+        candidate = Norm(centres=centres, weight=weight, bias=bias, eps=eps)
+        with torch.inference_mode():
+            expected = candidate(probe.float()).float()
+        scale = float(expected.abs().max()) + 1.0
+        if out.shape == expected.shape and float((out - expected).abs().max()) <= tolerance * scale:
+            return candidate
+    raise TypeError(
+        f"{name} behaves neither as a LayerNorm nor as an RMSNorm with its own weight, bias and eps (e.g. Gemma's "
+        "RMSNorm scales by 1 + weight); kn_lens' lens does not support it yet"
     )
 
 
@@ -273,6 +304,107 @@ def mlm_head(model: Any, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Running with temporary hooks, safe against interrupts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+_TORCH_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def drop_hooks_above(model: Any, level: int, since: int | None = None, names: Any = None) -> None:
+    """Remove every temporary hook added inside ``model.hooks()`` contexts deeper than ``level`` and set the
+    model's context level back to ``level``: what TransformerLens' own cleanup does when it is not interrupted.
+
+    ``since`` (a ``torch.utils.hooks.RemovableHandle.next_id`` taken before): also remove the PyTorch hooks
+    registered on hook points since then that no TransformerLens handle kept track of (an interrupt between
+    PyTorch registering a hook and TransformerLens recording it). Hooks added before (a user's
+    ``model.hooks(...)`` around our call, ``add_hook``, permanent hooks, plain PyTorch hooks) are kept.
+    ``names``: only these hook points (the ones a run added hooks to); None: every hook point.
+    """
+    seen: set[int] = set()
+    points = model.hook_dict.values() if names is None else [model.hook_dict[name] for name in names]
+    for point in points:
+        if id(point) in seen:  # a bridge lists a hook point under its aliases too
+            continue
+        seen.add(id(point))
+        kept: set[int] = set()
+        for attr in ("fwd_hooks", "bwd_hooks"):
+            handles = getattr(point, attr, None)
+            if not handles:
+                continue
+            stale = [
+                h for h in handles
+                if not h.is_permanent and h.context_level is not None and h.context_level > level
+            ]  # fmt: skip
+            for handle in stale:
+                handle.hook.remove()  # a torch RemovableHandle: removing twice is harmless
+            gone = {id(h) for h in stale}
+            if stale:
+                setattr(point, attr, [h for h in handles if id(h) not in gone])
+            kept.update(h.hook.id for h in handles if id(h) not in gone)
+        if since is not None:
+            for name in _TORCH_HOOK_DICTS:
+                registered = getattr(point, name, None)
+                if registered:
+                    for key in [k for k in registered if isinstance(k, int) and k >= since and k not in kept]:
+                        registered.pop(key, None)
+    model.context_level = level
+
+
+def run_with_hooks(model: Any, *args: Any, fwd_hooks: Any = (), **kwargs: Any) -> Any:
+    """``model.run_with_hooks(*args, fwd_hooks=..., **kwargs)``, and the model left as it was, also after Ctrl-C.
+
+    TransformerLens removes a run's hooks in a ``finally``; an interrupt inside that cleanup, or while a hook is
+    being added, leaves some on the model (every later call then runs them). Here the cleanup is done again after
+    it, twice in nested ``finally`` blocks, so one interrupt anywhere cannot leave a hook behind or the context
+    level raised.
+    """
+    level = getattr(model, "context_level", None)
+    if level is None:  # not a TransformerLens root module
+        return model.run_with_hooks(*args, fwd_hooks=list(fwd_hooks), **kwargs)
+    fwd_hooks = list(fwd_hooks)
+    since = torch.utils.hooks.RemovableHandle.next_id
+    names = {name for name, _ in fwd_hooks if isinstance(name, str)}  # the points this run adds hooks to
+    if len(names) < len(fwd_hooks) or not names <= model.hook_dict.keys():
+        names = None  # name filters (or names the model resolves itself): look at every hook point
+    try:
+        try:
+            return model.run_with_hooks(*args, fwd_hooks=fwd_hooks, **kwargs)
+        finally:
+            _finish_interrupted_contexts()
+            drop_hooks_above(model, level, since, names)
+    finally:
+        _finish_interrupted_contexts()
+        drop_hooks_above(model, level, since, names)
+
+
+def _finish_interrupted_contexts() -> None:
+    """Close the generator-based contexts (TransformerLens' ``hooks()``) whose ``__exit__`` an exception in flight
+    interrupted before it resumed them: found through the traceback, they run their cleanup now, not whenever
+    the traceback is freed (their late ``context_level -= 1`` would then corrupt the model's level)."""
+    traceback = sys.exc_info()[2]
+    while traceback is not None:
+        manager = traceback.tb_frame.f_locals.get("self")
+        generator = getattr(manager, "gen", None)
+        if (
+            isinstance(manager, contextlib.AbstractContextManager)
+            and inspect.isgenerator(generator)
+            and inspect.getgeneratorstate(generator) == inspect.GEN_SUSPENDED
+        ):
+            with contextlib.suppress(Exception):
+                generator.close()
+        traceback = traceback.tb_next
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -293,6 +425,7 @@ __all__ = [
     "HOOKED_TYPES",
     "Norm",
     "bridge_problem",
+    "drop_hooks_above",
     "embed",
     "encoder_output_hook",
     "final_norm",
@@ -305,6 +438,7 @@ __all__ = [
     "mlp_w_out",
     "norm",
     "pre_unembed_norm",
+    "run_with_hooks",
     "token_embed_hook",
     "unembed",
 ]

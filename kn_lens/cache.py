@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kn_lens._device import evaluating
 from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_name
 from kn_lens.inputs import (
     PositionsLike,
@@ -101,6 +102,7 @@ class MLPPostCache:
         return self[layer][:, index]
 
 
+@evaluating
 @torch.inference_mode()
 def cache_mlp_post(
     model: Model,
@@ -129,7 +131,8 @@ def cache_mlp_post(
         hook: the MLP hook point to cache (``"mlp_post"``, or ``"mlp_pre"`` / ``"mlp_pre_linear"``).
 
     Returns:
-        An :class:`MLPPostCache` with one row per (prompt, position), in prompt order then position order.
+        An :class:`MLPPostCache` with one row per (prompt, position), in prompt order then position order
+        (activations as float32 on the CPU, whatever the model's dtype and device).
 
     Example:
         >>> c = cache_mlp_post(model, ["The capital of France is"], layers=[23, 24])

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 import pandas as pd
 
+from kn_lens.cli_evaluate import BACKEND_HELP, MODEL_HELP, add_model_options, emit, load_from_args
 from kn_lens.scoring import top_predictions  # also importable from here, where it used to live
-
-TINY_BERT = "tiny-bert"
-
-
-def _load(name: str | None, backend: str | None = None):
-    from kn_lens.models import load_model
-
-    if name == TINY_BERT:
-        from kn_lens.fixtures import tiny_bert
-
-        return tiny_bert.load(backend)
-    return load_model(name, backend=backend)
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -31,8 +21,12 @@ def _print_frame(frame: pd.DataFrame) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
-    model = _load(args.model, args.backend)
-    _print_frame(top_predictions(model, args.prompt, args.k))
+    model = load_from_args(args)
+    frame = top_predictions(model, args.prompt, args.k)
+    if args.json:
+        emit(args, frame, {"prompt": args.prompt})
+    else:
+        _print_frame(frame)
 
 
 def cmd_attribute(args: argparse.Namespace) -> None:
@@ -40,19 +34,26 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from kn_lens.attribution import integrated_gradients
     from kn_lens.neurons import top_neurons
 
-    model = _load(args.model, args.backend)
+    model = load_from_args(args)
     _check_top(args.top, model.cfg.n_layers * model.cfg.d_mlp, "--top")
-    scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=True)
+    scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=not args.json)
     neurons = top_neurons(scores, args.top)
-    _print_frame(pd.DataFrame({"neuron": [str(n) for n in neurons], "score": [float(scores[n]) for n in neurons]}))
+    frame = pd.DataFrame({"neuron": [str(n) for n in neurons], "score": [float(scores[n]) for n in neurons]})
+    if args.json:
+        emit(args, frame, {"prompt": args.prompt, "target": args.target, "steps": args.steps})
+    else:
+        _print_frame(frame)
 
 
 def cmd_find(args: argparse.Namespace) -> None:
     """``kn-lens find TARGET PROMPT...``: knowledge neurons of a fact from its paraphrases."""
     from kn_lens.neurons import find_knowledge_neurons
 
-    model = _load(args.model, args.backend)
-    result = find_knowledge_neurons(model, args.prompts, args.target, progress=True)
+    model = load_from_args(args)
+    result = find_knowledge_neurons(model, args.prompts, args.target, progress=not args.json)
+    if args.json:
+        emit(args, result.to_dataframe(), {"target": result.target, "neurons": [str(n) for n in result.neurons]})
+        return
     print(result)
     _print_frame(result.to_dataframe())
 
@@ -61,8 +62,12 @@ def cmd_decode(args: argparse.Namespace) -> None:
     """``kn-lens decode L24N1005``: the tokens a neuron's value vector promotes and suppresses."""
     from kn_lens.lens import decode
 
-    model = _load(args.model, args.backend)
-    _print_frame(decode(model, args.neuron, k=args.k).to_frame())
+    model = load_from_args(args)
+    frame = decode(model, args.neuron, k=args.k).to_frame()
+    if args.json:
+        emit(args, frame, {"neuron": args.neuron})
+    else:
+        _print_frame(frame)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -71,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     print("Loading the model ...", flush=True)
-    model = _load(args.model, args.backend)
+    model = load_from_args(args)
     print(
         f"Loaded {model.cfg.model_name}: {model.cfg.n_layers} layers x {model.cfg.d_mlp} MLP neurons "
         f"({time.perf_counter() - start:.1f} s)\n",
@@ -106,16 +111,6 @@ examples:
   kn-lens predict "Paris is the capital of [MASK]." --model tiny-bert
 """
 
-MODEL_HELP = (
-    "the model: by default the embedded SmolLM2-135M; 'tiny-bert' for the bundled trained test BERT; a "
-    "checkpoint folder; or an official TransformerLens name (needs the hub). Accepted before or after the "
-    "sub-command."
-)
-BACKEND_HELP = (
-    "TransformerLens backend: 'hooked' (HookedTransformer / HookedEncoder, the default on TransformerLens 3.x) or "
-    "'bridge' (TransformerBridge, the only one on 4.x)"
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kn-lens`` argument parser, one sub-command per job; ``--model`` goes before or after it."""
@@ -124,16 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--backend", choices=["hooked", "bridge"], default=None, help=BACKEND_HELP)
-    # The same options on every sub-command; SUPPRESS keeps a value given before the sub-command.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
-    common.add_argument("--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help=BACKEND_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    def add(name: str, help: str, *, with_json: bool = True) -> argparse.ArgumentParser:
+        # every command here loads a model: --model, --backend, --device (and --json where it prints a table)
+        command = sub.add_parser(name, help=help, description=help)
+        add_model_options(command, with_json=with_json)
+        return command
 
-    demo = add("demo", "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls")
+    demo = add(
+        "demo", "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls", with_json=False
+    )
     demo.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradients steps (default 20)")
     demo.set_defaults(func=cmd_demo)
 
@@ -161,20 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kn_lens.cli_evaluate import add_evaluation_commands
 
-    add_evaluation_commands(sub)
+    add_evaluation_commands(sub)  # suppress, enhance, erase, edit, evaluate, report
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``kn-lens``."""
+    """Entry point of ``kn-lens``: exit 0, or 2 with one line ``kn-lens: error: ...`` for a bad input, file or
+    folder (no traceback), 130 with one line after Ctrl-C. Under torchrun each process says which one it is."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ConnectionError) as err:
-        print(f"kn-lens: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _say("interrupted (Ctrl-C); a run folder resumes where it stopped when the same command runs again")
+        return 130
+    except (ValueError, TypeError, OSError) as err:  # OSError: missing or unreadable files, the hub, checkpoints
+        _say(f"error: {err}")
         return 2
     return 0
+
+
+def _say(message: str) -> None:
+    """One line on stderr (a multi-line message is joined), naming the process under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    who = f"kn-lens (process {os.environ.get('RANK', '?')} of {world})" if world > 1 else "kn-lens"
+    print(f"{who}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The evaluation commands of ``kn-lens``: suppress, enhance, erase, edit, ``evaluate pararel`` and report.
 
-Every command takes ``--model`` (default: the embedded SmolLM2-135M; ``tiny-bert`` for the trained test BERT; a
-checkpoint folder), ``--device`` and ``--json`` (machine-readable output on stdout; progress goes to stderr).
+Every command that loads a model takes ``--model`` (default: the embedded SmolLM2-135M; ``tiny-bert`` for the
+trained test BERT; a checkpoint folder), ``--backend`` and ``--device``; every command takes ``--json``
+(machine-readable output on stdout; progress goes to stderr). ``report`` loads no model and takes neither.
 
 Examples::
 
@@ -18,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -32,31 +34,56 @@ EMBEDDED = "SmolLM2-135M (embedded)"
 
 def load(name: str | None, device: str | None = None, backend: str | None = None):
     """The model named on the command line (``tiny-bert``, a folder, a TransformerLens name, None = embedded)."""
+    from kn_lens.inputs import check_device
     from kn_lens.models import load_model
 
-    if name == TINY_BERT:
-        from kn_lens.fixtures import tiny_bert
+    check_device(device, "--device")  # before minutes of loading
+    # stdout is the command's output (--json): what loading prints ("Moving model to device") goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        if name == TINY_BERT:
+            from kn_lens.fixtures import tiny_bert
 
-        model = tiny_bert.load(backend)
-        return model.to(device) if device else model
-    return load_model(name, device=device, backend=backend)
+            model = tiny_bert.load(backend)
+            return model.to(device) if device else model
+        return load_model(name, device=device, backend=backend)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def load_from_args(args: argparse.Namespace, device: str | None = None):
+    """The model of a command's ``--model``, ``--backend`` and ``--device`` (or ``device``, e.g. a process's GPU)."""
+    return load(_model_arg(args), device or getattr(args, "device", None), getattr(args, "backend", None))
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, with_json: bool = True) -> None:
+    """``--model``, ``--backend``, ``--device`` (a command that loads a model) and ``--json``."""
     # SUPPRESS: a --model given before the command (kn-lens --model X suppress ...) is not overwritten.
-    parser.add_argument("--model", default=argparse.SUPPRESS, help="model (default: the embedded SmolLM2-135M)")
-    parser.add_argument(
-        "--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help="TransformerLens backend"
-    )
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: the model's)")
+    parser.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
+    parser.add_argument("--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help=BACKEND_HELP)
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda or cuda:1 (default: the model's)")
+    if with_json:
+        _json_option(parser)
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+MODEL_HELP = (
+    "the model: by default the embedded SmolLM2-135M; 'tiny-bert' for the bundled trained test BERT; a "
+    "checkpoint folder; or an official TransformerLens name (needs the hub). Accepted before or after the "
+    "sub-command."
+)
+BACKEND_HELP = (
+    "TransformerLens backend: 'hooked' (HookedTransformer / HookedEncoder, the default on TransformerLens 3.x) or "
+    "'bridge' (TransformerBridge, the only one on 4.x)"
+)
 
 
 def _model_arg(args: argparse.Namespace) -> str | None:
     return getattr(args, "model", None)
 
 
-def _emit(args: argparse.Namespace, frame: pd.DataFrame, payload: dict[str, Any] | None = None) -> None:
+def emit(args: argparse.Namespace, frame: pd.DataFrame, payload: dict[str, Any] | None = None) -> None:
+    """The result of a command: ``payload`` lines and the table, or one JSON object with ``--json``."""
     if args.json:
         data = dict(payload or {})
         data["rows"] = json.loads(frame.to_json(orient="records"))
@@ -98,7 +125,7 @@ def _unrelated(items: list[str] | None) -> list[tuple[list[str], str]]:
 def _scale(args: argparse.Namespace, name: str) -> None:
     from kn_lens.evaluate import intervention_effects, summarize_effects
 
-    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
+    model = load_from_args(args)
     neurons = _neurons(model, args, args.prompts, args.target)
     effects = intervention_effects(
         model,
@@ -111,7 +138,7 @@ def _scale(args: argparse.Namespace, name: str) -> None:
         random_seeds=(args.seed,),
     )
     table = summarize_effects(effects)
-    _emit(args, table, {"neurons": [str(n) for n in neurons], "factor": args.factor})
+    emit(args, table, {"neurons": [str(n) for n in neurons], "factor": args.factor})
 
 
 def cmd_suppress(args: argparse.Namespace) -> None:
@@ -128,7 +155,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
     """``kn-lens erase TARGET PROMPT... --neurons ...``: erase value vectors; accuracy and perplexity, with control."""
     from kn_lens.evaluate import erase_relation
 
-    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
+    model = load_from_args(args)
     neurons = _neurons(model, args, args.prompts, args.target)
     table = erase_relation(
         model,
@@ -139,14 +166,14 @@ def cmd_erase(args: argparse.Namespace) -> None:
         seed=args.seed,
         relation="(given prompts)",
     )
-    _emit(args, table, {"neurons": [str(n) for n in neurons], "mode": args.mode})
+    emit(args, table, {"neurons": [str(n) for n in neurons], "mode": args.mode})
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
     """``kn-lens edit PROMPT... --new ANSWER``: Dai et al.'s edit, scored beside random active neurons."""
     from kn_lens.evaluate import edit_effects
 
-    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
+    model = load_from_args(args)
     target = args.old
     if target is None:
         from kn_lens.prompts import make_prompt
@@ -168,7 +195,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
         lambda1=args.lambda1,
         lambda2=args.lambda2,
     )
-    _emit(args, table, {"neurons": [str(n) for n in neurons]})
+    emit(args, table, {"neurons": [str(n) for n in neurons]})
 
 
 def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
@@ -176,9 +203,14 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
     from kn_lens import sweeps
     from kn_lens.datasets import pararel
 
+    rules = sweeps.check_rules(args.rules)  # before any model loads
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a run folder (it is created if missing)")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data} does not exist or is not a folder; give the PARAREL folder")
     rank, world = sweeps.distributed()
     steps, method = _quadrature(args)
-    model = load(_model_arg(args), sweeps.local_device(args.device), getattr(args, "backend", None))
+    model = load_from_args(args, sweeps.local_device(args.device))
     data = pararel.load(args.data if args.data else pararel.download(), relations=args.relations)
     out = sweeps.run_pararel(
         model,
@@ -189,17 +221,19 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
         facts_per_relation=args.facts_per_relation,
         seed=args.seed,
         n_steps=steps,
-        selection=args.selection,
+        rules=rules,
         progress=not args.no_progress and (rank == 0 or not args.json),
-        **({"method": method} if method != "riemann_left" else {}),  # the default rule keeps old run folders valid
+        method=method,
     )
     if rank == 0:
         records = sweeps.read_records(out)
         known = sweeps.read_known(out)
+        per_rule = {rule: sum(r.get("rule") == rule for r in records) for rule in rules}
         summary = dict(out=str(out), records=len(records), scanned=len(known),
-                       known=sum(bool(k["known"]) for k in known), processes=world)  # fmt: skip
+                       known=sum(bool(k["known"]) for k in known), facts=len(sweeps.read_attributions(out)),
+                       rules=",".join(rules), processes=world)  # fmt: skip
         if args.json:
-            print(json.dumps(summary))
+            print(json.dumps(dict(summary, records_per_rule=per_rule)))
         else:
             print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
@@ -222,23 +256,22 @@ def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
     from kn_lens.convergence import convergence_summary
     from kn_lens.datasets import pararel
 
-    path = Path(args.run) / sweeps.MANIFEST
-    if not path.exists():  # before loading a model: a SweepError is a ValueError, reported with exit code 2
-        raise sweeps.SweepError(f"{args.run} is not a run folder (no {sweeps.MANIFEST}); give a run of "
-                                "`kn-lens evaluate pararel`")  # fmt: skip
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = sweeps.read_manifest(args.run)  # before loading a model: a SweepError is a ValueError (exit 2)
     folder = args.data or manifest["data_path"]
-    model = load(_model_arg(args), args.device, getattr(args, "backend", None))
+    model = load_from_args(args)
     out = sweeps.run_convergence(model, pararel.load(folder, relations=manifest.get("relations")), args.run,
                                  facts_per_relation=args.facts_per_relation, progress=not args.no_progress)  # fmt: skip
     frame = pd.DataFrame(sweeps.read_convergence(out))
-    _emit(args, convergence_summary(frame), dict(out=str(out), facts=int(frame["fact"].nunique())))
+    emit(args, convergence_summary(frame), dict(out=str(out), facts=int(frame["fact"].nunique())))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     """``kn-lens report DIR``: one self-contained HTML page of a run."""
     from kn_lens.report import write_report
 
+    given = [flag for flag in ("model", "backend") if getattr(args, flag, None) is not None]
+    if given:
+        raise ValueError(f"report reads a run folder and loads no model: drop --{' and --'.join(given)}")
     path = write_report(args.run, args.output)
     if args.json:
         print(json.dumps({"report": str(path)}))
@@ -267,6 +300,15 @@ def _relations(text: str) -> list[str]:
     return ids
 
 
+DEFAULT_RULES = ("dai", "adaptive")
+
+
+def _selections() -> dict[str, str]:
+    from kn_lens.evaluate import SELECTIONS
+
+    return SELECTIONS
+
+
 def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``suppress``, ``enhance``, ``erase``, ``edit``, ``evaluate`` and ``report`` to the ``kn-lens`` parser."""
     raw = argparse.RawDescriptionHelpFormatter
@@ -286,7 +328,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
         p.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradient steps")
         p.add_argument("--seed", type=int, default=0, help="random-control seed")
-        _common(p)
+        add_model_options(p)
         p.set_defaults(func=cmd_suppress if name == "suppress" else cmd_enhance)
 
     p = sub.add_parser(
@@ -303,7 +345,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
     p.add_argument("--steps", type=_positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    _common(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser(
@@ -323,7 +365,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda2", type=_finite, default=8.0)
     p.add_argument("--steps", type=_positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    _common(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_edit)
 
     evaluate = sub.add_parser("evaluate", help="benchmark evaluations (pararel, convergence)")
@@ -333,8 +375,9 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         help="knowledge neurons on PARAREL with every control; resumable; torchrun-shardable",
         formatter_class=raw,
         epilog="examples:\n  kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 "
-        "--facts-per-relation 20\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel --out runs/smollm2 "
-        "--data pararel/\nRe-running the same command resumes the run.",
+        "--facts-per-relation 20 --rules dai,adaptive\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel "
+        "--out runs/smollm2 --data pararel/\nRe-running the same command resumes the run; with more --rules it "
+        "adds them without attributing again.",
     )
     p.add_argument("--out", required=True, help="run folder (resumed if it holds this run)")
     p.add_argument("--data", help="PARAREL folder (default: download into the cache)")
@@ -346,9 +389,12 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
                    "midpoint rule (see kn_lens.convergence)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, default=None, help="integrated-gradient steps (overrides --preset)")
     p.add_argument("--method", default=None, help="quadrature rule, e.g. riemann_middle (overrides --preset)")
-    p.add_argument("--selection", choices=("dai", "fact-specific"), default="dai")
+    rules_help = "; ".join(f"{k} = {v}" for k, v in _selections().items()).replace("%", "%%")
+    p.add_argument("--rules", default=",".join(DEFAULT_RULES),
+                   help="selection rules, comma-separated (default %(default)s); running again with more rules adds "
+                   f"them from the stored attributions: {rules_help}")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _common(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_evaluate_pararel)
 
     p = which.add_parser(
@@ -362,7 +408,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="PARAREL folder (default: the run's)")
     p.add_argument("--facts-per-relation", type=_positive_int, default=2, help="facts re-attributed per relation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _common(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_evaluate_convergence)
 
     p = sub.add_parser(
@@ -373,8 +419,8 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="the run folder")
     p.add_argument("--output", "-o", help="HTML file (default RUN/report.html)")
-    _common(p)
+    _json_option(p)
     p.set_defaults(func=cmd_report)
 
 
-__all__ = ["add_evaluation_commands", "load"]
+__all__ = ["add_evaluation_commands", "add_model_options", "emit", "load", "load_from_args"]

@@ -59,7 +59,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from kn_lens._typing import Model, check_model
 from kn_lens.attribution import METHODS
+from kn_lens.inputs import NeuronsLike, check_sequence, to_neurons, to_prompts
 from kn_lens.neurons import _as_fact, find_knowledge_neurons
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -92,14 +93,17 @@ COLUMNS = ("fact", "relation", "method", "n_steps", "reference", "prompts", "neu
            "completeness", "completeness_max", "seconds_per_prompt")  # fmt: skip
 
 
-def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
-    """``|a & b| / |a | b|`` of two neuron sets (1.0 when both are empty).
+def jaccard(a: NeuronsLike, b: NeuronsLike) -> float:
+    """``|a & b| / |a | b|`` of two neuron sets (1.0 when both are empty). Neurons in any accepted form
+    (``"L1N2"``, ``(1, 2)``, ``Neuron(1, 2)``, a result); one string is one neuron, not a set of characters.
 
     Example:
         >>> jaccard(["L1N2", "L3N4"], ["L3N4"])
         0.5
+        >>> jaccard("L1N2", "L2N1"), jaccard(["L1N2"], [(1, 2)])
+        (0.0, 1.0)
     """
-    a, b = set(a), set(b)
+    a, b = set(to_neurons(a, allow_empty=True)), set(to_neurons(b, allow_empty=True))
     return 1.0 if not a | b else len(a & b) / len(a | b)
 
 
@@ -163,14 +167,21 @@ def convergence(
     clash = {"method", "n_steps", "attribution", "scores", "return_convergence_delta"} & set(find_kwargs)
     if clash:
         raise ValueError(f"convergence sets {sorted(clash)} itself; pass rules as settings=[(method, n_steps)]")
+    if not isinstance(reference, Mapping):
+        raise TypeError(
+            f"reference must be a mapping like {{'method': 'riemann_middle', 'n_steps': 128}}, got {reference!r}"
+        )
+    settings = check_sequence(settings, "settings", what="(method, n_steps) pairs")
     rules = _check_settings(settings, reference)
-    facts = list(facts)
+    facts = check_sequence(facts, "facts")
     if not facts:
         raise ValueError("no facts given; pass at least one fact")
+    parsed = [_fact(item) for item in facts]  # every fact read (and its prompts tokenised) before any attribution
+    for name, _, prompts, target in parsed:
+        to_prompts(model, prompts, target, need_target=True, what=f"prompts of fact {name!r}")
     find_kwargs.setdefault("progress", False)
     rows = []
-    for item in tqdm(facts, desc="convergence, facts", disable=not progress):
-        name, relation, prompts, target = _fact(item)
+    for name, relation, prompts, target in tqdm(parsed, desc="convergence, facts", disable=not progress):
         ref_scores = ref_neurons = None
         for i, (method, steps) in enumerate(rules):
             start = time.perf_counter()

@@ -5,9 +5,9 @@ embedded SmolLM2; a capital fact of the tiny BERT with ``--model tiny-bert``):
 
 1. the model's prediction;
 2. integrated gradients on every paraphrase of the fact and of two more facts of the *same relation* (other
-   capitals), then Dai et al.'s selection for each fact;
-3. the relation filter: neurons selected for several capitals encode "capital of", not "France -> Paris", and
-   are dropped;
+   capitals), then kn_lens's per-fact selection rule (``variant="adaptive"``) for each fact;
+3. kn_lens's relation filter: neurons selected for several capitals encode "capital of", not "France -> Paris",
+   and are dropped;
 4. suppress (x0) and enhance (x2) the fact's neurons, before and after the filter, and read the answer's
    probability on the fact's own prompts, on held-out paraphrases, on the other capitals (same relation), on
    facts of other relations, and with as many random neurons in the same layers (the control).
@@ -223,7 +223,7 @@ def run(model: Model, *, n_steps: int = 20, progress: bool = True, out: TextIO |
     _say(out, top_predictions(model, fact.prompts[0], 5).to_string(index=False))
 
     facts = [fact, *same]
-    _say(out, f"\n[2/4] Knowledge neurons (integrated gradients, {n_steps} steps; Dai et al.'s selection) of")
+    _say(out, f"\n[2/4] Knowledge neurons (integrated gradients, {n_steps} steps; kn_lens's per-fact rule) of")
     names = ", ".join(f.name for f in same)
     _say(out, f"      {fact.name} and of {len(same)} more facts of the same relation ({names}):")
     unfiltered = find_fact_neurons(model, facts, n_steps=n_steps, progress=progress)
@@ -232,7 +232,7 @@ def run(model: Model, *, n_steps: int = 20, progress: bool = True, out: TextIO |
 
     filtered = relation_filter(unfiltered, 0.1)
     dropped = filtered[0].dropped.get("relation", [])
-    _say(out, "\n[3/4] Relation filter (Dai et al.): a neuron selected for 2 or more of these facts encodes the")
+    _say(out, "\n[3/4] Relation filter (kn_lens): a neuron selected for 2 or more of these facts encodes the")
     _say(out, "      relation ('capital of'), not the fact, and is dropped.")
     _say(
         out,

@@ -34,9 +34,11 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -51,11 +53,25 @@ from kn_lens.prompts import token_ids
 TokenLike = str | int | Sequence[int]
 
 
+#: The applied edits of each model, oldest first (restores must go newest first where neurons overlap).
+_APPLIED: weakref.WeakKeyDictionary[Any, list[WeightEdit]] = weakref.WeakKeyDictionary()
+
+
 class WeightEdit:
     """A change to some value vectors that remembers the original rows and can put them back bit for bit.
 
     Created (and already applied) by :func:`erase` and :func:`edit_fact`. Use it as a context manager for a
     temporary edit, or keep it for a permanent one.
+
+    Interrupts (Ctrl-C) cannot leave a half-made edit or a half-restored one: the rows are saved before anything
+    is written and the edit is undone if the writing is interrupted; no Python line runs between the edit being
+    applied and a ``with`` statement owning it (``__enter__`` is not Python code); a restore that is interrupted
+    finishes writing every row before the interrupt goes on. The weights are written through detached views, so
+    grad mode is never touched. Two points are out of any code's reach: the ``with`` line as the block ends and
+    the entry of ``__exit__``; an interrupt there leaves the edit applied as a whole and listed by
+    :func:`applied_edits` (:func:`restore_all` undoes it). Two edits of one neuron must be undone newest first
+    (``with`` blocks always do); restoring the older one first is refused, since it would put back rows the newer
+    edit replaced.
 
     Attributes:
         model: the edited model.
@@ -71,41 +87,98 @@ class WeightEdit:
         False
     """
 
+    # ``with edit:`` gets the edit itself from a C-level lookup (a weak reference to the edit, called with no
+    # arguments), so no Python line, and no KeyboardInterrupt, can come between applying and being owned by a with.
+    __enter__ = property(operator.attrgetter("_self"))
+
     def __init__(self, model: Model, new_rows: dict[Neuron, Tensor], description: str) -> None:
         self.model = model
         self.neurons: list[Neuron] = list(new_rows)
         self.description = description
-        self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self.applied = False
+        self._self = weakref.ref(self)
         grouped = group_by_layer(self.neurons)
-        # Save everything first, so a failure while writing leaves nothing half-edited.
+        # Save everything first: an interrupt up to here has changed nothing.
+        saved: dict[int, tuple[Tensor, Tensor]] = {}
+        writes: list[tuple[Tensor, Tensor, Tensor]] = []
         for layer, indices in grouped.items():
-            weight = mlp_w_out(model, layer)
+            weight = mlp_w_out(model, layer).detach()
             index = torch.tensor(indices, device=weight.device)
-            self._saved[layer] = (index, weight.detach()[index].clone())
-        try:
-            with torch.no_grad():
-                for layer, (index, _) in self._saved.items():
-                    weight = mlp_w_out(model, layer)
-                    rows = torch.stack([new_rows[Neuron(layer, i)] for i in grouped[layer]])
-                    weight[index] = rows.to(device=weight.device, dtype=weight.dtype)
+            saved[layer] = (index, weight[index].clone())
+            rows = torch.stack([new_rows[Neuron(layer, i)] for i in indices]).to(
+                device=weight.device, dtype=weight.dtype
+            )
+            writes.append((weight, index, rows))
+        self._saved = saved
+        applied = _APPLIED.setdefault(model, [])
+        try:  # the guarded region: any interruption in it puts every saved row back
+            applied.append(self)
+            self.applied = True
+            for weight, index, rows in writes:
+                weight[index] = rows
         except BaseException:
-            self._write_back()
+            self._undo()
             raise
-        self.applied = True
 
-    def _write_back(self) -> None:
-        with torch.no_grad():
-            for layer, (index, rows) in self._saved.items():
-                mlp_w_out(self.model, layer)[index] = rows
+    def _put_back(self) -> None:
+        """Write every saved row back. An interruption does not stop it half-way: the rows left are written, then
+        the first interruption is raised again. (Other errors skip their layer and are raised at the end.)"""
+        pending = list(self._saved.items())
+        first: BaseException | None = None
+        while pending:
+            try:
+                while pending:
+                    layer, (index, rows) = pending[0]
+                    mlp_w_out(self.model, layer).detach()[index] = rows
+                    pending.pop(0)
+            except BaseException as error:  # raised again below, once every row is back
+                first = first or error
+                if isinstance(error, Exception) and pending:  # not an interrupt: this layer will fail again
+                    pending.pop(0)
+        if first is not None:
+            raise first
+
+    def _undo(self) -> None:
+        """Put the rows back and forget the edit; called twice in a row by :meth:`restore` (cheap when done)."""
+        if self.applied:
+            self._put_back()
+            self.applied = False
+        applied = _APPLIED.get(self.model, [])
+        if self in applied:
+            applied.remove(self)
 
     def restore(self) -> None:
-        """Put the original value vectors back (bit for bit). Calling it twice is harmless."""
-        if self.applied:
-            self._write_back()
-            self.applied = False
+        """Put the original value vectors back (bit for bit). Calling it twice is harmless.
 
-    def __enter__(self) -> WeightEdit:
-        return self
+        Raises:
+            ValueError: a newer, still applied edit changed some of the same neurons: restore that one first.
+        """
+        if not self.applied:
+            return
+        clash = self._newer_overlapping()
+        if clash:
+            shared = sorted(set(clash[-1].neurons) & set(self.neurons))
+            raise ValueError(
+                f"{self!r} cannot be restored before the newer {clash[-1]!r}, which also changed "
+                f"{', '.join(map(str, shared[:6]))}: restore that one first (edits of one neuron are undone newest "
+                "first, as nested with blocks do)"
+            )
+        try:
+            self._undo()
+        finally:  # once more if the first was interrupted before it began: a restore is never left half done
+            self._undo()
+
+    def _newer_overlapping(self) -> list[WeightEdit]:
+        """Edits applied after this one, still applied, that changed some of the same neurons (oldest first)."""
+        applied = _APPLIED.get(self.model, [])
+        later = applied[applied.index(self) + 1 :] if self in applied else []
+        return [e for e in later if e.applied and set(e.neurons) & set(self.neurons)]
+
+    def _leave(self, unwinding: bool) -> None:
+        if unwinding:  # an error or interrupt is leaving the block: undo what was layered on top of it first
+            for edit in reversed(self._newer_overlapping()):
+                edit.restore()
+        self.restore()
 
     def __exit__(
         self,
@@ -113,12 +186,42 @@ class WeightEdit:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.restore()
+        try:
+            self._leave(exc_type is not None)
+        finally:
+            if self.applied:  # interrupted before the first got going
+                self._leave(exc_type is not None)
 
     def __repr__(self) -> str:
         state = "applied" if self.applied else "restored"
         shown = ", ".join(str(n) for n in self.neurons[:6]) + (", ..." if len(self.neurons) > 6 else "")
         return f"WeightEdit({self.description} on [{shown}], {state})"
+
+
+def applied_edits(model: Model) -> list[WeightEdit]:
+    """The edits of ``model`` that are applied now (permanent ones, or those of ``with`` blocks still open), oldest
+    first.
+
+    Example:
+        >>> edit = erase(model, ["L9N1094"])
+        >>> applied_edits(model)
+        [WeightEdit(erase (zero) on [L9N1094], applied)]
+        >>> restore_all(model)
+        >>> applied_edits(model)
+        []
+    """
+    return [edit for edit in _APPLIED.get(model, []) if edit.applied]
+
+
+def restore_all(model: Model) -> None:
+    """Undo every applied edit of ``model``, newest first: the original value vectors, bit for bit.
+
+    The way back after a Ctrl-C that landed where no Python code can react: on the ``with`` line as the block
+    ends, or before the first line of ``__exit__`` ran (CPython runs nothing of the context manager there). The
+    edit is then still applied as a whole, never half.
+    """
+    for edit in reversed(applied_edits(model)):
+        edit.restore()
 
 
 def token_embedding(model: Model, token: TokenLike) -> Float[Tensor, " d_model"]:
@@ -231,4 +334,4 @@ def edit_fact(
     return WeightEdit(model, rows, f"edit {old!r} -> {new!r} (lambda1={lambda1}, lambda2={lambda2})")
 
 
-__all__ = ["WeightEdit", "edit_fact", "erase", "token_embedding", "value_vectors"]
+__all__ = ["WeightEdit", "applied_edits", "edit_fact", "erase", "restore_all", "token_embedding", "value_vectors"]

@@ -68,13 +68,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kn_lens._device import evaluating
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, hook_name, is_encoder
 from kn_lens.edit import edit_fact, erase
 from kn_lens.hooks import Intervention
-from kn_lens.inputs import NeuronsLike, check_batch_size, check_positions, to_neurons, to_prompts
-from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons, random_neurons
-from kn_lens.prompts import Prompt, TargetLike, make_prompt, stack_tokens
-from kn_lens.scoring import forward_logits, objective_from_logits, target_scores
+from kn_lens.inputs import (
+    NeuronsLike,
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_int,
+    check_number,
+    check_positions,
+    check_sequence,
+    to_neurons,
+    to_prompts,
+)
+from kn_lens.neurons import RULES, KnowledgeNeurons, find_knowledge_neurons, random_neurons
+from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target, stack_tokens, token_ids
+from kn_lens.scoring import forward_logits, mean_logit_diff, objective_from_logits, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
 DAI_INTERVENTIONS: dict[str, float] = {"suppress": 0.0, "enhance": 2.0}
@@ -117,6 +129,11 @@ def _padded(batch: Sequence[Prompt], device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
+def _padding_safe(positions: Any) -> bool:
+    """True for positions that mean the same in a right-padded batch as for each prompt alone."""
+    return isinstance(positions, str) and positions in ("site", "all")
+
+
 class Measured(NamedTuple):
     """Per-prompt scores of the target: probability, is-top-1 (first target token), log-probability, tokens."""
 
@@ -126,13 +143,15 @@ class Measured(NamedTuple):
     n_tokens: torch.Tensor
 
 
+@evaluating
 @torch.inference_mode()
 def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size: int = 32) -> Measured:
     """The target's probability, whether it is the top-1 prediction, and its log-probability, in one pass.
 
     Prompts are batched by (length, target length) without padding; ``fwd_hooks`` is a hook list or a per-batch
     builder (e.g. an :class:`~kn_lens.hooks.Intervention`). For multi-token targets ``prob`` is the product over
-    the target tokens (teacher-forced) and ``top1`` refers to the first token.
+    the target tokens (teacher-forced) and ``top1`` refers to the first token. Everything comes back on the CPU
+    (``prob`` float32, ``logprob`` float64), computed in float32 whatever the model's dtype, in eval mode.
 
     Example:
         >>> m = measure(bert, kn_lens.make_prompts(bert, ["The capital of France is [MASK]."], "Paris"))
@@ -140,6 +159,7 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
         (tensor([0.8874]), tensor([True]))
     """
     check_model(model)
+    batch_size = check_batch_size(batch_size)
     if not prompts:
         raise ValueError("no prompts given")
     if not all(p.target_ids for p in prompts):
@@ -147,9 +167,11 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
     n = len(prompts)
     logprob, top1 = torch.empty(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
     # A causal model never looks ahead, so prompts of different lengths can share a batch, right-padded, and be
-    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Not for
-    # interventions at the "last" position, which padding would move; encoders are batched by length.
-    ours = isinstance(fwd_hooks, Intervention) and fwd_hooks.positions != "last"
+    # read at their own positions (a forward of 32 short prompts costs about what one costs on a CPU). Only for
+    # interventions whose positions padding cannot move ("site": each row's own; "all": the padding comes after
+    # what is read); "last", negative and explicit positions count from the end or may fall on the padding, so
+    # those prompts are batched by length, like every encoder prompt.
+    ours = isinstance(fwd_hooks, Intervention) and _padding_safe(fwd_hooks.positions)
     pad = not is_encoder(model) and (ours or not fwd_hooks)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):
@@ -163,7 +185,7 @@ def measure(model: Model, prompts: Sequence[Prompt], *, fwd_hooks=(), batch_size
             batch = [prompts[i] for i in chunk]
             hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
             logits = forward_logits(model, _padded(batch, model.cfg.device), hooks)
-            logprob[chunk] = objective_from_logits(logits, batch, "logprob").double().cpu()
+            logprob[chunk] = objective_from_logits(logits, batch, "logprob").cpu().double()  # MPS: no float64
             rows = torch.arange(len(batch), device=logits.device)
             first = torch.tensor([p.positions[0] for p in batch], device=logits.device)
             wanted = torch.tensor([p.target_ids[0] for p in batch], device=logits.device)
@@ -208,6 +230,7 @@ def intervention_effects(
     objective_floor: float = 0.0,
     batch_size: int = 32,
     relation: str | None = None,
+    clean_cache: dict | None = None,
 ) -> pd.DataFrame:
     """Scale neurons (x0, x2, ...) and measure the correct answer's probability, beside the controls.
 
@@ -233,9 +256,13 @@ def intervention_effects(
         same_relation: prompts of other facts of the same relation (same forms as ``unrelated``).
         random_seeds: seeds of the random-neuron controls (empty: no control).
         positions: where to scale: each prompt's ``"site"`` (Dai et al.), ``"all"`` positions, or ``"last"``.
-        objective_floor: prompts whose base probability is below this are dropped (0 keeps all).
+        objective_floor: prompts whose base probability is below this are dropped, a number in ``[0, 1)`` (0
+            keeps all).
         batch_size: prompts per forward pass.
         relation: the value of the ``relation`` column (default the result's ``relation``).
+        clean_cache: a dict shared between calls on one model to measure each group of prompts without
+            intervention only once (e.g. one fact's controls under several selection rules); keyed by the prompts'
+            texts and targets, it must not outlive a change of the model's weights or hooks.
 
     Returns:
         A long DataFrame, one row per (intervention, condition, prompt), with columns :data:`EFFECT_COLUMNS`:
@@ -275,6 +302,7 @@ def intervention_effects(
     if prompts is None or (isinstance(prompts, list | tuple) and not prompts):
         raise ValueError("no prompts given; pass the fact's prompts (or a KnowledgeNeurons result)")
     batch_size = check_batch_size(batch_size)
+    target = one_target(target)  # one fact: a list of ids is its multi-token answer
     main = _prompts(model, prompts, target, "fact")
     fact_target = target if target is not None else main[0].target_ids
     held = _prompts(model, heldout, fact_target, "held-out")
@@ -282,12 +310,16 @@ def intervention_effects(
     same = _prompts(model, same_relation, None, "same-relation")
     if relation is None and result is not None:
         relation = result.relation
+    if interventions is not None and not isinstance(interventions, Mapping):
+        raise TypeError(f"interventions must map names to factors, e.g. {{'suppress': 0.0}}; got {interventions!r}")
     interventions = dict(DAI_INTERVENTIONS if interventions is None else interventions)
     if not interventions:
         raise ValueError("no interventions given; e.g. {'suppress': 0.0, 'enhance': 2.0}")
     for name, factor in interventions.items():
         _check_factor(name, factor)
     check_positions(positions)
+    objective_floor = check_number(objective_floor, "objective_floor", low=0, high=1, high_open=True)
+    random_seeds = [check_int(s, "random_seeds") for s in check_sequence(random_seeds, "random_seeds", what="ints")]
 
     # a result may legitimately have selected nothing
     neuron_list = to_neurons(neurons, model, allow_empty=result is not None)
@@ -308,11 +340,13 @@ def intervention_effects(
     if other:
         groups.append(("other facts", "knowledge", neuron_list, "unrelated", other))
 
-    base_cache: dict[int, Measured] = {}
+    if clean_cache is not None and not isinstance(clean_cache, dict):
+        raise TypeError(f"clean_cache must be a dict (or None), got {type(clean_cache).__name__}")
+    base_cache: dict = {} if clean_cache is None else clean_cache
     rows = []
     for name, factor in interventions.items():
         for condition, neuron_label, group_neurons, prompt_set, group_prompts in groups:
-            key = id(group_prompts)
+            key = (tuple((p.text, p.target_ids) for p in group_prompts), batch_size)
             if key not in base_cache:
                 base_cache[key] = measure(model, group_prompts, batch_size=batch_size)
             base = base_cache[key]
@@ -382,10 +416,21 @@ def summarize_effects(
         >>> summarize_effects(df, base_split=(0.9,))[["condition", "base", "n", "before", "rel_change_%"]].round(3)
                    condition   base  n  before  rel_change_%
         0  knowledge neurons  p<0.9  3   0.895         2.352
+        >>> row = summarize_effects(df).iloc[0]  # the relative change of the mean: (after - before) / before
+        >>> round(float(row["rel_of_means_%"]), 3), round(float(100 * (row["after"] / row["before"] - 1)), 3)
+        (2.352, 2.352)
     """
+    if not isinstance(effects, pd.DataFrame):
+        raise TypeError(f"effects must be the DataFrame of intervention_effects, got {type(effects).__name__}")
+    by = check_sequence(by, "by", what="column names")
     missing = [c for c in ("before", "after", "rel_change", "logodds_change", *by) if c not in effects.columns]
     if missing:
         raise ValueError(f"the frame lacks columns {missing}; pass the output of intervention_effects")
+    if base_split is not None:
+        base_split = [
+            check_number(x, "base_split", low=0, high=1, low_open=True, high_open=True)
+            for x in check_sequence(base_split, "base_split", what="probabilities, e.g. (0.9,)")
+        ]
     frame = effects.copy()
     keys = list(by)
     if base_split:
@@ -550,11 +595,14 @@ def other_relation_facts(facts: Sequence[Any], fact: Any, *, k: int | None = Non
     """
     if not hasattr(fact, "relation"):
         raise TypeError("facts need a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    facts = check_sequence(facts, "facts", what="facts")
+    if not all(hasattr(f, "relation") for f in facts):
+        raise TypeError("every fact needs a .relation attribute (e.g. FactPrompts(..., relation='capital'))")
+    k = None if k is None else check_count(k, "k")
+    seed = check_int(seed, "seed")
     pool = [f for f in facts if getattr(f, "relation", None) != fact.relation]
     if k is None or k >= len(pool):
         return pool
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
     picked = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:k].tolist())
     return [pool[i] for i in picked]
 
@@ -569,6 +617,7 @@ def heldout_text() -> str:
     return resources.files("kn_lens").joinpath("data/heldout.txt").read_text(encoding="utf-8")
 
 
+@evaluating
 @torch.inference_mode()
 def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> float:
     """Perplexity of a text under a causal model (default :func:`heldout_text`); NaN for masked LMs.
@@ -589,11 +638,19 @@ def text_perplexity(model: Model, text: str | None = None, *, fwd_hooks=()) -> f
     tokens = model.to_tokens(text)[:, : model.cfg.n_ctx]
     if tokens.shape[1] < 2:
         raise ValueError("text must be at least two tokens long")
-    if fwd_hooks:
-        loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=list(fwd_hooks))
-    else:
-        loss = model(tokens, return_type="loss")
-    return float(torch.exp(loss.float()))
+    logits = forward_logits(model, tokens, fwd_hooks)[0, :-1].float()  # the loss in float32 whatever the dtype
+    logprobs = logits.log_softmax(-1).gather(-1, tokens[0, 1:, None].to(logits.device))[:, 0]
+    return float(torch.exp(-logprobs.mean()))
+
+
+def _check_text(text: Any) -> None:
+    """The ``text=`` of :func:`erase_relation` / :func:`edit_effects`: None, a bool or a non-empty str."""
+    if text is None or isinstance(text, bool):
+        return
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str (the held-out text), True/None (the shipped one) or False, got {text!r}")
+    if not text.strip():
+        raise ValueError("text is empty; pass a held-out text, None for the shipped one, or False for none")
 
 
 def _accuracy_ppl(m: Measured) -> tuple[float, float, float]:
@@ -608,8 +665,8 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
     Args:
         results: per-fact neuron sets: ``KnowledgeNeurons`` results, neuron lists, or sweep records (dicts with
             a ``"neurons"`` list of ``"L{l}N{i}"`` strings).
-        top: how many to keep.
-        min_count: a neuron must be selected for at least this many facts.
+        top: how many to keep (a positive int).
+        min_count: a neuron must be selected for at least this many facts (a positive int).
 
     Returns:
         Up to ``top`` neurons, most frequent first (ties: lower layer, then index).
@@ -618,12 +675,14 @@ def relation_neurons(results: Sequence[Any], *, top: int = 5, min_count: int = 2
         >>> relation_neurons([["L1N5", "L0N3"], ["L1N5", "L1N7", "L0N3"], ["L1N5", "L1N9"]], top=3)
         [L1N5, L0N3]
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    top = check_count(top, "top", minimum=1)
+    min_count = check_count(min_count, "min_count", minimum=1)
     counts: dict[Neuron, int] = {}
-    for item in results:
-        ns = item.get("neurons", []) if isinstance(item, Mapping) else getattr(item, "neurons", item)
-        for n in set(to_neurons(list(ns))) if ns else ():
+    for item in check_sequence(results, "results", what="per-fact neuron sets"):
+        if isinstance(item, Mapping) and "neurons" not in item:
+            raise ValueError(f"a record without 'neurons' ({sorted(item)[:6]}): pass sweep records or neuron lists")
+        ns = item["neurons"] if isinstance(item, Mapping) else getattr(item, "neurons", item)
+        for n in set(to_neurons(ns, allow_empty=True)) if ns else ():
             counts[n] = counts.get(n, 0) + 1
     ranked = sorted((n for n, c in counts.items() if c >= min_count), key=lambda n: (-counts[n], n))
     return ranked[:top]
@@ -680,6 +739,14 @@ def erase_relation(
         held-out text perplexity row).
     """
     check_model(model)
+    mode = check_choice(mode, "mode", ("zero", "unk"))
+    if mode == "unk" and getattr(getattr(model, "tokenizer", None), "unk_token_id", None) is None:
+        raise ValueError("mode='unk' needs a tokenizer with an unknown token; this one has none: use mode='zero'")
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    relation_facts = check_sequence(relation_facts, "relation_facts", what="facts")
+    other_facts = check_sequence(other_facts, "other_facts", what="facts")
     own = _prompts(model, relation_facts, None, "relation")
     if not own:
         raise ValueError("relation_facts is empty; pass the facts of the relation to erase")
@@ -716,6 +783,7 @@ def erase_relation(
     return frame
 
 
+@evaluating
 @torch.inference_mode()
 def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Prompt], *, seed: int = 0) -> list[Neuron]:
     """The edit control: as many neurons per layer as ``like``, drawn among those *active* (mean activation > 0
@@ -731,6 +799,8 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     """
     check_model(model)
     neuron_list = to_neurons(like, model, allow_empty=True)
+    seed = check_int(seed, "seed")
+    prompts = to_prompts(model, prompts, what="prompts", allow_empty=True)
     if not prompts:
         raise ValueError("no prompts to find active neurons on")
     by_layer = group_by_layer(neuron_list)
@@ -752,11 +822,17 @@ def random_active_neurons(model: Model, like: NeuronsLike, prompts: Sequence[Pro
     return out
 
 
-def _texts(fact: Any) -> list[str]:
+def _texts(fact: Any, name: str = "fact") -> list[str]:
+    """The prompt texts of a fact (``.prompts``) or of a list of prompts; one str is refused, not split."""
     prompts = fact.prompts if hasattr(fact, "prompts") else fact
+    prompts = check_sequence(prompts, name, what="prompts (or a fact with .prompts)")
+    for p in prompts:
+        if not isinstance(p, str | Prompt):
+            raise TypeError(f"{name} must hold prompt texts or Prompts, got {type(p).__name__} {p!r}")
     return [p.text if isinstance(p, Prompt) else p for p in prompts]
 
 
+@evaluating
 def edit_effects(
     model: Model,
     fact: Any,
@@ -812,22 +888,31 @@ def edit_effects(
         a quarter of their prompts, while the same update on random active neurons leaves them intact.
     """
     check_model(model)
-    texts = _texts(fact)
+    texts = _texts(fact, "fact")
     if not texts:
         raise ValueError("the fact has no prompts")
     neuron_list = to_neurons(neurons, model, allow_empty=True)
     if not neuron_list:
         raise ValueError("no neurons to edit")
+    for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
+        check_number(value, name)
+    seed = check_int(seed, "seed")
+    batch_size = check_batch_size(batch_size)
+    _check_text(text)
+    if new is None:
+        raise ValueError("new is None; pass the new answer, e.g. ' Rome'")
+    if old is not None:
+        token_ids(model, old)  # a clear error now, not after the first scores
     if relation is None:
         relation = getattr(fact, "relation", None)
+    new_prompts = [make_prompt(model, t, new) for t in texts]
+    held = [make_prompt(model, t, new) for t in check_sequence(heldout, "heldout")]
+    near = _prompts(model, check_sequence(neighbours, "neighbours", what="facts"), None, "neighbour")
     if old is None:  # the model's current answer, as the EleutherAI package does
         first = make_prompt(model, texts[0])
         with torch.inference_mode():
             logits = forward_logits(model, first.tokens[None].to(model.cfg.device))
         old = int(logits[0, first.site].argmax())
-    new_prompts = [make_prompt(model, t, new) for t in texts]
-    held = [make_prompt(model, t, new) for t in heldout]
-    near = _prompts(model, neighbours, None, "neighbour")
     use_text = text is not False and not is_encoder(model)
     text_value = None if text is True or text is False else text
 
@@ -870,7 +955,18 @@ def _token_text(model: Model, token: TargetLike) -> str:
 # One fact, one record: the unit of a PARAREL sweep
 # --------------------------------------------------------------------------------------------------------------
 
-SELECTIONS = ("dai", "fact-specific")
+#: The selection rules of :func:`evaluate_fact` and of PARAREL sweeps (:mod:`kn_lens.sweeps`), one line each, for
+#: tables and records (every record and table names the rule that made it): the three rules of
+#: :mod:`kn_lens.neurons` (:data:`~kn_lens.neurons.RULES`) and two rules built on the per-fact one.
+SELECTIONS: dict[str, str] = {
+    **RULES,
+    "fact-specific": "adaptive, then drop the neurons coarse on more than negative_share (25%) of n_negatives (4) "
+    "prompts drawn (per fact) from other known facts of the same relation",
+    "contrastive": "adaptive, on integrated gradients of logit(answer) - mean logit of the relation's other "
+    "answers (the other known facts' answers)",
+}
+#: What the ``selection`` of records made before rules had names meant (``"dai"`` was the per-fact rule).
+LEGACY_SELECTIONS = {"dai": "adaptive", "fact-specific": "fact-specific"}
 
 
 def fact_seed(seed: int, key: str) -> int:
@@ -888,6 +984,118 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fact_texts(fact: Any, name: str) -> tuple[list[str], Any]:
+    """(prompt texts, target) of a fact-like object (a PARAREL bag, FactPrompts, KnowledgeNeurons), checked."""
+    if isinstance(fact, str | bytes | Mapping | tuple | list) or not hasattr(fact, "prompts"):
+        raise TypeError(
+            f"{name} must be a fact with .prompts and .target (a PARAREL Bag, a FactPrompts), got "
+            f"{type(fact).__name__}; wrap (prompts, target) as kn_lens.neurons.FactPrompts(prompts, target)"
+        )
+    if getattr(fact, "target", None) is None:
+        raise ValueError(f"{name} has no target; give the fact its answer")
+    prompts = fact.prompts
+    if isinstance(prompts, str | Prompt):
+        prompts = [prompts]
+    texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"{name}.prompts must be a non-empty list of prompt texts (or Prompts)")
+    return texts, fact.target
+
+
+def _facts(items: Any, name: str) -> list[Any]:
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence | tuple):
+        raise TypeError(f"{name} must be a list of facts (PARAREL bags, FactPrompts), got {type(items).__name__}")
+    for item in items:
+        _fact_texts(item, f"an item of {name}")
+    return list(items)
+
+
+def _count(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def fact_effects(
+    model: Model,
+    prompts: Sequence[str | Prompt],
+    target: TargetLike,
+    neurons: NeuronsLike,
+    *,
+    heldout: Sequence[str | Prompt] = (),
+    same_relation: Sequence[Any] = (),
+    other_relations: Sequence[Any] = (),
+    seed: int = 0,
+    relation: str | None = None,
+    batch_size: int = 32,
+    clean_cache: dict | None = None,
+) -> dict[str, Any]:
+    """The evaluation half of :func:`evaluate_fact`: one fact's neurons suppressed and enhanced beside every
+    control (held-out paraphrases, same-relation facts, other-relation facts, random neurons drawn with ``seed``),
+    as JSON-ready ``random_neurons``, ``effects`` (one dict per intervention x condition, as
+    :func:`summarize_effects`) and ``specificity`` (per intervention).
+
+    A fact without neurons has nothing to intervene on: no effects, no control (it is counted, and left out of
+    effect means, by :func:`records_frame`). ``clean_cache``: see :func:`intervention_effects` (a sweep shares one
+    between the rules of a fact).
+
+    Example:
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert)
+        >>> out = fact_effects(bert, bags[0].prompts[:3], bags[0].target, ["L1N253", "L1N292"],
+        ...                    heldout=bags[0].prompts[3:], same_relation=bags[1:3], seed=1)
+        >>> sorted({e["condition"] for e in out["effects"]})
+        ['knowledge neurons', 'knowledge neurons (held-out)', 'random neurons', 'random neurons (held-out)',
+         'same relation']
+        >>> fact_effects(bert, bags[0].prompts[:3], bags[0].target, [])
+        {'random_neurons': [], 'effects': [], 'specificity': {}}
+    """
+    neuron_list = to_neurons(neurons, model, allow_empty=True)
+    if not neuron_list:
+        return dict(random_neurons=[], effects=[], specificity={})
+    effects = intervention_effects(
+        model,
+        neuron_list,
+        list(prompts),
+        target,
+        heldout=list(heldout) or None,
+        same_relation=list(same_relation) or None,
+        unrelated=list(other_relations) or None,
+        random_seeds=(seed,),
+        relation=relation,
+        batch_size=batch_size,
+        clean_cache=clean_cache,
+    )
+    table = summarize_effects(effects)
+    rows = [{k: _plain(v) for k, v in row.items() if k != "relation"} for row in table.to_dict("records")]
+    spec = {}
+    for name in dict.fromkeys(table["intervention"]):
+        part = table[table["intervention"] == name].set_index("condition")["rel_change_%"]
+        if "knowledge neurons" in part and "same relation" in part:
+            spec[name] = _plain(specificity(float(part["knowledge neurons"]), float(part["same relation"])))
+    control = random_neurons(model, neuron_list, seed=seed)
+    return dict(random_neurons=[str(n) for n in control], effects=rows, specificity=spec)
+
+
+def other_answers(model: Model, target: TargetLike, facts: Sequence[Any]) -> list[Any]:
+    """The distinct answers of ``facts`` other than ``target`` (compared as token ids), in order: the wrong answers
+    of the contrastive selection (:func:`kn_lens.scoring.mean_logit_diff`).
+
+    Example:
+        >>> from kn_lens.datasets import pararel
+        >>> bags = pararel.load(pararel_dir).bags(bert, relations="P37")
+        >>> [b.answer for b in bags[:4]], other_answers(bert, "Polish", bags[:4] + bags[:2])
+        (['Portuguese', 'Polish', 'Swedish', 'Thai'], ['Portuguese', 'Swedish', 'Thai'])
+    """
+    own = tuple(token_ids(model, target))
+    out: dict[tuple[int, ...], Any] = {}
+    for fact in facts:
+        ids = tuple(token_ids(model, fact.target))
+        if ids != own:
+            out.setdefault(ids, fact.target)
+    return list(out.values())
+
+
 def evaluate_fact(
     model: Model,
     fact: Any,
@@ -896,7 +1104,7 @@ def evaluate_fact(
     other_relations: Sequence[Any] = (),
     n_heldout: int = 1,
     seed: int = 0,
-    selection: str = "dai",
+    selection: str = "adaptive",
     n_negatives: int = 4,
     negative_share: float = 0.25,
     n_steps: int = 20,
@@ -906,28 +1114,40 @@ def evaluate_fact(
     """Find one fact's knowledge neurons and measure suppress / enhance beside every control: one JSON record.
 
     The fact's last ``n_heldout`` prompts are held out of the attribution. The random-neuron control uses a
-    per-fact seed (:func:`fact_seed`), so a record does not depend on which process computed it.
+    per-fact seed (:func:`fact_seed`), so a record does not depend on which process computed it. Every argument is
+    checked before the first forward pass. (A PARAREL sweep, :func:`kn_lens.sweeps.run_pararel`, does the same in
+    phases: it attributes each fact once and runs every rule on the stored scores.)
 
     Args:
         model: the model.
         fact: a PARAREL :class:`~kn_lens.datasets.pararel.Bag` (or anything with ``prompts``, ``target``,
-            ``relation``, ``uuid``).
-        same_relation: other facts of the relation (control, and negatives of the fact-specific selection).
+            ``relation``, ``uuid``, e.g. a :class:`~kn_lens.neurons.FactPrompts`).
+        same_relation: other facts of the relation (control; negatives of ``"fact-specific"``; the other answers
+            of ``"contrastive"``).
         other_relations: facts of other relations (Dai's "unrelated" control).
         n_heldout: prompts held out (0: none; kept only if at least 2 prompts remain).
         seed: the run seed.
-        selection: ``"dai"`` (Dai et al.'s rule) or ``"fact-specific"`` (neurons that are also coarse on more
-            than ``negative_share`` of ``n_negatives`` prompts of other facts of the relation are dropped).
+        selection: the rule (:data:`SELECTIONS`): ``"adaptive"`` (default, kn_lens's per-fact rule), ``"dai"``
+            (Dai et al.'s released rule, the fact alone as its relation), ``"eleuther"``, ``"fact-specific"``
+            (adaptive, then neurons also coarse on more than ``negative_share`` of ``n_negatives`` prompts of
+            ``same_relation`` facts are dropped) or ``"contrastive"`` (adaptive, on the integrated gradients of
+            :func:`~kn_lens.scoring.mean_logit_diff` against the other answers among ``same_relation``).
         n_negatives, negative_share: see ``selection``.
-        n_steps: integrated-gradient steps.
+        n_steps: integrated-gradient steps (only passed to integrated gradients, the default ``attribution``).
         batch_size: prompts per forward pass.
-        **find_kwargs: more keywords for :func:`~kn_lens.neurons.find_knowledge_neurons`.
+        **find_kwargs: more keywords for :func:`~kn_lens.neurons.find_knowledge_neurons` (``attribution``,
+            ``layers``, ``method``, ...).
 
     Returns:
-        A dict: ``relation, uuid, subject, answer, target, selection, n_prompts, n_heldout, neurons``
-        (``"L{l}N{i}"``), ``layers``, ``random_neurons``, ``effects`` (one dict per intervention x condition, as
-        :func:`summarize_effects`), ``specificity`` (per intervention), ``completeness`` (each attributed
-        prompt's completeness error, see :func:`~kn_lens.neurons.find_knowledge_neurons`), ``seconds``.
+        A dict: ``rule, relation, uuid, subject, answer, target, n_prompts, n_heldout, neurons`` (``"L{l}N{i}"``),
+        ``layers``, ``random_neurons``, ``effects`` (one dict per intervention x condition, as
+        :func:`summarize_effects`; none for a fact without neurons), ``specificity`` (per intervention),
+        ``completeness`` (each attributed prompt's completeness error, see
+        :func:`~kn_lens.neurons.find_knowledge_neurons`), ``seconds``.
+
+    Raises:
+        TypeError: ``fact`` (or a control) is not a fact object (e.g. a tuple), an unknown keyword.
+        ValueError: an unknown selection, a count out of range, ``"contrastive"`` without other answers.
 
     Example:
         >>> from kn_lens.datasets import pararel
@@ -935,80 +1155,97 @@ def evaluate_fact(
         >>> capitals, others = bags[:12], bags[12:]
         >>> record = evaluate_fact(bert, capitals[0], same_relation=capitals[1:3], other_relations=others[:2],
         ...                        n_steps=5)
-        >>> record["subject"], record["answer"], record["neurons"]
-        ('France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
+        >>> record["rule"], record["subject"], record["answer"], record["neurons"]
+        ('adaptive', 'France', 'Paris', ['L1N253', 'L1N292', 'L1N990', 'L0N721', 'L1N1001'])
         >>> record["specificity"]
         {'suppress': 0.46, 'enhance': 1.56}
+        >>> layer = lambda names: sorted(kn_lens.Neuron.parse(n).layer for n in names)
+        >>> layer(record["random_neurons"]) == layer(record["neurons"])  # the control: as many per layer
+        True
     """
     check_model(model)
+    texts, target = _fact_texts(fact, "fact")
+    same = _facts(same_relation, "same_relation")
+    other = _facts(other_relations, "other_relations")
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    texts = _texts(fact)
-    target = fact.target
-    if not isinstance(n_heldout, int) or n_heldout < 0:
-        raise ValueError(f"n_heldout must be an int >= 0, got {n_heldout!r}")
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    n_heldout = _count(n_heldout, "n_heldout", 0)
+    n_negatives = _count(n_negatives, "n_negatives", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(negative_share, bool) or not isinstance(negative_share, int | float) or not 0 <= negative_share <= 1:
+        raise ValueError(f"negative_share must be a number in [0, 1], got {negative_share!r}")
+    batch_size = check_batch_size(batch_size)
+    clash = sorted({"variant", "negatives", "negative_share", "scores"} & set(find_kwargs))
+    if clash:
+        raise TypeError(f"evaluate_fact chooses {clash} from selection=; pass selection= one of {list(SELECTIONS)}")
+    kwargs: dict[str, Any] = dict(find_kwargs)
+    if kwargs.get("attribution", "ig") == "ig":  # the other attributions take no steps
+        kwargs["n_steps"] = _count(n_steps, "n_steps", 1)
+    kwargs.setdefault("progress", False)  # one record of a sweep: the sweep's own bar counts the facts
     k = n_heldout if len(texts) - n_heldout >= 2 else 0
     train, held = texts[: len(texts) - k], texts[len(texts) - k :]
     uuid = str(getattr(fact, "uuid", "") or getattr(fact, "name", "") or target)
     local_seed = fact_seed(seed, uuid)
-    kwargs: dict[str, Any] = dict(n_steps=n_steps, **find_kwargs)
-    kwargs.setdefault("progress", False)  # one record of a sweep: the sweep's own bar counts the facts
+    extra: dict[str, Any] = {}
     if selection == "fact-specific":
-        pool = [f for f in same_relation if _texts(f)]
+        pool = [f for f in same if _fact_texts(f, "same_relation")[0]]
         rng = random.Random(local_seed)
         picked = rng.sample(pool, min(n_negatives, len(pool)))
         kwargs.update(
-            negatives=[make_prompt(model, rng.choice(_texts(f)), f.target) for f in picked],
+            negatives=[make_prompt(model, rng.choice(_fact_texts(f, "")[0]), f.target) for f in picked],
             negative_share=negative_share,
         )
+    elif selection == "contrastive":
+        if "objective" in kwargs:
+            raise TypeError("selection='contrastive' sets the objective itself; leave out objective=")
+        others = other_answers(model, target, same)
+        if not others:
+            raise ValueError("selection='contrastive' needs same_relation facts with other answers than this fact's")
+        kwargs["objective"] = mean_logit_diff(model, target, others)
+        extra["others"] = [o if isinstance(o, str) else str(o) for o in others]
+    variant = selection if selection in RULES else "adaptive"
     start = time.perf_counter()
-    kns = find_knowledge_neurons(model, train, target, **kwargs)
+    kns = find_knowledge_neurons(model, train, target, variant=variant, **kwargs)
     attributed = time.perf_counter() - start
     relation = getattr(fact, "relation", None)
-    kns.relation = relation
-    effects = intervention_effects(
-        model,
-        kns,
-        heldout=held or None,
-        same_relation=list(same_relation) or None,
-        unrelated=list(other_relations) or None,
-        random_seeds=(local_seed,),
-        relation=relation,
-        batch_size=batch_size,
-    )
-    table = summarize_effects(effects)
-    rows = [{k: _plain(v) for k, v in row.items() if k != "relation"} for row in table.to_dict("records")]
-    spec = {}
-    for name in dict.fromkeys(table["intervention"]):
-        part = table[table["intervention"] == name].set_index("condition")["rel_change_%"]
-        if "knowledge neurons" in part and "same relation" in part:
-            spec[name] = _plain(specificity(float(part["knowledge neurons"]), float(part["same relation"])))
-    control = random_neurons(model, kns.neurons, seed=local_seed) if kns.neurons else []
+    measured = fact_effects(model, train, target, kns.neurons, heldout=held, same_relation=same,
+                            other_relations=other, seed=local_seed, relation=relation,
+                            batch_size=batch_size)  # fmt: skip
     return dict(
+        rule=selection,
         relation=relation,
         uuid=uuid,
         subject=getattr(fact, "subject", None),
         answer=getattr(fact, "answer", None),
         target=target,
-        selection=selection,
         n_prompts=len(train),
         n_heldout=len(held),
         neurons=[str(n) for n in kns.neurons],
         layers=[n.layer for n in kns.neurons],
-        random_neurons=[str(n) for n in control],
+        random_neurons=measured["random_neurons"],
         share_used=_plain(kns.params.get("share_used")),
         completeness=kns.params.get("completeness"),
         dropped={k: [str(n) for n in v] for k, v in kns.dropped.items()},
-        n_steps=n_steps,
-        effects=rows,
-        specificity=spec,
+        n_steps=kwargs.get("n_steps"),
+        effects=measured["effects"],
+        specificity=measured["specificity"],
+        **extra,
         seconds_attribution=round(attributed, 3),
         seconds=round(time.perf_counter() - start, 3),
     )
 
 
+def _rule_of(record: Mapping[str, Any]) -> str:
+    """The rule of a record; records made before rules had names carry ``selection`` (see LEGACY_SELECTIONS)."""
+    if record.get("rule"):
+        return str(record["rule"])
+    return LEGACY_SELECTIONS.get(record.get("selection"), "unknown")
+
+
 def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Sweep records as one tidy frame: one row per (fact, intervention, condition), with a ``relation`` column.
+    """Sweep records as one tidy frame: one row per (rule, fact, intervention, condition), with ``rule`` and
+    ``relation`` columns.
 
     Records of unknown facts (``known`` false) carry no effects and add no rows. Nor do facts for which the
     selection found no knowledge neuron: there is nothing to intervene on, their "changes" are 0 by construction
@@ -1017,23 +1254,52 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     Example:
         >>> frame = records_frame(kn_lens.sweeps.read_records(run_dir))   # a finished run of the tiny BERT
-        >>> len(frame)       # 6 facts x 2 interventions x 6 conditions
-        72
+        >>> frame.groupby("rule", sort=False).size()     # facts with neurons x 2 interventions x 6 conditions
+        rule
+        dai         72
+        adaptive    72
+        dtype: int64
         >>> frame.columns.tolist()
-        ['relation', 'uuid', 'selection', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
+        ['rule', 'relation', 'uuid', 'n_neurons', 'intervention', 'condition', 'n', 'before', 'after', ...,
          'rel_change_%', 'rel_of_means_%']
     """
+    records = check_sequence(records, "records", what="sweep records (kn_lens.sweeps.read_records(run))")
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
+        _check_record(r, i)
         if not r.get("neurons"):
             continue
         for e in r.get("effects") or ():
-            rows.append(dict(relation=r.get("relation"), uuid=r.get("uuid"), selection=r.get("selection"),
+            rows.append(dict(rule=_rule_of(r), relation=r.get("relation"), uuid=r.get("uuid"),
                              n_neurons=len(r.get("neurons") or ()), **e))  # fmt: skip
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
+    frame = pd.DataFrame(rows, columns=None if rows else list(RECORD_FRAME_COLUMNS))
     return frame.astype({c: float for c in ("rel_change_%", "rel_of_means_%", "before", "after") if c in frame})
+
+
+#: The columns :func:`records_frame` always has (an empty frame has exactly these).
+RECORD_FRAME_COLUMNS = ("rule", "relation", "uuid", "n_neurons", "intervention", "condition", "n", "before",
+                        "after", "rel_change_%", "rel_of_means_%")  # fmt: skip
+_EFFECT_KEYS = ("intervention", "condition", "before", "after", "rel_change_%")
+
+
+def _check_record(record: Any, i: int) -> None:
+    """A fact record of :func:`evaluate_fact` (a sweep's ``records.jsonl`` line), or a clear error naming what
+    is missing (records of another tool or schema)."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {i} is a {type(record).__name__}, not a fact record (a dict of evaluate_fact)")
+    needed = ("relation", "uuid") if record.get("known") is False else ("relation", "uuid", "neurons", "effects")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise ValueError(
+            f"record {i} lacks {missing}: not a kn_lens fact record (evaluate_fact / kn-lens evaluate pararel)"
+        )
+    effects = record.get("effects") or ()
+    if not isinstance(effects, list | tuple) or not all(isinstance(e, Mapping) for e in effects):
+        raise ValueError(f"record {i}: 'effects' must be a list of dicts (summarize_effects rows)")
+    for e in effects:
+        lacking = [k for k in _EFFECT_KEYS if k not in e]
+        if lacking:
+            raise ValueError(f"record {i}: an effect row lacks {lacking}; the record is of another schema")
 
 
 CONDITION_ORDER = (
@@ -1047,7 +1313,7 @@ CONDITION_ORDER = (
 
 
 def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame:
-    """Per relation (and ``"all"``), intervention and condition: facts, mean relative change (both
+    """Per rule, relation (and ``"all"``), intervention and condition: facts, mean relative change (both
     definitions, averaged over facts), accuracy before/after, and the relation's specificity.
 
     Args:
@@ -1055,42 +1321,91 @@ def relation_table(frame: pd.DataFrame, *, overall: bool = True) -> pd.DataFrame
         overall: add rows with ``relation="all"``.
 
     Returns:
-        Columns ``relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
+        Columns ``rule, relation, intervention, condition, facts, before, after, rel_change_%, rel_of_means_%,
         acc_before, acc_after, ppl_before, ppl_after, specificity`` (specificity from the own and same-relation
-        mean changes).
+        mean changes); rules in the order they first appear, relations sorted. A frame without a ``rule`` column
+        gives a table without one.
 
     Example:
         >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))
-        >>> table.query("intervention == 'suppress' and relation == 'all'")[["condition", "rel_change_%"]].round(1)
-                               condition  rel_change_%
-        30             knowledge neurons         -38.1
-        31  knowledge neurons (held-out)         -35.7
-        32                 same relation          -8.8
-        33                   other facts          -9.4
-        34                random neurons          -0.1
-        35     random neurons (held-out)          -0.2
+        >>> own = table.query("intervention == 'suppress' and relation == 'all' and condition == 'knowledge neurons'")
+        >>> own[["rule", "facts", "rel_change_%", "specificity"]].round(2)
+                rule  facts  rel_change_%  specificity
+        30       dai      6        -39.41         0.63
+        66  adaptive      6        -24.81         0.68
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be the DataFrame of records_frame(records), got {type(frame).__name__}")
+    by_rule = "rule" in frame.columns
     if frame.empty:
-        return pd.DataFrame(columns=["relation", "intervention", "condition", "facts"])
+        return pd.DataFrame(columns=["rule", "relation", "intervention", "condition", "facts"])
+    missing = [c for c in ("relation", "intervention", "condition", "rel_change_%") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the frame lacks columns {missing}; pass records_frame(records)")
     parts = [frame] + ([frame.assign(relation="all")] if overall else [])
     data = pd.concat(parts, ignore_index=True)
+    keys = ["rule"] * by_rule + ["relation", "intervention", "condition"]
     names = ("before", "after", "rel_change_%", "rel_of_means_%", "acc_before", "acc_after", "ppl_before", "ppl_after")
     metrics = [c for c in names if c in data]
-    out = data.groupby(["relation", "intervention", "condition"], sort=False)[metrics].mean().reset_index()
-    out.insert(3, "facts", data.groupby(["relation", "intervention", "condition"], sort=False).size().to_numpy())
+    out = data.groupby(keys, sort=False)[metrics].mean().reset_index()
+    out.insert(len(keys), "facts", data.groupby(keys, sort=False).size().to_numpy())
     spec = {}
-    for (rel, name), part in out.groupby(["relation", "intervention"], sort=False):
+    group = keys[:-1]
+    for key, part in out.groupby(group, sort=False):
         values = part.set_index("condition")["rel_change_%"]
         own, same = values.get("knowledge neurons"), values.get("same relation")
-        spec[(rel, name)] = specificity(own, same) if own is not None and same is not None else float("nan")
-    out["specificity"] = [spec[(r, i)] for r, i in zip(out["relation"], out["intervention"], strict=True)]
+        spec[key] = specificity(own, same) if own is not None and same is not None else float("nan")
+    out["specificity"] = [spec[tuple(row)] for row in out[group].itertuples(index=False)]
     order = {c: i for i, c in enumerate(CONDITION_ORDER)}
     out["_order"] = out["condition"].map(lambda c: order.get(c, len(order)))
-    return (
-        out.sort_values(["relation", "intervention", "_order"], kind="stable")
-        .drop(columns="_order")
-        .reset_index(drop=True)
-    )
+    sort = ["relation", "intervention", "_order"]
+    if by_rule:
+        rules = {r: i for i, r in enumerate(dict.fromkeys(frame["rule"]))}
+        out["_rule"] = out["rule"].map(rules)
+        sort = ["_rule", *sort]
+    out = out.sort_values(sort, kind="stable").drop(columns=["_order", "_rule"], errors="ignore")
+    return out.reset_index(drop=True)
+
+
+def rule_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per rule (and intervention) from a :func:`relation_table`: the ``"all"`` relation's mean change for
+    the own prompts, held-out paraphrases, same relation, other relations and random neurons, the specificity,
+    and ``own/same`` (the own change over the same-relation change: 3 means the neurons move their own fact three
+    times more than the relation's other facts).
+
+    Example:
+        >>> summary = rule_summary(relation_table(records_frame(kn_lens.sweeps.read_records(run_dir))))
+        >>> summary[["rule", "intervention", "facts", "own", "same relation", "random", "own/same"]].round(2)
+               rule intervention  facts    own  same relation  random  own/same
+        0       dai     suppress      6 -39.41         -14.49    0.04      2.72
+        1       dai      enhance      6 -33.94         -18.09   -0.34      1.88
+        2  adaptive     suppress      6 -24.81          -7.96   -0.23      3.12
+        3  adaptive      enhance      6 -24.18         -12.99    0.07      1.86
+    """
+    missing = [c for c in ("relation", "intervention", "condition", "rel_change_%") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; pass the output of relation_table")
+    names = {"knowledge neurons": "own", "knowledge neurons (held-out)": "held-out", "same relation": "same relation",
+             "other facts": "other relations", "random neurons": "random"}  # fmt: skip
+    data = table[table["relation"] == "all"]
+    if "rule" not in data.columns:
+        data = data.assign(rule="")
+    rank = {name: i for i, name in enumerate(DAI_INTERVENTIONS)}  # per rule: suppress, enhance, then others
+    rules = {name: i for i, name in enumerate(dict.fromkeys(data["rule"]))}
+    data = data.assign(_r=data["rule"].map(rules), _i=data["intervention"].map(lambda x: rank.get(x, len(rank))))
+    data = data.sort_values(["_r", "_i"], kind="stable")
+    rows = []
+    for (rule, intervention), part in data.groupby(["rule", "intervention"], sort=False):
+        values = part.set_index("condition")
+        row: dict[str, Any] = dict(rule=rule, intervention=intervention)
+        row["facts"] = int(values["facts"].get("knowledge neurons", 0)) if "facts" in values else None
+        for condition, label in names.items():
+            row[label] = float(values["rel_change_%"][condition]) if condition in values.index else float("nan")
+        row["specificity"] = float(values["specificity"].iloc[0]) if "specificity" in values else float("nan")
+        own, same = row["own"], row["same relation"]
+        row["own/same"] = own / same if same and math.isfinite(same) and math.isfinite(own) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1252,6 +1567,7 @@ __all__ = [
     "CONDITION_ORDER",
     "DAI_INTERVENTIONS",
     "EFFECT_COLUMNS",
+    "LEGACY_SELECTIONS",
     "SELECTIONS",
     "Measured",
     "compare",
@@ -1260,15 +1576,18 @@ __all__ = [
     "enhance",
     "erase_relation",
     "evaluate_fact",
+    "fact_effects",
     "fact_seed",
     "heldout_text",
     "intervention_effects",
     "measure",
+    "other_answers",
     "other_relation_facts",
     "random_active_neurons",
     "records_frame",
     "relation_neurons",
     "relation_table",
+    "rule_summary",
     "specificity",
     "summarize_effects",
     "suppress",

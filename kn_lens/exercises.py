@@ -346,7 +346,7 @@ def _neuron_acts(model, prompt, texts: Sequence[str], neuron: Neuron) -> Tensor:
     rows = []
 
     def keep(activation, hook):
-        rows.append(activation[0, positions, neuron.index].double())
+        rows.append(activation[0, positions, neuron.index].float().cpu().double())  # MPS has no float64
 
     fwd_hooks = [*prompt.hooks(model), (hook_name(neuron.layer), keep)]
     stop = {} if is_encoder(model) else {"stop_at_layer": neuron.layer + 1}  # a causal model: skip the layers above

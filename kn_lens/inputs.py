@@ -6,6 +6,9 @@ Every public function of kn_lens accepts the same loose forms, because they all 
 * **prompts**: a text, a :class:`~kn_lens.prompts.Prompt`, a list mixing both, ``(texts, target)`` groups of
   other facts, or anything with ``.prompts`` and ``.target`` (a :class:`~kn_lens.neurons.FactPrompts`, a
   :class:`~kn_lens.neurons.KnowledgeNeurons` result);
+* **targets** of several prompts: one for all (a str, a token id, a *tuple* of ids = one multi-token target)
+  or a *list* with one per prompt; a list of bare ints with one per prompt is ambiguous and refused
+  (:func:`~kn_lens.prompts.split_targets` says how to write each meaning);
 * **neurons**: ``Neuron(9, 1094)``, ``(9, 1094)``, ``"L9N1094"``, a list of those, an ``[n, 2]`` integer tensor,
   or anything with ``.neurons``. Layers and indices must be ints (``3.0`` and ``True`` are refused: a float
   index is almost always a bug upstream, e.g. a division that should have been ``//``);
@@ -43,7 +46,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, Neuron, NeuronLike, check_layer, is_encoder
-from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt
+from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt, split_targets
 
 PositionsLike: TypeAlias = Literal["site", "all", "last"] | int | Sequence[int] | Tensor
 """Where to read or intervene; see the module docstring. The default everywhere is ``"site"``."""
@@ -74,6 +77,24 @@ def check_int(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
 
 
+def check_count(value: Any, name: str, *, minimum: int = 0) -> int:
+    """An int of at least ``minimum`` (a count, a size, a number of steps); floats, NaN and bools raise.
+
+    Example:
+        >>> check_count(2, "min_count", minimum=1)
+        2
+        >>> check_count(float("nan"), "min_count", minimum=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: min_count must be an int, got nan (a float); convert with int(...) if that is really meant
+    """
+    value = check_int(value, name)
+    if value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
 def check_batch_size(value: Any, name: str = "batch_size") -> int:
     """A positive int (prompts or rows per forward pass).
 
@@ -83,10 +104,76 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
         ...
         ValueError: batch_size must be a positive int, got -1
     """
-    value = check_int(value, name)
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
+    return check_count(value, name, minimum=1)
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number, optionally within ``[low, high]`` (``low_open`` / ``high_open`` exclude the ends).
+
+    Example:
+        >>> check_number(0.5, "share", low=0, high=1, low_open=True)
+        0.5
+        >>> check_number(1.5, "objective_floor", low=0, high=1, high_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: objective_floor must be a number in [0, 1), got 1.5
+    """
+    check_finite(value, name)
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a number, got a tensor")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        interval = (
+            f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        )
+        raise ValueError(f"{name} must be a number in {interval}, got {value:g}")
     return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """One of ``choices`` (a ``ValueError`` listing them otherwise).
+
+    Example:
+        >>> check_choice("unk", "mode", ("zero", "unk"))
+        'unk'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_sequence(value: Any, name: str, *, what: str = "prompts") -> list[Any]:
+    """A list/tuple-like collection of items; a bare ``str`` (which would be read character by character), a
+    mapping or a non-iterable raise a ``TypeError`` that says how to wrap it.
+
+    Example:
+        >>> check_sequence(("a", "b"), "heldout")
+        ['a', 'b']
+        >>> check_sequence("Paris is in", "heldout")
+        Traceback (most recent call last):
+        ...
+        TypeError: heldout must be a list of prompts, not one str (it would be read character by character); ...
+    """
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"{name} must be a list of {what}, not one str (it would be read character by character); "
+            f"wrap it: [{value!r}]"
+        )
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of {what}, got {type(value).__name__}")
+    return list(value)
 
 
 def check_finite(value: float | Tensor, name: str) -> None:
@@ -106,6 +193,36 @@ def check_finite(value: float | Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """A torch device that exists on this machine (None passes): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"{name} must be a str like 'cpu' or 'cuda', or a torch.device; got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name} {device!r}: this machine has no CUDA GPU (or this torch has no CUDA); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{name} {device!r}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name} {device!r}: MPS is not available on this machine; use cpu")
+    return parsed
 
 
 # --------------------------------------------------------------------------------------------------- neurons
@@ -255,8 +372,9 @@ def to_prompts(
         model: the model the prompts are for.
         prompts: a text, a Prompt, a list mixing both, ``(texts, target)`` groups, or objects with ``.prompts``
             and ``.target`` (facts, results).
-        target: the target of text prompts: one for all, or a list with one per prompt. A Prompt keeps its own
-            target unless ``target`` is given.
+        target: the target of text prompts: one for all (a str, an id, a tuple of ids), or a list with one per
+            prompt (see :func:`~kn_lens.prompts.split_targets`). A Prompt keeps its own target unless ``target``
+            is given.
         need_target: raise unless every prompt ends up with a target.
         what: the argument's name, for error messages.
         allow_empty: return ``[]`` for ``None`` or an empty list instead of raising.
@@ -280,10 +398,7 @@ def to_prompts(
         if allow_empty:
             return []
         raise ValueError(f"no {what} given; pass at least one prompt")
-    per_prompt = isinstance(target, list | tuple) and not all(isinstance(t, int) for t in target)
-    if per_prompt and len(target) != len(items):  # type: ignore[arg-type]
-        raise ValueError(f"got {len(items)} {what} but {len(target)} targets; pass one target, or one per prompt")
-    targets = list(target) if per_prompt else [target] * len(items)  # type: ignore[arg-type]
+    targets = split_targets(target, len(items), what)
     out: list[Prompt] = []
     for item, item_target in zip(items, targets, strict=True):
         if isinstance(item, Prompt):
@@ -530,11 +645,17 @@ __all__ = [
     "PositionsLike",
     "batch_positions",
     "check_batch_size",
+    "check_choice",
+    "check_count",
+    "check_device",
     "check_finite",
     "check_int",
     "check_neuron_values",
+    "check_number",
     "check_positions",
+    "check_sequence",
     "prompt_positions",
+    "split_targets",
     "to_layers",
     "to_means",
     "to_neuron",

@@ -49,6 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens import backends
+from kn_lens._device import evaluating, is_half
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
 from kn_lens.inputs import NeuronsLike, check_batch_size, to_neuron, to_neurons, to_prompts
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
@@ -149,6 +150,9 @@ def direction_logits(
     ``b_U``) BERT would produce if its last residual stream were ``d``; biases inside the head are kept since
     they cannot be separated from the non-linearity.
 
+    Returns the scores on the model's device, in its dtype (float32 for a half-precision model: the vocabulary
+    is read in float32 there).
+
     Example:
         >>> direction_logits(model, model.W_out[24, [1005]]).topk(5).indices
         tensor([[12539, 49148, 33180, 39549, 33606]])
@@ -164,6 +168,8 @@ def direction_logits(
         x = backends.mlm_head(model, final_norm(model)(x[:, None, :]))[:, 0, :]
     else:
         x = _norm_linear(_pre_unembed_norm(model), x, None)
+    if is_half(x.dtype):  # read the vocabulary in float32: half-precision logits keep 2-3 digits
+        return x.float() @ w_u.float()
     return x @ w_u
 
 
@@ -337,6 +343,7 @@ def _scale_hooks(model: Model, layer: int) -> list[str]:
     return ["ln_final.hook_scale"] if final_norm(model) is not None else []
 
 
+@evaluating
 @torch.inference_mode()
 def direct_effect(
     model: Model,
@@ -373,7 +380,8 @@ def direct_effect(
         batch_size: prompts per forward pass (prompts are batched by length, without padding).
 
     Returns:
-        One number per prompt, in logit units.
+        One number per prompt, in logit units (float32, CPU; computed in float32 from the model's activations
+        whatever its dtype, and in eval mode).
 
     Example:
         >>> direct_effect(model, "L29N1066", "The capital of France is", " Paris")   # a knowledge neuron
@@ -407,17 +415,13 @@ def direct_effect(
                     c = _norm_linear(block_norm(model.blocks[later].ln1), c, cache[f"blocks.{later}.ln1.hook_scale"])
                     c = _norm_linear(block_norm(model.blocks[later].ln2), c, cache[f"blocks.{later}.ln2.hook_scale"])
                 resid = cache[backends.encoder_output_hook(model)]
-                clean = backends.mlm_head(model, resid) @ w_u
-                ablated = backends.mlm_head(model, resid - c) @ w_u
-                delta = clean - ablated  # [batch, pos, d_vocab]
+                direction = backends.mlm_head(model, resid).float() - backends.mlm_head(model, resid - c).float()
             else:
                 norm = final_norm(model)
                 scale = cache[scale_names[0]] if scale_names else None
-                c = _norm_linear(norm, contribution, scale) if norm is not None else contribution
-                delta = c @ w_u
-            for row, prompt in enumerate(batch):
-                total = sum(
-                    delta[row, pos, tok].item() for pos, tok in zip(prompt.positions, prompt.target_ids, strict=True)
-                )
-                out[chunk[row]] = total
+                direction = (_norm_linear(norm, contribution, scale) if norm is not None else contribution).float()
+            for row, prompt in enumerate(batch):  # in float32, only the target's columns of the unembedding
+                pos = torch.tensor(prompt.positions, device=direction.device)
+                columns = w_u[:, list(prompt.target_ids)].float().to(direction.device)  # [d_model, k]
+                out[chunk[row]] = float((direction[row, pos] * columns.T).sum())
     return out

@@ -45,6 +45,7 @@ import torch
 
 from kn_lens import backends
 from kn_lens._typing import Model
+from kn_lens.inputs import check_device
 
 if backends.HAS_HOOKED:
     from transformer_lens import HookedEncoder, HookedTransformer, HookedTransformerConfig
@@ -153,6 +154,7 @@ def load_model(
 
         >>> model = load_model("gpt2")  # doctest: +SKIP
     """
+    check_device(device)  # a device that exists here, before minutes of loading
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
     if dtype is not None and not dtype.is_floating_point:
@@ -490,6 +492,27 @@ def _mirror_checkpoint(path: Path, mirror: Path) -> None:
     (mirror / "config.json").write_text(json.dumps(config))
 
 
+def _official_class(name: str) -> type:
+    """``HookedEncoder`` for TransformerLens' official BERT checkpoints, ``HookedTransformer`` for the rest.
+
+    Decided on the official name's model part (``google-bert/bert-base-cased`` -> ``bert-base-cased``), not on
+    "bert" anywhere in the name: ``facebook/hubert-base-ls960`` (speech), RoBERTa or DistilBERT are no
+    ``HookedEncoder`` models.
+
+    Example:
+        >>> _official_class("bert-base-cased").__name__, _official_class("gpt2").__name__
+        ('HookedEncoder', 'HookedTransformer')
+    """
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    official = get_official_model_name(name)
+    if official.split("/")[-1].lower().startswith("bert-"):
+        return HookedEncoder
+    if "hubert" in official.lower():
+        raise ValueError(f"{name!r} is a speech model (HuBERT); kn_lens works on text models")
+    return HookedTransformer
+
+
 def _load_official(
     name: str, *, device: str | torch.device | None, dtype: torch.dtype | None
 ) -> HookedTransformer | HookedEncoder:
@@ -499,7 +522,7 @@ def _load_official(
             "load_model() for the embedded SmolLM2, a checkpoint folder, or a name from "
             "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES"
         )
-    cls = HookedEncoder if "bert" in name.lower() else HookedTransformer
+    cls = _official_class(name)
     kwargs = {"device": device} if device is not None else {}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -51,6 +51,19 @@ def _scores_2d(scores: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
+def _scores_of(scores: Any, row_layers: Sequence[int] | None) -> tuple[np.ndarray, Sequence[int] | None]:
+    """``(scores [layer, d_mlp], the layer of each row)`` from a tensor (rows ``row_layers``, default 0..n-1) or a
+    result with ``.scores`` and ``.layers`` (a :class:`~kn_lens.neurons.KnowledgeNeurons`: its rows are its
+    layers, also when they are a subset)."""
+    if not isinstance(scores, Tensor | np.ndarray | list | tuple) and hasattr(scores, "scores"):
+        layers = getattr(scores, "layers", None)
+        arr = _scores_2d(scores.scores)
+        if row_layers is None and layers is not None and len(layers) == arr.shape[0]:
+            row_layers = list(layers)
+        return arr, row_layers
+    return _scores_2d(scores), row_layers
+
+
 def _check_frame(df: Any, function: str, columns: Sequence[str], hint: str = "") -> None:
     """The one input check of every figure built from a table: a DataFrame with the columns it reads."""
     if not isinstance(df, pd.DataFrame):
@@ -92,7 +105,7 @@ def _row_layers(
 
 
 def attribution_heatmap(
-    scores: Float[Tensor, "layer d_mlp"],
+    scores: Float[Tensor, "layer d_mlp"] | Any,
     *,
     layers: Sequence[int] | None = None,
     top_k: int | None = None,
@@ -104,15 +117,18 @@ def attribution_heatmap(
 
     Args:
         scores: ``[layer, d_mlp]`` scores, e.g. from integrated gradients (a ``[prompt, layer, d_mlp]`` tensor is
-            averaged over prompts).
+            averaged over prompts), or a :class:`~kn_lens.neurons.KnowledgeNeurons` result (its rows are labelled
+            with its ``.layers``).
         layers: the layers to show (default all), as layer numbers.
         top_k: None draws every neuron (fine up to a few thousand per layer). An int draws the sparse view: for
             each layer only its ``top_k`` neurons by ``|score|``, sorted, with the neuron index written in the
             cell; the x axis is then the rank, not the index. Use it for 1536+ neurons per layer.
         title: the figure title.
-        neurons: neurons to mark with a black square (e.g. the selected knowledge neurons).
-        row_layers: the layer of each row of ``scores`` (default ``0..rows-1``): pass the ``layers=`` the scores
-            were computed for when that was a subset, so rows are labelled with their real layers.
+        neurons: neurons to mark with a black square (e.g. the selected knowledge neurons); each must lie in the
+            scores (a layer they have rows for, an index below ``d_mlp``).
+        row_layers: the layer of each row of ``scores`` (default ``0..rows-1``, or a result's ``.layers``): pass
+            the ``layers=`` the scores were computed for when that was a subset, so rows are labelled with their
+            real layers.
 
     Returns:
         A figure with one ``Heatmap`` trace (``customdata`` holds ``L{l}N{n}`` for the hover) and, if ``neurons``
@@ -123,13 +139,14 @@ def attribution_heatmap(
         >>> list(fig.data[0].y[:3])  # one row per layer
         ['L0', 'L1', 'L2']
     """
-    arr = _scores_2d(scores)
+    arr, row_layers = _scores_of(scores, row_layers)
     picked, rows = _row_layers(arr.shape[0], layers, row_layers)
+    _, all_layers = _row_layers(arr.shape[0], None, row_layers)
     sub = arr[picked]
     d_mlp = arr.shape[1]
     colours = _centred(sub)
     y = [f"L{layer}" for layer in rows]
-    marked = [(int(layer), int(index)) for layer, index in (neurons or [])]
+    marked = _marked_neurons(neurons, all_layers, d_mlp)
     fig = go.Figure()
     if top_k is None:
         labels = np.array([[f"L{layer}N{n}" for n in range(d_mlp)] for layer in rows])
@@ -198,12 +215,34 @@ def attribution_heatmap(
     return fig
 
 
-def layer_mass(scores: Float[Tensor, "layer d_mlp"], *, title: str = "Attribution mass per layer") -> go.Figure:
+def _marked_neurons(neurons: Any, layers: Sequence[int], d_mlp: int) -> list[tuple[int, int]]:
+    """The neurons to mark, as ``(layer, index)``; each must be inside the scores (never dropped silently)."""
+    from kn_lens.inputs import to_neurons
+
+    marked = [(n.layer, n.index) for n in to_neurons(neurons, allow_empty=True)] if neurons is not None else []
+    for layer, index in marked:
+        if layer not in layers or not 0 <= index < d_mlp:
+            raise ValueError(
+                f"neuron L{layer}N{index} is outside the scores (rows for layers {list(layers)}, {d_mlp} neurons "
+                "each); pass row_layers= if the scores are of a layer subset"
+            )
+    return marked
+
+
+def layer_mass(
+    scores: Float[Tensor, "layer d_mlp"] | Any,
+    *,
+    title: str = "Attribution mass per layer",
+    row_layers: Sequence[int] | None = None,
+) -> go.Figure:
     """Bars of each layer's total positive and total negative attribution (stacked around 0).
 
     Args:
-        scores: ``[layer, d_mlp]`` (or ``[prompt, layer, d_mlp]``, averaged over prompts).
+        scores: ``[layer, d_mlp]`` (or ``[prompt, layer, d_mlp]``, averaged over prompts), or a
+            :class:`~kn_lens.neurons.KnowledgeNeurons` result.
         title: the figure title.
+        row_layers: the layer of each row of ``scores`` (default ``0..rows-1``, or a result's ``.layers``): the
+            ``layers=`` the scores were computed for, when a subset.
 
     Returns:
         A figure with two ``Bar`` traces, ``"positive"`` (sum of scores > 0 per layer) and ``"negative"`` (sum of
@@ -212,11 +251,14 @@ def layer_mass(scores: Float[Tensor, "layer d_mlp"], *, title: str = "Attributio
     Example:
         >>> [trace.name for trace in layer_mass(scores).data]
         ['positive', 'negative']
+        >>> subset = kn_lens.integrated_gradients(model, "The capital of France is", " Paris", layers=[24, 29])
+        >>> list(layer_mass(subset, row_layers=[24, 29]).data[0].x)
+        [24, 29]
     """
-    arr = _scores_2d(scores)
+    arr, row_layers = _scores_of(scores, row_layers)
     pos = np.clip(arr, 0, None).sum(1)
     neg = np.clip(arr, None, 0).sum(1)
-    layers = list(range(arr.shape[0]))
+    _, layers = _row_layers(arr.shape[0], None, row_layers)
     fig = go.Figure(
         [
             go.Bar(x=layers, y=pos, name="positive", marker_color="#2166ac", hovertemplate="L%{x}: %{y:.4g}"),
@@ -356,8 +398,8 @@ def relation_effects(
 
     Example:
         >>> from kn_lens.evaluate import records_frame, relation_table
-        >>> table = relation_table(records_frame(kn_lens.sweeps.read_records(run_dir)))   # a tiny-BERT run
-        >>> fig = relation_effects(table)                    # fig.show() in a notebook
+        >>> records = kn_lens.sweeps.read_records(run_dir, rule="dai")   # a tiny-BERT run, one selection rule
+        >>> fig = relation_effects(relation_table(records_frame(records)))   # fig.show() in a notebook
         >>> sorted({bar.name for bar in fig.data})
         ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
          'random neurons (held-out)', 'same relation']
@@ -368,6 +410,9 @@ def relation_effects(
     )  # fmt: skip
     if table.empty:
         raise ValueError("the table is empty: no facts were evaluated")
+    if "rule" in table.columns and table["rule"].nunique() > 1:
+        raise ValueError(f"the table holds several selection rules {list(dict.fromkeys(table['rule']))}; draw one "
+                         "at a time: relation_effects(table[table['rule'] == 'dai'])")  # fmt: skip
     interventions = list(dict.fromkeys(table["intervention"]))
     fig = make_subplots(rows=len(interventions), cols=1, subplot_titles=interventions, shared_xaxes=True)
     relations = list(dict.fromkeys(table["relation"]))
@@ -601,6 +646,8 @@ def knowledge_neurons(
             raise ValueError(
                 f"neuron L{layer}N{index} is outside the scores (layers {all_layers}, {arr.shape[2]} neurons each)"
             )
+    if isinstance(prompt_labels, str):
+        raise TypeError(f"prompt_labels must be a list of labels, one per prompt, not one str: [{prompt_labels!r}]")
     labels = list(prompt_labels) if prompt_labels is not None else [f"prompt {i}" for i in range(arr.shape[0])]
     if len(labels) != arr.shape[0]:
         raise ValueError(f"{len(labels)} prompt labels for {arr.shape[0]} prompts")

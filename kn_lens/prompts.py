@@ -10,6 +10,15 @@ Multi-token targets:
       target token ``i`` is read from the logits at ``site + i``;
     * encoders get one ``[MASK]`` per target token (the single ``[MASK]`` in the text is widened).
 
+Targets of several prompts (every function that takes prompts and a target, see :func:`split_targets`):
+    * one target for every prompt: a str (``" Paris"``), a token id, or a **tuple** of token ids (one
+      multi-token target, ``(7042, 11)``);
+    * one target per prompt: a **list** with one entry per prompt, each a str, a ``[token id]`` list or a tuple
+      of ids (``[" Paris", " Rome"]``, ``[[7042], [7268]]``).
+
+    A list of bare ints whose length is the number of prompts could mean either, so it is refused with an error
+    that shows both spellings; a list of ints of another length can only be one multi-token target.
+
 Example:
     >>> p = make_prompt(model, "The capital of France is", " Paris")
     >>> p.site, p.target_ids, str(p)
@@ -260,27 +269,74 @@ def _check_split(model: Model, joint: list[int], separate: list[int], text: str,
         )
 
 
+def split_targets(targets: TargetLike | Sequence[TargetLike], n: int, what: str = "prompts") -> list[TargetLike]:
+    """One target per prompt from ``targets`` as given for ``n`` prompts (see the module docstring).
+
+    A str, an int, None or a tuple of ints is one target for every prompt; a list (or a tuple that is not all
+    ints) has one entry per prompt. A list of ``n`` ints (``n > 1``) is ambiguous and refused.
+
+    Example:
+        >>> split_targets(" Paris", 2), split_targets((7042, 11), 2), split_targets([[7042], [7268]], 2)
+        ([' Paris', ' Paris'], [(7042, 11), (7042, 11)], [[7042], [7268]])
+        >>> split_targets([7042, 7268], 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: targets [7042, 7268] is ambiguous for 2 prompts: pass [[7042], [7268]] for one token id per ...
+    """
+    if isinstance(targets, list | tuple) and targets and all(_is_id(t) for t in targets):
+        if isinstance(targets, list) and len(targets) == n and n > 1:
+            ids = [int(t) for t in targets]
+            raise ValueError(
+                f"targets {ids} is ambiguous for {n} {what}: pass {[[t] for t in ids]} for one token id per "
+                f"prompt, or the tuple {tuple(ids)} for one multi-token target of every prompt"
+            )
+        return [targets] * n
+    if isinstance(targets, list | tuple):
+        if len(targets) != n:
+            raise ValueError(f"got {n} {what} but {len(targets)} targets; pass one target, or one per prompt")
+        return list(targets)
+    return [targets] * n
+
+
+def one_target(target: TargetLike) -> TargetLike:
+    """The target of one fact: a list of token ids is one multi-token target there (never one id per prompt), so
+    it becomes the tuple :func:`split_targets` reads that way; anything else is returned as it is.
+
+    Example:
+        >>> one_target([7042, 11]), one_target(" Paris")
+        ((7042, 11), ' Paris')
+    """
+    if isinstance(target, list) and target and all(_is_id(t) for t in target):
+        return tuple(target)
+    return target
+
+
+def _is_id(token: object) -> bool:
+    return isinstance(token, int) and not isinstance(token, bool)
+
+
 def make_prompts(
     model: Model,
     texts: str | Sequence[str],
     targets: TargetLike | Sequence[TargetLike] = None,
 ) -> list[Prompt]:
-    """Several prompts at once; ``targets`` is one target for all texts or one per text.
+    """Several prompts at once; ``targets`` is one target for all texts or one per text (see
+    :func:`split_targets`: a tuple of ids is one multi-token target, a list has one entry per text).
 
     Example:
         >>> [p.site for p in make_prompts(model, ["The capital of France is", "France's capital city is"], " Paris")]
         [4, 4]
+        >>> texts = ["The capital of France is", "Italy's capital is"]
+        >>> [p.target for p in make_prompts(model, texts, [[7042], [7268]])]  # one token id per text
+        [' Paris', ' Rome']
     """
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not texts:
         raise ValueError("no prompts given; pass at least one prompt")
-    if isinstance(targets, list | tuple) and not all(isinstance(t, int) for t in targets):
-        if len(targets) != len(texts):
-            raise ValueError(f"got {len(texts)} prompts but {len(targets)} targets")
-        return [make_prompt(model, t, y) for t, y in zip(texts, targets, strict=True)]
-    return [make_prompt(model, t, targets) for t in texts]  # type: ignore[arg-type]
+    per_text = split_targets(targets, len(texts))
+    return [make_prompt(model, t, y) for t, y in zip(texts, per_text, strict=True)]
 
 
 def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:

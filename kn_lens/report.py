@@ -28,8 +28,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from kn_lens.evaluate import records_frame, relation_table
-from kn_lens.sweeps import MANIFEST, SweepError, read_convergence, read_known, read_records, read_relations
+from kn_lens.evaluate import records_frame, relation_table, rule_summary
+from kn_lens.sweeps import (
+    MANIFEST_KEYS,
+    SweepError,
+    coverage,
+    read_convergence,
+    read_known,
+    read_manifest,
+    read_records,
+    read_relations,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -60,6 +69,25 @@ class _Figures:
         return out
 
 
+def _run_files(run: Path) -> tuple[list[dict], pd.DataFrame, list[dict]]:
+    """Records, known facts and relation results of a run, each checked (a file of another schema is named)."""
+    try:
+        records = read_records(run)
+        records_frame(records)  # checks every record
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, SweepError):
+            raise
+        why = f"a record lacks the key {err}" if isinstance(err, KeyError) else str(err)
+        raise SweepError(f"{run / 'records.jsonl'} holds records of another schema: {why}") from None
+    known = read_known(run)
+    if not all(isinstance(k, dict) and {"relation", "uuid", "known"} <= k.keys() for k in known):
+        raise SweepError(f"{run / 'known.jsonl'} holds rows of another schema (each needs relation, uuid, known)")
+    relations = read_relations(run)
+    if not all(isinstance(r, dict) and "kind" in r and isinstance(r.get("rows", []), list) for r in relations):
+        raise SweepError(f"{run / 'relations.jsonl'} holds rows of another schema (each needs kind and rows)")
+    return records, pd.DataFrame(known), relations
+
+
 def build_report(run: str | os.PathLike) -> str:
     """The HTML text of the report of a run folder (see :func:`write_report`)."""
     import plotly.graph_objects as go
@@ -67,35 +95,31 @@ def build_report(run: str | os.PathLike) -> str:
     from kn_lens import plotting
 
     run = Path(run)
-    if not (run / MANIFEST).exists():
-        raise SweepError(f"{run} is not a run folder (no {MANIFEST}); run `kn-lens evaluate pararel --out {run}`")
-    manifest = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
-    records = read_records(run)
-    known = pd.DataFrame(read_known(run))
-    relations = read_relations(run)
+    manifest = read_manifest(run)  # a folder of another tool (or none) is refused here
+    rules = list(manifest.get("rules") or {})
+    records, known, relations = _run_files(run)
     figure = _Figures()
     parts = [f"<h1>Knowledge neurons on PARAREL: {html.escape(str(manifest.get('model')))}</h1>"]
-    settings = {k: manifest.get(k) for k in ("model", "relations", "facts_per_relation", "seed", "n_steps",
-                                              "selection", "n_heldout", "n_controls", "known_rule")}  # fmt: skip
-    settings["versions"] = manifest.get("versions")
+    settings = {k: manifest.get(k) for k in ("model", "model_config", "relations", "facts_per_relation", "seed",
+                                              "attribution", "n_heldout", "n_controls", "selection", "known_rule",
+                                              "versions")}  # fmt: skip
     parts.append("<h2>Run</h2>" + _table(pd.DataFrame([{"setting": k, "value": json.dumps(v)}
                                                          for k, v in settings.items()])))  # fmt: skip
+    parts.append("<h3>Selection rules</h3>" + _table(pd.DataFrame(
+        [{"rule": k, "what it does": v} for k, v in (manifest.get("rules") or {}).items()])))  # fmt: skip
 
     parts.append("<h2>Coverage</h2>")
     parts.append(
-        "<p class='note'>Facts are scanned in file order until enough known ones are found; a fact is known when "
+        "<p class='note'>Each relation's facts are shuffled by the run's seed and scanned until enough known ones "
+        "are found (a uniform sample of the known facts); a fact is known when "
         f"{html.escape(str(manifest.get('known_rule')))}. Every number below is computed on known facts only; "
-        "effect tables leave out the facts for which the selection found no knowledge neuron "
-        "(<code>no_neurons</code>: nothing to intervene on).</p>"
+        "effect tables leave out the facts for which a rule found no knowledge neuron "
+        "(<code>no neurons</code>: nothing to intervene on).</p>"
     )
     if not known.empty:
-        cov = known.groupby("relation", sort=False).agg(scanned=("known", "size"), known=("known", "sum"))
-        cov["coverage_%"] = 100 * cov["known"] / cov["scanned"]
-        done = Counter(r["relation"] for r in records)
-        empty = Counter(r["relation"] for r in records if not r.get("neurons"))
-        cov["evaluated"] = [done.get(r, 0) for r in cov.index]
-        cov["no_neurons"] = [empty.get(r, 0) for r in cov.index]
-        parts.append(_table(cov.reset_index()))
+        cov = coverage(run)
+        cov.insert(3, "coverage_%", 100 * cov["known"] / cov["scanned"].where(cov["scanned"] > 0))
+        parts.append(_table(cov))
         unknown = known[~known["known"].astype(bool)]
         parts.append(f"<details><summary>{len(unknown)} facts the model does not know</summary>"
                      f"{_table(unknown)}</details>")  # fmt: skip
@@ -111,25 +135,33 @@ def build_report(run: str | os.PathLike) -> str:
     )
     if not frame.empty:
         table = relation_table(frame)
-        parts.append(figure(plotting.relation_effects(table)))
-        for name in dict.fromkeys(table["intervention"]):
-            parts.append(f"<h3>{html.escape(name)}</h3>" + _table(table[table["intervention"] == name]))
+        parts.append("<h3>Per rule, all relations</h3>" + _table(rule_summary(table)))
+        for rule in dict.fromkeys(table["rule"]):
+            part = table[table["rule"] == rule]
+            parts.append(f"<h3>Rule {html.escape(str(rule))}</h3>")
+            parts.append(figure(plotting.relation_effects(part.drop(columns="rule"))))
+            for name in dict.fromkeys(part["intervention"]):
+                parts.append(f"<h4>{html.escape(name)}</h4>" + _table(part[part["intervention"] == name]))
 
-        neurons = [n for r in records for n in r.get("neurons") or ()]
-        layers = Counter(int(n[1:].split("N")[0]) for n in neurons)
-        n_layers = manifest.get("model_config", {}).get("n_layers") or (max(layers) + 1 if layers else 1)
-        fig = go.Figure(go.Bar(x=list(range(n_layers)), y=[layers.get(i, 0) for i in range(n_layers)]))
-        fig.update_layout(title="Layer of the selected knowledge neurons", xaxis_title="layer",
-                          yaxis_title="neurons", template="plotly_white", height=350)  # fmt: skip
-        parts.append("<h2>Neurons</h2>" + figure(fig))
-        counts = Counter(len(r.get("neurons") or ()) for r in records)
-        fig = go.Figure(go.Bar(x=sorted(counts), y=[counts[k] for k in sorted(counts)]))
-        mean = sum(k * v for k, v in counts.items()) / max(sum(counts.values()), 1)
-        fig.update_layout(title=f"Knowledge neurons per fact (mean {mean:.2f}; Dai et al. ~4.13 on BERT)",
-                          xaxis_title="neurons", yaxis_title="facts", template="plotly_white", height=350)  # fmt: skip
-        parts.append(figure(fig))
-        top = Counter(neurons).most_common(20)
-        parts.append("<h3>Most frequent neurons</h3>" + _table(pd.DataFrame(top, columns=["neuron", "facts"])))
+        n_layers = manifest.get("model_config", {}).get("n_layers") or 1
+        layer_fig, count_fig = go.Figure(), go.Figure()
+        tops = []
+        for rule in rules or [None]:
+            mine = [r for r in records if rule is None or r.get("rule") == rule]
+            neurons = [n for r in mine for n in r.get("neurons") or ()]
+            layers = Counter(int(n[1:].split("N")[0]) for n in neurons)
+            layer_fig.add_bar(x=list(range(n_layers)), y=[layers.get(i, 0) for i in range(n_layers)], name=rule)
+            counts = Counter(len(r.get("neurons") or ()) for r in mine)
+            mean = sum(k * v for k, v in counts.items()) / max(sum(counts.values()), 1)
+            count_fig.add_bar(x=sorted(counts), y=[counts[k] for k in sorted(counts)], name=f"{rule} (mean {mean:.2f})")
+            tops += [dict(rule=rule, neuron=n, facts=c) for n, c in Counter(neurons).most_common(10)]
+        layer_fig.update_layout(title="Layer of the selected knowledge neurons", xaxis_title="layer",
+                                yaxis_title="neurons", template="plotly_white", height=350)  # fmt: skip
+        parts.append("<h2>Neurons</h2>" + figure(layer_fig))
+        count_fig.update_layout(title="Knowledge neurons per fact (Dai et al. ~4.13 on BERT)", xaxis_title="neurons",
+                                yaxis_title="facts", template="plotly_white", height=350)  # fmt: skip
+        parts.append(figure(count_fig))
+        parts.append("<h3>Most frequent neurons</h3>" + _table(pd.DataFrame(tops)))
 
     parts += _convergence_section(records, read_convergence(run), figure)
 
@@ -173,7 +205,8 @@ def _convergence_section(records: list[dict], rows: list[dict], figure: _Figures
         "errors can cancel. The stability table re-selects facts' neurons with other quadrature rules and compares "
         "them with a fine reference (Jaccard of the sets; largest score error / largest reference score).</p>"
     )
-    facts = [r for r in records if r.get("completeness")]
+    first_rule = next((r.get("rule") for r in records), None)
+    facts = [r for r in records if r.get("completeness") and r.get("rule") == first_rule]
     per_fact = pd.DataFrame(
         dict(relation=[r["relation"] for r in facts], fact=[r["uuid"] for r in facts],
              error=[sum(r["completeness"]) / len(r["completeness"]) for r in facts])
@@ -209,9 +242,15 @@ def write_report(run: str | os.PathLike, output: str | os.PathLike | None = None
         >>> path.name, path.stat().st_size > 10_000
         ('tiny-bert.html', True)
     """
+    if not isinstance(run, str | os.PathLike):
+        raise TypeError(f"run must be the path of a run folder, got {type(run).__name__}")
     path = Path(output) if output else Path(run) / "report.html"
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of output {path} does not exist; create it first")
     path.write_text(build_report(run), encoding="utf-8")
     return path
 
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["MANIFEST_KEYS", "build_report", "read_manifest", "write_report"]

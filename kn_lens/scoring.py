@@ -12,6 +12,9 @@ or by a metric of your own, as in TransformerLens' ``patching.py``: any callable
 one :class:`~kn_lens.prompts.Prompt` per row, and returns one differentiable number per row ("larger = more of
 what you measure"). :func:`logit_diff` builds the most common one.
 
+Objectives are computed in float32 whatever the model's dtype (a metric receives float32 logits), and every
+function here runs the model in eval mode (a model left in train mode is put back in it afterwards).
+
 Example:
     >>> target_scores(model, prompts)                            # Float[Tensor, "n_prompts"]
     tensor([0.7725, ...])
@@ -31,6 +34,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import backends
+from kn_lens._device import evaluating
 from kn_lens._typing import Model, check_model
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
 
@@ -83,6 +88,44 @@ def logit_diff(model: Model, correct: TargetLike, wrong: TargetLike) -> Metric:
     return metric
 
 
+def mean_logit_diff(model: Model, correct: TargetLike, wrong: Sequence[TargetLike]) -> Metric:
+    """A metric: logit of ``correct`` minus the mean logit of the ``wrong`` answers, at each prompt's (first)
+    target position; the mean of :func:`logit_diff` over them.
+
+    The contrastive objective of a relation: attributed with it, a neuron scores high when it favours *this*
+    answer over the relation's other answers (" Paris" over " Rome", " Berlin", ...), not when it raises every
+    capital alike. Repeated wrong answers count once; ``correct`` may not be among them.
+
+    Example:
+        >>> metric = mean_logit_diff(model, " Paris", [" Rome", " Berlin"])
+        >>> p = make_prompt(model, "The capital of France is", " Paris")
+        >>> logits = model(p.tokens[None])
+        >>> at = logits[0, p.positions[0]]
+        >>> ids = [token_ids(model, t)[0] for t in (" Paris", " Rome", " Berlin")]
+        >>> bool(torch.isclose(metric(logits, [p])[0], at[ids[0]] - (at[ids[1]] + at[ids[2]]) / 2))
+        True
+    """
+    check_model(model)
+    good = token_ids(model, correct)
+    if isinstance(wrong, str | int) or not isinstance(wrong, Sequence) or not wrong:
+        raise ValueError("wrong must be a non-empty list of answers, e.g. [' Rome', ' Berlin']")
+    bad = list(dict.fromkeys(tuple(token_ids(model, w)) for w in wrong))
+    if len(good) != 1 or any(len(b) != 1 for b in bad):
+        raise ValueError("mean_logit_diff compares single tokens; pass one-token answers (or token ids)")
+    if (good[0],) in bad:
+        raise ValueError(f"the correct answer {correct!r} is also among the wrong ones; leave it out of wrong")
+    bad_ids = [b[0] for b in bad]
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"], prompts: Sequence[Prompt]) -> Float[Tensor, " batch"]:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = torch.tensor([p.positions[0] for p in prompts], device=logits.device)
+        picked = logits[rows, pos]
+        return picked[:, good[0]] - picked[:, torch.tensor(bad_ids, device=logits.device)].mean(-1)
+
+    metric.__name__ = f"mean_logit_diff({correct!r}, {len(bad_ids)} others)"
+    return metric
+
+
 def objective_from_logits(
     logits: Float[Tensor, "batch pos d_vocab"],
     prompts: Sequence[Prompt] | Prompt,
@@ -93,6 +136,10 @@ def objective_from_logits(
     ``prompts`` is one prompt shared by every row (e.g. the steps of an integrated-gradients path) or one prompt
     per row. Differentiable. A callable ``objective`` is called as ``objective(logits, prompts)`` (one prompt per
     row) and must return one number per row.
+
+    Computed in float32 whatever the logits' dtype (the logits read are cast first: the softmax of bfloat16 logits
+    would keep two or three significant digits), and returned as float32 on the logits' device; a callable metric
+    receives the logits as float32.
 
     Example:
         >>> p = make_prompt(model, "The capital of France is", " Paris")
@@ -106,7 +153,7 @@ def objective_from_logits(
     if len(prompts) != batch:
         raise ValueError(f"{len(prompts)} prompts for {batch} rows of logits")
     if callable(objective):
-        return _call_metric(objective, logits, list(prompts))
+        return _call_metric(objective, logits.float(), list(prompts)).float()
     if not all(p.target_ids for p in prompts):
         raise ValueError("a prompt has no target; make it with make_prompt(model, text, target)")
     same = all(p.positions == prompts[0].positions and p.target_ids == prompts[0].target_ids for p in prompts)
@@ -125,6 +172,7 @@ def objective_from_logits(
         positions = torch.tensor([p.positions for p in prompts], device=logits.device)
         ids = torch.tensor([p.target_ids for p in prompts], device=logits.device)
         picked = logits[rows, positions]
+    picked = picked.float()  # the softmax of a half-precision model's logits would keep 2-3 digits
     if objective == "logit":
         return picked.gather(-1, ids[..., None])[..., 0].sum(-1)
     logprobs = picked.log_softmax(-1).gather(-1, ids[..., None])[..., 0].sum(-1)
@@ -146,8 +194,18 @@ def with_grad(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn(*args, **kwargs)
+        grad = torch.is_grad_enabled()
+        try:
+            try:
+                if torch.is_inference_mode_enabled():
+                    with torch.inference_mode(False), torch.enable_grad():
+                        return fn(*args, **kwargs)
+                with torch.enable_grad():
+                    return fn(*args, **kwargs)
+            finally:  # the caller's grad mode, also when an interrupt hit torch's own restore
+                torch.set_grad_enabled(grad)
+        finally:
+            torch.set_grad_enabled(grad)
 
     return wrapper
 
@@ -171,7 +229,7 @@ def forward_logits(model: Model, tokens: Tensor, fwd_hooks=()) -> Float[Tensor, 
         torch.Size([1, 5, 49152])
     """
     if fwd_hooks:
-        return model.run_with_hooks(tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
+        return backends.run_with_hooks(model, tokens, return_type="logits", fwd_hooks=list(fwd_hooks))
     return model(tokens, return_type="logits")
 
 
@@ -201,6 +259,7 @@ def check_hooks(model: Model, fwd_hooks) -> None:
             )
 
 
+@evaluating
 @torch.inference_mode()
 def target_scores(
     model: Model,
@@ -223,6 +282,9 @@ def target_scores(
         objective: ``"prob"``, ``"logprob"`` or ``"logit"``.
         fwd_hooks: ``[(hook_name, fn), ...]`` or a per-batch builder (e.g. an ``Intervention``).
         batch_size: prompts per forward pass (a positive int).
+
+    Returns:
+        ``Float[Tensor, "n_prompts"]``, float32 on the CPU (computed in float32 whatever the model's dtype).
 
     Example:
         >>> target_scores(model, ["The capital of France is", "The capital of Italy is"], [" Paris", " Rome"])
@@ -249,6 +311,7 @@ def target_scores(
     return out
 
 
+@evaluating
 def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataFrame:
     """The model's ``k`` most likely tokens at the prompt's site (the mask, or the next token), as a DataFrame.
 

@@ -78,8 +78,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kn_lens import backends
+from kn_lens._device import accumulator_dtype, evaluating
 from kn_lens._typing import Model, Neuron, check_model, hook_name, is_encoder
-from kn_lens.inputs import check_batch_size, to_layers
+from kn_lens.inputs import (
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_finite,
+    check_int,
+    check_number,
+    check_sequence,
+    to_layers,
+)
 
 Aggregate = Literal["mean", "min"]
 
@@ -156,6 +166,13 @@ class Task:
             object.__setattr__(self, part, value)
         if len(self.classes) != 2:
             raise ValueError(f"classes must name the two labels, got {self.classes!r}")
+        for part in ("train", "dev"):  # thresholds come from train, signs and accuracies from dev
+            present = set(getattr(self, part).labels)
+            if len(present) < 2:
+                raise ValueError(
+                    f"the {part} split has a single class (label {present.pop()}): a binary task needs examples of "
+                    "both labels in train and dev (give both classes; make_task stratifies by label)"
+                )
 
     def split(self, name: str) -> Split:
         """The split called ``name`` (``"train"``, ``"dev"`` or ``"test"``)."""
@@ -229,6 +246,8 @@ def make_task(
         {'train': 2, 'dev': 2, 'test': 2}
     """
     pair = _check_pair(texts, labels)
+    if len(set(pair.labels)) < 2:
+        raise ValueError(f"every label is {pair.labels[0]}: a binary task needs examples of both labels 0 and 1")
     for what, fraction in (("dev", dev), ("test", test)):
         if not 0 <= fraction < 1:
             raise ValueError(f"{what} must be a fraction in [0, 1), got {fraction}")
@@ -265,7 +284,8 @@ def binarize(
         >>> binarize(["a", "b", "c"], ["entail", "neutral", "contra"], "entail", "contra")
         (['a', 'c'], [1, 0])
     """
-    texts, labels = list(texts), list(labels)
+    texts = check_sequence(texts, "texts", what="texts")
+    labels = check_sequence(labels, "labels", what="labels")
     if len(texts) != len(labels):
         raise ValueError(f"texts and labels have different lengths ({len(texts)} vs {len(labels)})")
     pos = set(positive) if isinstance(positive, list | set | tuple | frozenset) else {positive}
@@ -377,8 +397,19 @@ def _pararel(folder: str | Path, relation: str) -> tuple[list[str], list[tuple[s
             f"relation {relation} not found in {folder} (expected patterns/{relation}.jsonl and facts/{relation}.jsonl "
             "from the PARAREL release)"
         )
-    patterns = [row["pattern"] for row in _read_jsonl(patterns_path)]
-    facts = [(row["sub_label"], row["obj_label"]) for row in _read_jsonl(facts_path)]
+    patterns = []
+    for number, row in enumerate(_read_jsonl(patterns_path), start=1):
+        pattern = row.get("pattern") if isinstance(row, dict) else None
+        if not isinstance(pattern, str) or pattern.count("[X]") != 1 or pattern.count("[Y]") != 1:
+            raise ValueError(
+                f"{patterns_path}, line {number}: a template needs exactly one [X] and one [Y]: {pattern!r}"
+            )
+        patterns.append(pattern)
+    facts = []
+    for number, row in enumerate(_read_jsonl(facts_path), start=1):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("sub_label", "obj_label")):
+            raise ValueError(f"{facts_path}, line {number}: a fact needs 'sub_label' and 'obj_label' strings")
+        facts.append((row["sub_label"], row["obj_label"]))
     return patterns, facts
 
 
@@ -451,7 +482,8 @@ def pararel_relation_pair(
 ) -> Task:
     """Which of two PARAREL relations a sentence expresses (e.g. place of birth, 0, vs place of death, 1).
 
-    Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact.
+    Each text is a whole PARAREL sentence (subject and object filled in), one random template per fact. The two
+    relations must differ (one relation against itself has nothing to tell apart).
 
     Example:
         >>> task = pararel_relation_pair(pararel_folder, "P19", "P20", n=200)  # e.g. "../shared/pararel"
@@ -460,6 +492,8 @@ def pararel_relation_pair(
         >>> task.train.texts[0], task.train.labels[0]
         (...)
     """
+    if negative == positive:
+        raise ValueError(f"negative and positive are the same relation ({negative!r}); pass two different ones")
     rng = random.Random(seed)
     zero = _pararel_texts(folder, [negative], n // 2, fill_object=True, rng=rng)
     one = _pararel_texts(folder, [positive], n - n // 2, fill_object=True, rng=rng)
@@ -798,6 +832,9 @@ class SoftPrompt:
     def __post_init__(self) -> None:
         if not isinstance(self.embeddings, Tensor) or self.embeddings.ndim != 2 or self.embeddings.shape[0] < 1:
             raise ValueError("embeddings must be a [n_tokens, d_model] tensor with n_tokens >= 1")
+        if not self.embeddings.is_floating_point():
+            raise TypeError(f"embeddings must be a floating-point tensor, got {self.embeddings.dtype}")
+        check_finite(self.embeddings.detach(), "the soft prompt's embeddings")
         if self.placement not in ("start", "end"):
             raise ValueError(f"placement must be 'start' or 'end', got {self.placement!r}")
         _split_template(self.template)
@@ -854,18 +891,31 @@ class SoftPrompt:
 
     @classmethod
     def load(cls, path: str | Path) -> SoftPrompt:
-        """Load a soft prompt written by :meth:`save`."""
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        """Load a soft prompt written by :meth:`save`; a damaged or foreign file is a ``ValueError`` naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no soft prompt file at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and torch errors of a damaged file all differ
+            raise ValueError(f"{path} is not a readable kn_lens soft prompt file ({type(error).__name__})") from None
         if not isinstance(state, dict) or state.get("kind") != "kn_lens.SoftPrompt":
             raise ValueError(f"{path} is not a kn_lens soft prompt file")
-        return cls(
-            state["embeddings"],
-            tuple(state["verbalizer"]),  # type: ignore[arg-type]
-            state["template"],
-            state["placement"],
-            float(state["dev_accuracy"]),
-            [tuple(h) for h in state["history"]],  # type: ignore[misc]
-        )
+        missing = [k for k in ("embeddings", "verbalizer", "template", "placement", "dev_accuracy", "history")
+                   if k not in state]  # fmt: skip
+        if missing:
+            raise ValueError(f"{path} is a damaged soft prompt file: it lacks {missing}")
+        try:
+            return cls(
+                state["embeddings"],
+                tuple(state["verbalizer"]),  # type: ignore[arg-type]
+                state["template"],
+                state["placement"],
+                float(state["dev_accuracy"]),
+                [tuple(h) for h in state["history"]],  # type: ignore[misc]
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} holds an invalid soft prompt: {error}") from None
 
     def __repr__(self) -> str:
         return (
@@ -973,6 +1023,7 @@ def _run(
         yield chunk, logits[:, layout.site % n_pos].float(), acts
 
 
+@evaluating
 @torch.inference_mode()
 def margins(
     model: Model,
@@ -1016,6 +1067,7 @@ def margins(
     return out
 
 
+@evaluating
 def accuracy(
     model: Model,
     data: Task | Split | tuple,
@@ -1139,6 +1191,28 @@ def train_soft_prompt(
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     placement = placement or ("start" if is_encoder(model) else "end")
+    # Prompt tuning differentiates, whatever mode the caller is in (torch.no_grad(), inference_mode, a notebook
+    # cell decorated with either): both are lifted for the training and restored on return.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_soft_prompt(
+            model, task, verbalizer, n_tokens, steps, lr, batch_size, template, placement, eval_every, seed, progress
+        )
+
+
+def _train_soft_prompt(
+    model: Model,
+    task: Task,
+    verbalizer: Sequence[str],
+    n_tokens: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    template: str,
+    placement: Literal["start", "end"],
+    eval_every: int,
+    seed: int,
+    progress: bool,
+) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     embedding = _embedding_matrix(model)
     init = embedding[torch.randint(0, embedding.shape[0], (n_tokens,), generator=generator)].detach().clone().float()
@@ -1208,6 +1282,8 @@ class Predictivity:
         aggregate: ``"mean"`` or ``"min"`` over positions.
         layers: the layers computed.
         n_train, n_dev: examples used for the thresholds and for the accuracies.
+        prompt: the prompt the activations were read under (its positions are :attr:`positions`); None when
+            unknown (a result made by hand).
 
     Example:
         ``skill`` is :func:`predictivity` of the tiny BERT's soft prompt (see there):
@@ -1228,6 +1304,7 @@ class Predictivity:
     layers: list[int] = field(default_factory=list)
     n_train: int = 0
     n_dev: int = 0
+    prompt: HardPrompt | SoftPrompt | None = field(default=None, repr=False, compare=False)
 
     @property
     def scores(self) -> Float[Tensor, "n_layers d_mlp"]:
@@ -1284,7 +1361,7 @@ class Predictivity:
         """One row per neuron (best first): neuron, layer, index, predictivity, best position, its sign and
         threshold. ``top`` keeps only the best rows."""
         scores = self.scores
-        neurons = self.top(k=top) if top else self.top(1.0)
+        neurons = self.top(1.0) if top is None else self.top(k=check_count(top, "top", minimum=1))
         best_pos = self.per_position.argmax(0)
         rows = []
         for n in neurons:
@@ -1318,6 +1395,7 @@ class Predictivity:
         )
 
 
+@evaluating
 @torch.inference_mode()
 def predictivity(
     model: Model,
@@ -1449,7 +1527,7 @@ def predictivity(
     sign[:, layer_list] = sign_part[idx]
     return Predictivity(
         per_position, thresholds, sign, tuple(all_positions[i] for i in chosen), aggregate, layer_list,
-        len(train), n_dev,
+        len(train), n_dev, prompt,
     )  # fmt: skip
 
 
@@ -1485,6 +1563,43 @@ def random_mask(like: Tensor, *, seed: int = 0, exclude: Tensor | None = None) -
     return out
 
 
+def _same_prompt(model: Model, skill: Predictivity, prompt: PromptLike) -> HardPrompt | SoftPrompt:
+    """The prompt to perturb under: ``skill``'s own (None), or one that reads the same activations (same template,
+    placement and soft embeddings; the verbalizer may differ)."""
+    measured = skill.prompt
+    if prompt is None:
+        return measured if measured is not None else as_prompt(model, None)
+    prompt = as_prompt(model, prompt)
+    if measured is None:
+        return prompt
+    same = (
+        type(prompt) is type(measured)
+        and prompt.template == measured.template
+        and (
+            isinstance(prompt, HardPrompt)
+            or (
+                prompt.placement == measured.placement  # type: ignore[union-attr]
+                and prompt.embeddings.shape == measured.embeddings.shape  # type: ignore[union-attr]
+                and torch.equal(prompt.embeddings.detach().cpu(), measured.embeddings.detach().cpu())  # type: ignore[union-attr]
+            )
+        )
+    )
+    if not same:
+        raise ValueError(
+            f"prompt differs from the one predictivity was measured with ({_describe(measured)} vs "
+            f"{_describe(prompt)}): its positions {skill.positions} and thresholds belong to that prompt; pass "
+            "prompt=None (or the same prompt), or measure predictivity with this one"
+        )
+    return prompt
+
+
+def _describe(prompt: HardPrompt | SoftPrompt) -> str:
+    if isinstance(prompt, SoftPrompt):
+        return f"a {prompt.n_tokens}-token soft prompt ({prompt.placement}) in {prompt.template!r}"
+    return f"the template {prompt.template!r}"
+
+
+@evaluating
 def perturbation_curve(
     model: Model,
     task: Task,
@@ -1509,8 +1624,10 @@ def perturbation_curve(
 
     Args:
         model, task: the model and task.
-        skill: the :class:`Predictivity` (from the same ``prompt``).
-        prompt: the prompt the accuracy is measured with.
+        skill: the :class:`Predictivity`.
+        prompt: the prompt the accuracy is measured with: the one ``skill`` was measured with (None: that one). A
+            prompt with another template, placement or soft embeddings is refused: ``skill.positions`` and its
+            thresholds belong to the prompt they were read under (the verbalizer may differ).
         fractions: fractions of all neurons (of ``layers``) to perturb.
         kind: ``"gaussian"``, ``"zero"`` or ``"mean"``.
         std: the noise's standard deviation for ``"gaussian"``.
@@ -1535,8 +1652,25 @@ def perturbation_curve(
     """
     from kn_lens import hooks as hooks_module
 
+    check_model(model)
     if not isinstance(skill, Predictivity):
         raise TypeError("skill must be the Predictivity result of kn_lens.skill.predictivity")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a kn_lens.skill.Task, got {type(task).__name__}")
+    task.split(split)
+    prompt = _same_prompt(model, skill, prompt)
+    fractions = [_check_fraction(f) for f in check_sequence(fractions, "fractions", what="fractions")]
+    if not fractions:
+        raise ValueError("fractions is empty; pass at least one fraction, e.g. [0.01, 0.05]")
+    check_choice(kind, "kind", ("gaussian", "zero", "mean"))
+    check_number(std, "std", low=0)
+    seeds = [check_int(seed, "seeds") for seed in check_sequence(seeds, "seeds", what="ints")]
+    batch_size = check_batch_size(batch_size)
+    if skill.n_layers != model.cfg.n_layers or skill.d_mlp != model.cfg.d_mlp:
+        raise ValueError(
+            f"skill has {skill.n_layers} layers x {skill.d_mlp} neurons, the model {model.cfg.n_layers} x "
+            f"{model.cfg.d_mlp}: it was measured on another model"
+        )
     if not seeds:
         raise ValueError("seeds is empty; pass at least one seed")
     allowed = torch.zeros(skill.n_layers, skill.d_mlp, dtype=torch.bool)
@@ -1547,7 +1681,7 @@ def perturbation_curve(
     rows[0]["accuracy"] = accuracy(model, task, prompt=prompt, split=split, batch_size=batch_size, progress=False)
     steps = [(f, sel, s) for f in fractions for sel, s in [("skill", seeds[0])] + [("random", s) for s in seeds]]
     for fraction, selection, seed in tqdm(steps, desc="perturbation curve", disable=not progress):
-        k = max(1, round(_check_fraction(fraction) * pool))
+        k = max(1, round(fraction * pool))
         top = torch.zeros_like(allowed)
         top.view(-1)[_best_first(scores.flatten())[:k]] = True  # the same tie order as Predictivity.mask
         chosen = top if selection == "skill" else random_mask(top, seed=seed)
@@ -1565,6 +1699,7 @@ def perturbation_curve(
 # --------------------------------------------------------------------------------------------------------------
 
 
+@evaluating
 @torch.inference_mode()
 def mean_activations(
     model: Model,
@@ -1599,8 +1734,8 @@ def mean_activations(
     for chunk in tqdm(_batches(token_lists, batch_size), desc="mean activations", disable=not progress, leave=False):
         tokens = torch.tensor([token_lists[i] for i in chunk], device=model.cfg.device)
 
-        def add(activation: Tensor, hook: Any, layer: int) -> None:
-            sums[layer] += activation.double().sum((0, 1)).cpu()
+        def add(activation: Tensor, hook: Any, layer: int) -> None:  # summed on the device (MPS: no float64)
+            sums[layer] += activation.sum((0, 1), dtype=accumulator_dtype(activation.device)).cpu().double()
 
         hooks = [(hook_name(layer), functools.partial(add, layer=layer)) for layer in range(n_layers)]
         model.run_with_hooks(tokens, fwd_hooks=list(prompt.hooks(model)) + hooks)
@@ -1678,7 +1813,8 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
             kept = keep[layer].nonzero().flatten().to(mlp.W_in.device)
             dropped = (~keep[layer]).nonzero().flatten().to(mlp.W_in.device)
             w_out = mlp.W_out
-            constant = means[layer, dropped].double().to(w_out.device) @ w_out[dropped].double()
+            acc = accumulator_dtype(w_out.device)  # float64 where the device has it (MPS: float32)
+            constant = means[layer].to(w_out.device).to(acc)[dropped] @ w_out[dropped].to(acc)
             pad = width - len(kept)
 
             mlp.W_in = _take(mlp.W_in, 1, kept, pad)
@@ -1687,7 +1823,7 @@ def prune(model: Model, keep: Tensor, means: Tensor) -> Model:
             if getattr(mlp, "b_in", None) is not None:
                 mlp.b_in = _take(mlp.b_in, 0, kept, pad)
             mlp.W_out = _take(w_out, 0, kept, pad)
-            mlp.b_out = torch.nn.Parameter((mlp.b_out.double() + constant).to(mlp.b_out.dtype))
+            mlp.b_out = torch.nn.Parameter((mlp.b_out.to(acc) + constant).to(mlp.b_out.dtype))
             mlp.d_mlp = width
     pruned.cfg.d_mlp = width
     return pruned.eval()

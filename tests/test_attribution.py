@@ -250,6 +250,24 @@ def test_attribution_patching_mean(random_gpt2):
     assert torch.allclose(ap[0][ok], ((act - means[1]) * grad)[ok], atol=1e-6)
 
 
+def test_ablations_take_an_activation_cache_as_means(random_gpt2):
+    """hooks accepted a TransformerLens ActivationCache as mean_cache, ablation_effects refused it."""
+    texts = ["The capital of Spain is", "The capital of Italy is"]
+    names = {layer: A.hook_name(layer, "mlp_post") for layer in (0, 1)}
+    tokens = random_gpt2.to_tokens(texts[0], prepend_bos=False)
+    _, cache = random_gpt2.run_with_cache(tokens, names_filter=list(names.values()))
+    means = {layer: cache[name].reshape(-1, cache[name].shape[-1]).mean(0) for layer, name in names.items()}
+    prompt = make_prompt(random_gpt2, PROMPT, " Paris")
+    for fn in (A.ablation_effects, A.attribution_patching):
+        kw = dict(layers=[1], mode="mean", objective="logit")
+        from_cache = fn(random_gpt2, prompt, mean_cache=cache, **kw)
+        from_dict = fn(random_gpt2, prompt, mean_cache=means, **kw)
+        assert torch.allclose(from_cache, from_dict, atol=1e-6)
+        assert from_cache.abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"the cache has no blocks\.1\.mlp\.hook_pre"):
+        A.ablation_effects(random_gpt2, prompt, layers=[1], mode="mean", mean_cache=cache, hook="mlp_pre")
+
+
 @pytest.mark.parametrize("model_name", ["random_llama", "tiny_bert"])
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ablation_effects_match_direct_runs(request, model_name, mode):
@@ -408,22 +426,21 @@ def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
     assert torch.isfinite(A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2)).all()
 
 
-def test_fast_memory_plan_splits_groups_and_steps(random_llama, monkeypatch):
+def test_fast_memory_plan_splits_groups_and_steps(random_llama):
     """A tiny memory budget forces passes that split layers and steps; the scores must not change."""
-    from kn_lens import _ig_fast
+    from kn_lens import _ig_fast, _memory
+    from kn_lens.attribution import per_token_prompts
 
     kw = dict(n_steps=5, method="gausslegendre", return_convergence_delta=True)
     s0, d0 = A.integrated_gradients(random_llama, PROMPT, " Buenos Aires", fast=False, **kw)
     prompt = make_prompt(random_llama, PROMPT, " Buenos Aires")
-    clean = _ig_fast._engine(random_llama).clean_pass(random_llama, prompt, [0, 1, 2], "prob")
-    cost = _ig_fast._bytes_per_step(random_llama, clean, 0, len(prompt))
-    plan = _ig_fast._plan([cost, cost * 0.6, cost * 0.2], 5, cost * 3.5)
+    cost = _ig_fast._row_bytes(random_llama, per_token_prompts(prompt)[0], 0, len(prompt), "prob")
+    plan = _memory.plan([cost, cost * 0.6, cost * 0.2], 5, cost * 3.5)
     assert len(plan) > 2 and [u for p in plan for u in p if u[0] == 0] != [(0, 0, 5)]  # group 0 split
     assert sorted((g, s) for p in plan for g, a, b in p for s in range(a, b)) == [
         (g, s) for g in range(3) for s in range(5)
     ]
-    monkeypatch.setattr(_ig_fast, "MEMORY_BUDGET", cost * 2.5)
-    s1, d1 = A.integrated_gradients(random_llama, prompt, fast=True, **kw)
+    s1, d1 = A.integrated_gradients(random_llama, prompt, fast=True, memory_budget=cost * 2.5, **kw)
     assert _rel_err(s1, s0) < 1e-4
     assert torch.allclose(d0, d1, atol=1e-5)
 

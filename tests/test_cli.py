@@ -128,3 +128,101 @@ def test_demo_command_tells_the_story_with_controls(capsys):
     for condition in ("the fact's prompts", "other capitals (same relation)", "other relations", "random neurons"):
         assert re.search(rf"^{re.escape(condition)}[\s,]", out, flags=re.MULTILINE), condition
     assert "Relation filter" in out and "Done in" in out
+
+
+# ------------------------------------------------------------------ options each command uses; one-line errors
+
+
+def _help(capsys, *command) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["demo"], ["predict"], ["attribute"], ["find"], ["decode"], ["report"]])
+def test_each_command_shows_the_options_it_uses(command, capsys):
+    """Every verb offered --model and --backend, also report, which never loads a model; predict, decode,
+    attribute and find lacked the --json and --device the README promises."""
+    text = _help(capsys, *command)
+    loads_a_model = command != ["report"]
+    for option in ("--model", "--backend", "--device"):
+        assert (option in text) is loads_a_model, option
+    assert ("--json" in text) is (command != ["demo"])
+
+
+def test_report_refuses_model_options(capsys, tmp_path):
+    assert main(["--model", "tiny-bert", "report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "kn-lens: error: report reads a run folder and loads no model: drop --model\n"
+
+
+def _one_line_error(capsys, argv, *expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("kn-lens")]  # (transformers may show progress)
+    assert len(ours) == 1 and ours[0].startswith("kn-lens: error:") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("foo", "'foo' is not a torch device"), ("cuda:x", "is not a torch device"), ("cuda", "no CUDA GPU")],
+)
+def test_a_device_this_machine_lacks_is_one_line_before_loading(capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for command in (["predict", "x"], ["decode", "L1N2"], ["suppress", "Paris", "a [MASK]."]):
+        _one_line_error(capsys, [*command, "--model", "tiny-bert", "--device", device], "--device", message)
+    with pytest.raises(ValueError, match="is not a torch device"):
+        kn_lens.load_model(fixture.PATH, device="foo")
+
+
+def test_a_checkpoint_folder_without_weights_is_one_line(capsys, tmp_path):
+    for item in fixture.PATH.iterdir():  # config and tokenizer, no weights
+        if "safetensors" not in item.name and not item.name.endswith(".bin"):
+            (tmp_path / item.name).write_bytes(item.read_bytes())
+    _one_line_error(capsys, ["predict", "x [MASK].", "--model", str(tmp_path)], str(tmp_path))
+
+
+def test_predict_decode_attribute_find_write_json(capsys, tiny_bert):
+    import json
+
+    assert main(["predict", BERT_PROMPT, "-k", "3", "--model", "tiny-bert", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt"] == BERT_PROMPT and len(out["rows"]) == 3
+    expected = kn_lens.top_predictions(tiny_bert, BERT_PROMPT, 3)
+    assert [row["token"] for row in out["rows"]] == list(expected["token"])
+    assert main(["decode", "L1N3", "-k", "2", "--model", "tiny-bert", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["neuron"] == "L1N3" and {r["side"] for r in out["rows"]} == {"top", "bottom"}
+    assert main(["attribute", BERT_PROMPT, FACT.answer, "--top", "2", "--steps", "3", "--model", "tiny-bert",
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    scores = kn_lens.integrated_gradients(tiny_bert, BERT_PROMPT, FACT.answer, n_steps=3)
+    assert [r["neuron"] for r in out["rows"]] == [str(n) for n in kn_lens.top_neurons(scores, 2)]
+    prompts = fixture.train_prompts(FACT)
+    assert main(["find", FACT.answer, *prompts, "--model", "tiny-bert", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["neurons"] == [str(n) for n in kn_lens.find_knowledge_neurons(tiny_bert, prompts, FACT.answer)]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    """A KeyboardInterrupt (here raised at the first line of the lens, as Ctrl-C would) used to print a traceback."""
+    import sys
+
+    def interrupt(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "decode" and frame.f_code.co_filename.endswith("lens.py"):
+            raise KeyboardInterrupt
+        return None
+
+    sys.settrace(interrupt)
+    try:
+        code = main(["decode", "L1N3", "--model", "tiny-bert"])
+    finally:
+        sys.settrace(None)
+    assert code == 130
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("kn-lens")]
+    assert len(ours) == 1 and ours[0].startswith("kn-lens: interrupted") and "Traceback" not in err

@@ -12,6 +12,7 @@ import pytest
 from _tiny_pararel import write_tiny_pararel
 
 from kn_lens import sweeps
+from kn_lens._typing import Neuron
 from kn_lens.cli import main
 from kn_lens.convergence import PRESETS, convergence, convergence_summary, jaccard
 from kn_lens.datasets import pararel
@@ -63,8 +64,33 @@ def test_a_coarse_rule_is_measurably_worse(frame):
 
 def test_jaccard():
     assert jaccard([], []) == 1.0
-    assert jaccard(["a"], ["b"]) == 0.0
-    assert jaccard(["a", "b", "c"], ["b", "c", "d"]) == 0.5
+    assert jaccard(["L0N1"], ["L0N2"]) == 0.0
+    assert jaccard(["L0N1", "L0N2", "L1N3"], ["L0N2", "L1N3", "L2N4"]) == 0.5
+
+
+def test_jaccard_reads_neurons_not_characters():
+    """jaccard("L1N2", "L2N1") was 1.0: each string was taken as the set of its characters."""
+    assert jaccard("L1N2", "L2N1") == 0.0
+    assert jaccard("L1N2", "L1N2") == 1.0
+    assert jaccard(["L1N2", (3, 4)], [Neuron(1, 2), "L3N4"]) == 1.0  # one neuron, whatever its spelling
+    with pytest.raises(ValueError):
+        jaccard(["a"], ["b"])
+
+
+def test_convergence_reads_every_fact_before_attributing(tiny_bert, facts):
+    """A bad fact late in the list used to fail only after the earlier facts' attributions (minutes)."""
+    calls = []
+    handle = tiny_bert.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="exactly one \\[MASK\\]"):
+            convergence(tiny_bert, [*facts, (["no mask here"], "Paris")], settings=[COARSE], progress=False)
+        with pytest.raises(TypeError, match="facts must be a list"):
+            convergence(tiny_bert, "The capital of France is [MASK].", progress=False)
+        with pytest.raises(TypeError, match="settings must be a list"):
+            convergence(tiny_bert, facts, settings="riemann_left", progress=False)
+    finally:
+        handle.remove()
+    assert not calls
 
 
 @pytest.mark.parametrize(
@@ -145,7 +171,7 @@ def test_preset_and_method_reach_the_manifest(run, tmp_path, capsys):
             "--relations", "P36", "--facts-per-relation", "1", "--preset", "converged", "--steps", "6"]  # fmt: skip
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["n_steps"] == 6 and manifest["find_kwargs"] == {"method": "'riemann_middle'"}
+    assert manifest["attribution"]["n_steps"] == 6 and manifest["attribution"]["method"] == "riemann_middle"
     assert main([*argv[:-4], "--method", "simpson"]) == 2
     assert "--method must be one of" in capsys.readouterr().err
 

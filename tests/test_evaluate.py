@@ -101,6 +101,37 @@ def test_summary_and_base_split(model):
     assert split["n"].sum() == len(df)
 
 
+def test_random_control_sits_in_the_knowledge_neurons_layers(model):
+    """A control drawn from the wrong layers (forcing layer 0, say) passed every evaluation test: they compared
+    the table with random_neurons' own draw, never the draw with the knowledge neurons."""
+    from collections import Counter
+
+    neurons = [Neuron(2, 5), Neuron(2, 40), Neuron(1, 3)]
+    df = intervention_effects(model, neurons, PARAPHRASES, " Paris", random_seeds=(0, 3), interventions={"x0": 0.0})
+    for seed in (0, 3):
+        control = random_neurons(model, neurons, seed=seed)
+        assert Counter(n.layer for n in control) == Counter(n.layer for n in neurons)
+        assert not set(control) & set(neurons) and all(0 <= n.index < model.cfg.d_mlp for n in control)
+        rows = df[df.neurons == f"random (seed {seed})"]
+        assert set(rows["n_neurons"]) == {3}
+        for _, row in rows.iterrows():  # the table scaled exactly those neurons
+            expected = _prob(model, row["prompt"], " Paris", _scaled_at_last(control, 0.0))
+            assert row["after"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_rel_of_means_is_the_relative_change_of_the_mean_probability(model):
+    """rel_of_means_%'s sign was held by one assertion: after - before, relative to before, in percent."""
+    df = intervention_effects(model, NEURONS, PARAPHRASES, " Paris", interventions={"x0": 0.0, "x3": 3.0})
+    summary = summarize_effects(df)
+    for _, row in summary.iterrows():
+        rows = df[(df.intervention == row["intervention"]) & (df.condition == row["condition"])]
+        expected = 100 * (rows["after"].mean() - rows["before"].mean()) / rows["before"].mean()
+        assert row["rel_of_means_%"] == pytest.approx(expected, rel=1e-9)
+        assert row["rel_of_means_%"] * (rows["after"].mean() - rows["before"].mean()) >= 0  # same sign
+    own = summary.set_index(["intervention", "condition"])["rel_of_means_%"]
+    assert own[("x0", "knowledge neurons")] != own[("x3", "knowledge neurons")]
+
+
 def test_suppress_enhance_helpers(model):
     out = suppress(model, NEURONS, PARAPHRASES, " Paris", unrelated=[(["The capital of Italy is"], " Rome")])
     assert list(out["condition"]) == ["knowledge neurons"] * 3 + ["other facts"]
@@ -182,7 +213,7 @@ def test_demo_table_runs(model):
 
 @pytest.fixture(scope="module")
 def fixture_effects(tiny_bert):
-    """Knowledge neurons of every fixture fact (Dai et al.'s per-fact selection: IG, coarse 0.2, refined 0.7,
+    """Knowledge neurons of every fixture fact (kn_lens's per-fact selection (`adaptive`): IG, coarse 0.2, refined 0.7,
     adaptive 2-5; the relation filter is off, as in Dai et al.'s suppression experiment), then x0 / x2 on the
     attribution prompts, the held-out paraphrase, a random control (same layers, 3 seeds) and the facts of the
     other relations (the fact at the same index in each other relation)."""
@@ -210,11 +241,11 @@ def _mean_change(effects, intervention, condition):
     return 100 * rows["rel_change"].mean()
 
 
-# Measured on the committed fixture (n_steps=20, Dai et al.'s selection, relation filter off), suppress x0, mean
-# relative change of p(answer): attribution prompts -33.6%, held-out paraphrases -35.6%, random neurons -0.01%
-# (held-out -0.11%), other facts -4.6%. The assertions keep a wide margin from each (at least 1.9 points for the
-# random control, 6 or more elsewhere), so a harmless retrain of the fixture does not flip them, while a wrong sign,
-# wrong positions or neurons that are not specific to the fact still fail.
+# Measured on the committed fixture (n_steps=20, kn_lens's per-fact rule `adaptive`, relation filter off),
+# suppress x0, mean relative change of p(answer): attribution prompts -33.6%, held-out paraphrases -35.6%,
+# random neurons -0.01% (held-out -0.11%), other facts -4.6%. The assertions keep a wide margin from each (at
+# least 1.9 points for the random control, 6 or more elsewhere), so a harmless retrain of the fixture does not flip
+# them, while a wrong sign, wrong positions or neurons that are not specific to the fact still fail.
 SUPPRESS_AT_MOST = -20.0  # measured -33.6 / -35.6: margin 13.6 / 15.6 points
 RANDOM_WITHIN = 2.0  # measured 0.01 / 0.11
 SPECIFICITY = 3.0  # the fact's drop is at least 3x the other facts' (measured 7.4x)
@@ -384,6 +415,9 @@ def test_evaluate_fact_record_and_tables(tiny_bert, bags):
     assert json.loads(json.dumps(record)) == record  # JSON-ready
     assert record["uuid"] == fact.uuid and record["n_prompts"] == 3 and record["n_heldout"] == 1
     assert all(n.startswith("L") and "N" in n for n in record["neurons"])
+    layers = sorted(Neuron.parse(n).layer for n in record["neurons"])
+    assert sorted(Neuron.parse(n).layer for n in record["random_neurons"]) == layers  # the control's layers
+    assert not set(record["random_neurons"]) & set(record["neurons"])
     again = evaluate_fact(tiny_bert, fact, same_relation=bags[1:4], other_relations=bags[12:15], seed=1)
     assert again["effects"] == record["effects"] and again["random_neurons"] == record["random_neurons"]
     specific = evaluate_fact(
@@ -433,6 +467,27 @@ def test_measure_pads_causal_prompts_without_changing_results(model):
     last = hooks.Intervention("scale", NEURONS, 0.0, positions="last")  # padding would move "last": not padded
     m = measure(model, prompts[:3], fwd_hooks=last)
     assert torch.allclose(m.prob, torch.cat([target_scores(model, [p], fwd_hooks=last) for p in prompts[:3]]))
+    assert no_hooks_left(model)
+
+
+def test_measure_negative_positions_mean_the_same_in_a_batch(model):
+    """Right-padding a causal batch must not move negative positions: -1 is each prompt's own last token."""
+    from kn_lens.evaluate import measure
+    from kn_lens.prompts import make_prompt
+    from kn_lens.scoring import target_scores
+
+    texts = ["The capital of France is", "Its capital is", "What is the capital city of the French Republic? It is"]
+    prompts = [make_prompt(model, t, " Paris") for t in texts]
+    assert len({len(p) for p in prompts}) == 3
+    for positions in ((-1,), (-2,), (0, -1)):
+        hook = hooks.Intervention("scale", NEURONS, 0.0, positions=positions)
+        m = measure(model, prompts, fwd_hooks=hook)
+        alone = torch.cat([target_scores(model, [p], fwd_hooks=hook) for p in prompts])
+        assert torch.allclose(m.prob, alone, rtol=1e-4, atol=1e-7), positions
+    # through the table: -1 is the site of a single-token causal prompt, so both give the same numbers
+    by_site = intervention_effects(model, NEURONS, texts, " Paris", random_seeds=())
+    by_last = intervention_effects(model, NEURONS, texts, " Paris", random_seeds=(), positions=-1)
+    assert by_last["after"].to_numpy() == pytest.approx(by_site["after"].to_numpy(), rel=1e-4)
     assert no_hooks_left(model)
 
 

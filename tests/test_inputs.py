@@ -5,6 +5,7 @@ Each test here gave a silent wrong result, a deep traceback or a late error befo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -225,3 +226,152 @@ def test_science_does_not_import_plotting():
     code = "import sys, kn_lens, kn_lens.neurons, kn_lens.interventions; print('plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ evaluation: checked before any forward pass
+
+
+@contextlib.contextmanager
+def _no_forward(model):
+    """Fail if the model runs a forward pass inside the block (the check must come first)."""
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        yield
+    finally:
+        handle.remove()
+    assert not calls, "a forward pass ran before the bad argument was reported"
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0])
+def test_measure_and_known_facts_refuse_bad_batch_sizes(model, prompts, batch_size):
+    """batch_size=-1 returned uninitialised memory as probabilities (known facts then looked unknown); 0 gave a
+    Python range error."""
+    from kn_lens.datasets.pararel import Bag, known_facts
+    from kn_lens.evaluate import measure
+
+    bag = Bag("P36", "P36-France", "France", "Paris", ("The capital of France is",), " Paris")
+    with _no_forward(model), pytest.raises(ValueError, match="batch_size must be a positive int"):
+        measure(model, prompts, batch_size=batch_size)
+    with _no_forward(model), pytest.raises(ValueError, match="batch_size must be a positive int"):
+        known_facts(model, [bag], batch_size=batch_size)
+
+
+def test_known_facts_refuses_what_is_not_a_bag(model):
+    from kn_lens.datasets.pararel import known_facts
+
+    with _no_forward(model), pytest.raises(TypeError, match=r"bags must be PARAREL Bags .*got str"):
+        known_facts(model, ["abc"])
+    with _no_forward(model), pytest.raises(TypeError, match="bags must be a list"):
+        known_facts(model, "abc")
+
+
+@pytest.mark.parametrize("floor", [1.5, -0.1, math.nan, "0.1"])
+def test_objective_floor_is_a_probability(model, floor):
+    """objective_floor=1.5 returned an empty table and NaN kept every prompt, both without a word."""
+    error = TypeError if isinstance(floor, str) else ValueError
+    with _no_forward(model), pytest.raises(error, match="objective_floor"):
+        kn_lens.intervention_effects(model, ["L1N3"], ["The capital of France is"], " Paris", objective_floor=floor)
+
+
+def test_relation_neurons_counts_are_ints():
+    """min_count=nan returned [] (no count is >= nan)."""
+    from kn_lens.evaluate import relation_neurons
+
+    results = [["L1N5", "L0N3"], ["L1N5"]]
+    assert relation_neurons(results, min_count=2) == [Neuron(1, 5)]
+    with pytest.raises(TypeError, match="min_count must be an int"):
+        relation_neurons(results, min_count=math.nan)
+    with pytest.raises(ValueError, match="min_count must be a positive int"):
+        relation_neurons(results, min_count=0)
+    with pytest.raises(TypeError, match="top must be an int"):
+        relation_neurons(results, top=2.5)
+    with pytest.raises(TypeError, match="results must be a list"):
+        relation_neurons("L1N5")
+
+
+def test_records_frame_of_nothing_has_the_columns_and_other_schemas_are_named():
+    from kn_lens.evaluate import RECORD_FRAME_COLUMNS, records_frame, relation_table
+
+    empty = records_frame([])
+    assert list(empty.columns) == list(RECORD_FRAME_COLUMNS) and empty.empty
+    assert empty["rel_change_%"].mean() != empty["rel_change_%"].mean()  # NaN, not a KeyError
+    assert relation_table(empty).empty
+    with pytest.raises(ValueError, match=r"record 0 lacks \['relation', 'neurons', 'effects'\]"):
+        records_frame([{"uuid": "x", "score": 3}])
+    with pytest.raises(TypeError, match="record 1 is a list"):
+        records_frame([{"relation": "P36", "uuid": "a", "neurons": [], "effects": []}, ["a"]])
+    with pytest.raises(TypeError, match="records must be a list"):
+        records_frame("runs/smollm2")
+
+
+def test_edit_and_erase_check_their_arguments_before_any_forward_pass(tiny_bert):
+    from kn_lens.evaluate import edit_effects, erase_relation
+
+    prompts = ["The capital of France is [MASK].", "Paris is the capital of [MASK]."]
+    fact = kn_lens.neurons.FactPrompts(prompts[:1], "Paris")
+    weights = tiny_bert.blocks[1].mlp.W_out.detach().clone()
+    cases = [
+        (TypeError, "heldout must be a list of prompts, not one str", dict(heldout=prompts[1])),
+        (TypeError, "neighbours must be a list", dict(neighbours="The capital of Italy is [MASK].")),
+        (ValueError, "lambda2 must be a finite number", dict(lambda2=math.nan)),
+        (ValueError, "batch_size must be a positive int", dict(batch_size=0)),
+        (TypeError, "seed must be an int", dict(seed=0.5)),
+        (TypeError, "text must be a str", dict(text=3)),
+        (ValueError, "not in the vocabulary", dict(old=10**9)),
+    ]
+    for error, message, kwargs in cases:
+        with _no_forward(tiny_bert), pytest.raises(error, match=message):
+            edit_effects(tiny_bert, fact, ["L1N3"], "Rome", **kwargs)
+    with _no_forward(tiny_bert), pytest.raises(TypeError, match=r"fact must be a list of prompts .*not one str"):
+        edit_effects(tiny_bert, prompts[0], ["L1N3"], "Rome")
+    with _no_forward(tiny_bert), pytest.raises(ValueError, match="new is None"):
+        edit_effects(tiny_bert, fact, ["L1N3"], None)
+    facts = [(prompts, "Paris")]
+    for error, message, kwargs in [
+        (ValueError, "mode must be one of 'zero', 'unk'", dict(mode="zeros")),
+        (ValueError, "batch_size must be a positive int", dict(batch_size=-1)),
+        (TypeError, "seed must be an int", dict(seed="0")),
+        (TypeError, "other_facts must be a list of facts, not one str", dict(other_facts="Rome")),
+    ]:
+        with _no_forward(tiny_bert), pytest.raises(error, match=message):
+            erase_relation(tiny_bert, facts, ["L1N3"], **kwargs)
+    assert torch.equal(tiny_bert.blocks[1].mlp.W_out, weights)
+
+
+def test_more_public_functions_name_their_bad_argument(tiny_bert):
+    """Found by the same search: each ended in an AttributeError, a torch or pandas error, or a silent result."""
+    import pandas as pd
+
+    from kn_lens import evaluate, plotting, skill
+    from kn_lens.fixtures import tiny_bert as fx
+
+    prompts = fx.train_prompts(fx.FACTS[0])
+    cases = [
+        (TypeError, "k must be an int", lambda: evaluate.other_relation_facts(fx.FACTS, fx.FACTS[0], k=2.5)),
+        (TypeError, "facts must be a list", lambda: evaluate.other_relation_facts("abc", fx.FACTS[0])),
+        (TypeError, "seed must be an int", lambda: evaluate.random_active_neurons(
+            tiny_bert, ["L1N3"], prompts, seed=0.5)),
+        (TypeError, "effects must be the DataFrame", lambda: evaluate.summarize_effects([1, 2])),
+        (TypeError, "frame must be the DataFrame", lambda: evaluate.relation_table([1])),
+        (ValueError, "lacks columns", lambda: evaluate.relation_table(pd.DataFrame({"a": [1]}))),
+        (TypeError, "interventions must map names", lambda: evaluate.intervention_effects(
+            tiny_bert, ["L1N3"], prompts, "Paris", interventions=[0.0])),
+        (ValueError, "a record without 'neurons'", lambda: evaluate.relation_neurons([{"uuid": "x"}])),
+        (TypeError, "texts must be a list", lambda: skill.binarize("abc", [1, 0, 1], 1)),
+        (TypeError, "prompt_labels must be a list", lambda: plotting.knowledge_neurons(
+            scores=torch.zeros(2, 2, 3), neurons=[(0, 1)], prompt_labels="ab")),
+        (TypeError, "run must be the path", lambda: kn_lens.report.write_report(None)),
+    ]  # fmt: skip
+    for error, message, call in cases:
+        with _no_forward(tiny_bert), pytest.raises(error, match=message):
+            call()
+    effects = evaluate.intervention_effects(tiny_bert, ["L1N3"], prompts, "Paris", random_seeds=())
+    for bad in ("0.5", [1.5], [math.nan]):
+        with pytest.raises((TypeError, ValueError), match="base_split"):
+            evaluate.summarize_effects(effects, base_split=bad)
+    # texts are prompts too: the edit control reads them like every other function
+    made = kn_lens.make_prompts(tiny_bert, prompts)
+    assert evaluate.random_active_neurons(tiny_bert, ["L1N3"], prompts) == evaluate.random_active_neurons(
+        tiny_bert, ["L1N3"], made
+    )

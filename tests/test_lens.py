@@ -239,3 +239,51 @@ def test_direct_effect_bert_earlier_layer_is_the_frozen_direct_path(request, mod
         de = direct_effect(bert, (0, n), [p]).item()
         assert abs(de - expected) < 1e-3 * abs(expected) + 1e-8, (n, de, expected)
         assert abs(expected) > 1e-6, "no effect at all: a wrong path could not be told from the right one"
+
+
+class _ScaleNorm(torch.nn.Module):
+    """An RMSNorm whose class name does not say so (like transformers' T5LayerNorm)."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, width))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        return self.weight * x / (x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon).sqrt()
+
+
+class _CentringNorm(_ScaleNorm):
+    """A LayerNorm that does not subclass nn.LayerNorm (and has no bias)."""
+
+    def forward(self, x):
+        return super().forward(x - x.mean(-1, keepdim=True))
+
+
+class _OffsetNorm(_ScaleNorm):
+    """Gemma's RMSNorm: scales by 1 + weight."""
+
+    def forward(self, x):
+        return (1 + self.weight) * x / (x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon).sqrt()
+
+
+def test_bridge_norms_are_recognised_by_what_they_do_not_by_their_name():
+    """Any bridge norm without "RMS" in its class name was taken for a centring LayerNorm."""
+    from types import SimpleNamespace
+
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    from kn_lens.backends import norm
+
+    x = torch.randn(4, 16) + 3.0
+    layer_norm = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        layer_norm.weight.uniform_(0.5, 1.5)
+        layer_norm.bias.uniform_(-0.5, 0.5)
+    for module, centres in ((_ScaleNorm(16), False), (T5LayerNorm(16), False), (_CentringNorm(16), True),
+                            (layer_norm, True)):  # fmt: skip
+        described = norm(SimpleNamespace(_original_component=module))
+        assert described.centres is centres, type(module).__name__
+        torch.testing.assert_close(described(x), module(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="neither as a LayerNorm nor as an RMSNorm"):
+        norm(SimpleNamespace(_original_component=_OffsetNorm(16)))

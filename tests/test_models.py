@@ -9,7 +9,7 @@ import torch
 
 import kn_lens
 from kn_lens import backends
-from kn_lens.backends import HookedTransformer
+from kn_lens.backends import HookedEncoder, HookedTransformer
 from kn_lens.models import embedded_model_path
 
 PROMPTS = [
@@ -159,6 +159,22 @@ def test_official_name_offline_says_what_to_do(monkeypatch, backend):
     verb = "download" if backend == "hooked" else "load"
     with pytest.raises(ConnectionError, match=rf"could not {verb} 'gpt2'.*load_model\('\./folder'"):
         kn_lens.load_model("gpt2", backend=backend)
+
+
+@pytest.mark.hooked_only("official names load HookedTransformer/HookedEncoder (backend='hooked')")
+def test_official_names_go_to_the_right_class_by_their_model_not_a_substring(monkeypatch):
+    """Any official name containing "bert" was sent to HookedEncoder (HuBERT, a speech model, included)."""
+    import huggingface_hub.constants
+
+    from kn_lens.models import _official_class
+
+    for name in ("bert-base-cased", "google-bert/bert-large-uncased"):
+        assert _official_class(name) is HookedEncoder
+    for name in ("gpt2", "EleutherAI/pythia-160m", "Qwen/Qwen2-0.5B"):
+        assert _official_class(name) is HookedTransformer
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="speech model"):  # before: HookedEncoder.from_pretrained, then the hub
+        kn_lens.load_model("facebook/hubert-base-ls960")
 
 
 def test_missing_folder(tmp_path):

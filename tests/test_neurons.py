@@ -80,7 +80,7 @@ def test_refine_fallback_with_few_prompts():
     """3 prompts, 6 neurons shared by all: every share < 1 keeps 6, share 1.0 keeps none."""
     neurons = [Neuron(1, i) for i in range(6)]
     coarse = [neurons, neurons, neurons[::-1]]
-    assert refine(coarse, 0.7, fallback="none").neurons == []  # Dai's rule as written ends empty
+    assert refine(coarse, 0.7, fallback="none").neurons == []  # without the fallback the per-fact rule ends empty
     strength = {n: -float(n.index) for n in neurons}
     out = refine(coarse, 0.7, strength=strength)
     assert out.neurons == neurons[:5] and out.share == 0.7 and out.fallback
@@ -247,3 +247,26 @@ def test_completeness_error_recorded_for_ig_only(model):
     assert coarse.params["completeness"][0] == pytest.approx(expected, rel=1e-4)
     assert max(fine.params["completeness"]) < 0.01 < min(coarse.params["completeness"])
     assert "completeness" not in find_knowledge_neurons(model, PARAPHRASES, " Paris", attribution="grad_x_act").params
+
+
+def test_relation_filter_share_is_the_threshold():
+    """The share test was held by share=0.1 alone: a filter ignoring share (or using >=) passed it."""
+
+    def result(neurons, relation="capital"):
+        return KnowledgeNeurons(list(neurons), [], "x", torch.zeros(1, 1, 1), [0], [[]], {}, {}, relation)
+
+    n2, n3 = Neuron(0, 2), Neuron(0, 3)
+    # 4 facts: n2 in 2 of them (50%), n3 in 3 (75%)
+    results = [result([n2, n3]), result([n2, n3]), result([n3]), result([Neuron(1, 0)])]
+    dropped = {
+        share: {n for r in relation_filter(results, share) for n in r.dropped["relation"]}
+        for share in (0.1, 0.49, 0.5, 0.74, 0.75, 0.9)
+    }
+    assert dropped[0.1] == dropped[0.49] == {n2, n3}
+    assert dropped[0.5] == dropped[0.74] == {n3}  # in exactly half the facts: not more than half, kept
+    assert dropped[0.75] == dropped[0.9] == set()
+    # at least 2 facts, whatever the share: one fact of 5 is 20% > 10%, but never dropped
+    few = [result([n2])] + [result([Neuron(1, i)]) for i in range(4)]
+    assert all(not r.dropped["relation"] for r in relation_filter(few, 0.1))
+    half = relation_filter(results, 0.5)[0]
+    assert half.neurons == [n2] and half.params["relation_share"] == 0.5

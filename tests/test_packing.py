@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _ig_bridge, _ig_fast
+from kn_lens import _ig_bridge, _ig_fast, _memory
 from kn_lens import attribution as A
 from kn_lens.backends import is_bridge
 from kn_lens.prompts import make_prompt
@@ -92,17 +92,16 @@ def test_packed_equals_one_at_a_time_encoder(tiny_bert, spy):
         assert torch.allclose(deltas[i], alone_deltas[i], atol=1e-6)
 
 
-def test_small_budget_splits_packs_over_passes(random_llama, monkeypatch):
+def test_small_budget_splits_packs_over_passes(random_llama):
     """A budget of a few rows forces many passes mixing prompts, layers and steps; nothing changes."""
     prompts = [make_prompt(random_llama, t, " Paris") for t in CAUSAL[:4]]
-    cost = _ig_fast._row_bytes(random_llama, 0, 1, 12, 1)
-    passes = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None)
-    monkeypatch.setattr(_ig_fast, "MEMORY_BUDGET", cost * 7)
-    small = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None)
+    cost = _ig_fast._row_bytes(random_llama, prompts[0], 0, 12, "prob")
+    passes = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, _memory.CPU_BUDGET)
+    small = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, cost * 7)
     assert len(passes) == 1 and len(small) > 4
     units = sorted((u, s) for p in small for u, a, b in p for s in range(a, b))
     assert units == [(u, s) for u in range(12) for s in range(5)]  # every (prompt, layer) x step exactly once
-    kw = dict(n_steps=5, return_convergence_delta=True, layers=[0, 2])
+    kw = dict(n_steps=5, return_convergence_delta=True, layers=[0, 2], memory_budget=cost * 7)
     (scores, deltas), (alone, alone_deltas) = _both(random_llama, CAUSAL[:4], " Paris", **kw)
     assert _rel_err(scores, alone) < 1e-5 and torch.allclose(deltas, alone_deltas, atol=1e-6)
     kw = dict(n_steps=5, layers=[0, 2], internal_batch_size=2, progress=False)

@@ -137,3 +137,15 @@ def test_too_few_templates_is_explained(tmp_path):
     with pytest.raises(pararel.PararelError, match="not usable"):
         pararel.load(folder, relations=["P36"])
     assert "P36" in pararel.load(folder, min_templates=3).relations
+
+
+def test_style_must_fit_the_model(tmp_path, tiny_bert, random_llama):
+    """bags(causal_model, style="mask") was accepted; known_facts then scored every fact 0 (never known)."""
+    data = pararel.load(write_tiny_pararel(tmp_path))
+    with pytest.raises(ValueError, match="style='mask' does not fit a causal model"):
+        data.bags(random_llama, style="mask")
+    for style in ("cut", "end"):
+        with pytest.raises(ValueError, match=f"style='{style}' does not fit an encoder"):
+            data.bags(tiny_bert, style=style)
+    assert data.bags(random_llama, style="end", min_templates=1)[0].target.startswith(" ")
+    assert data.bags(tiny_bert, style="mask")[0].prompts[0].endswith("[MASK].")

@@ -263,3 +263,30 @@ def test_every_table_figure_checks_its_input_the_same_way():
             figure([{"a": 1}])
         with pytest.raises(ValueError, match="lacks columns"):
             figure(pd.DataFrame({"unrelated": [1.0]}))
+
+
+def test_layer_mass_and_results_keep_the_layers_of_a_subset(tiny_bert):
+    """layer_mass drew the rows of scores for layers=[5, 9] as layers 0 and 1; a result's own layers were lost."""
+    scores = torch.tensor([[1.0, -2.0], [0.5, 0.25]])
+    fig = plotting.layer_mass(scores, row_layers=[5, 9])
+    assert list(fig.data[0].x) == [5, 9]
+    np.testing.assert_allclose(fig.data[1].y, [-2.0, 0.0])
+    with pytest.raises(ValueError, match="row_layers names 1 layers for 2 rows"):
+        plotting.layer_mass(scores, row_layers=[5])
+    from kn_lens.fixtures import tiny_bert as fixture
+
+    fact = fixture.FACTS[0]
+    kns = kn_lens.find_knowledge_neurons(tiny_bert, fixture.train_prompts(fact), fact.answer, layers=[1])
+    assert list(plotting.layer_mass(kns).data[0].x) == [1]
+    heat = plotting.attribution_heatmap(kns, neurons=kns.neurons)
+    assert list(heat.data[0].y) == ["L1"] and set(heat.data[1].y) == {"L1"}
+
+
+def test_attribution_heatmap_refuses_neurons_outside_the_scores(scores):
+    """A marked neuron outside the scores used to be dropped without a word."""
+    for neurons in ([(7, 3)], [(2, 50)], ["L1N3", "L9N0"]):
+        for top_k in (None, 3):
+            with pytest.raises(ValueError, match="outside the scores"):
+                plotting.attribution_heatmap(scores, neurons=neurons, top_k=top_k)
+    fig = plotting.attribution_heatmap(scores, neurons=["L2N17"], layers=[3])  # inside, just not shown
+    assert len(fig.data) == 2 and list(fig.data[1].x) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kn_lens
 from kn_lens import make_prompt, make_prompts
 from kn_lens.scoring import target_scores
 
@@ -185,3 +186,33 @@ def test_with_target_keeps_an_explicit_site_and_finds_a_natural_one(smollm2):
     assert natural.with_target(smollm2, " Rome").site == natural.site == 4
     moved = explicit.with_target(smollm2, " Rome")
     assert moved.site == 2 and moved.explicit_site and moved.target_ids == (rome,)
+
+
+def test_a_list_of_ids_with_one_per_prompt_is_ambiguous_and_both_meanings_can_be_said(smollm2):
+    """[id, id] for two prompts was always read as one two-token target, with no way to ask for one id each."""
+    from kn_lens.inputs import to_prompts
+    from kn_lens.prompts import split_targets
+
+    texts = ["The capital of France is", "The capital of Italy is"]
+    paris, rome = (smollm2.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" Paris", " Rome"))
+    for make in (make_prompts, to_prompts):
+        with pytest.raises(ValueError, match=r"ambiguous .*\[\[\d+\], \[\d+\]\] for one token id per prompt"):
+            make(smollm2, texts, [paris, rome])
+        each = make(smollm2, texts, [[paris], [rome]])
+        assert [p.target_ids for p in each] == [(paris,), (rome,)]
+        both = make(smollm2, texts, (paris, rome))
+        assert [p.target_ids for p in both] == [(paris, rome), (paris, rome)]
+    with pytest.raises(ValueError, match="ambiguous"):
+        kn_lens.target_scores(smollm2, texts, [paris, rome])
+    with pytest.raises(ValueError, match="ambiguous"):
+        kn_lens.integrated_gradients_many(smollm2, texts, [paris, rome], layers=[0])
+    # a list of another length, or one prompt, can only mean one multi-token target
+    assert split_targets([paris, rome, paris], 2) == [[paris, rome, paris]] * 2
+    assert [p.target_ids for p in make_prompts(smollm2, texts[:1], [paris, rome])] == [(paris, rome)]
+    # one fact has one answer: there a list of ids is that answer
+    assert (
+        kn_lens.evaluate.intervention_effects(
+            smollm2, ["L3N5"], texts[:2], [paris, rome], random_seeds=(), interventions={"x0": 0.0}
+        )["target"].nunique()
+        == 1
+    )

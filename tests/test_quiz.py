@@ -142,10 +142,12 @@ def test_skill_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert
     from kn_lens.backends import is_hooked
     from kn_lens.fixtures import tiny_bert as fixture
 
-    sentences = fixture.AGREEMENT["train"][::4] + fixture.AGREEMENT["heldout"][::2]
+    # every third sentence: the lists alternate singular / plural, so a stride of 2 or 4 would keep one class
+    sentences = fixture.AGREEMENT["train"][::3][:202] + fixture.AGREEMENT["heldout"][::3]
     texts = [s.prompt.replace("[MASK]", "the") for s in sentences]
     task = skill.make_task(texts, [int(s.plural) for s in sentences], name="number")
-    prompt = skill.HardPrompt("{text} It was [MASK].", ("violin", "piano"))
+    # a verbalizer the model reads number into (accuracy 1.0) so that pruning visibly changes it (0.5)
+    prompt = skill.HardPrompt("{text} It was [MASK].", ("book", "books"))
     result = skill.predictivity(tiny_bert, task, prompt=prompt, progress=False)
 
     best = quiz.get("04.best-predictivity").truth(model=tiny_bert, task=task, prompt=prompt, result=result)

@@ -34,6 +34,8 @@ def test_readme_examples_run():
     # the values the README writes in its comments are what the calls return
     shown = re.search(r"kns\.neurons  # \[(.*?)\]", README.read_text()).group(1)
     assert shown == ", ".join(map(str, namespace["kns"].neurons))
+    released = re.search(r"len\(dai\.neurons\)  # (\d+):", README.read_text()).group(1)
+    assert int(released) == len(namespace["dai"].neurons) and namespace["dai"].params["variant"] == "dai"
     top = re.search(r"top_neurons\(scores, 5\)  # .*?: \[(.*?), \.\.\.\]", README.read_text()).group(1)
     assert [str(n) for n in kn_lens.top_neurons(namespace["scores"], 5)][:3] == top.split(", ")
     quick = re.search(r"target_scores\(model, \[prompt\]\)  # tensor\(\[(.*?)\]\)", README.read_text()).group(1)

@@ -500,3 +500,125 @@ def test_predictivity_ties_are_ordered_the_same_everywhere():
     assert [str(n) for n in result.top(k=5)][:3] == best
     assert result.to_frame(top=2).neuron.tolist() == best[:2]
     assert result.mask(2 / 12).nonzero().tolist() == [[0, 2], [1, 0]]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_train_soft_prompt_works_under_no_grad_and_inference_mode(tiny_bert, number_task, mode):
+    """Under torch.no_grad() the loss had no grad_fn and backward() failed."""
+    kwargs = dict(n_tokens=2, steps=4, lr=0.3, placement="end", eval_every=2, seed=1, progress=False)
+    reference = skill.train_soft_prompt(tiny_bert, number_task, ("violin", "piano"), **kwargs)
+    with mode():
+        soft = skill.train_soft_prompt(tiny_bert, number_task, ("violin", "piano"), **kwargs)
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert torch.allclose(soft.embeddings, reference.embeddings)
+    assert soft.history == reference.history
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_tasks_need_both_classes_and_two_relations():
+    """A task with a single class, or one relation against itself, used to give predictivity numbers."""
+    with pytest.raises(ValueError, match="both labels"):
+        skill.make_task(TEXTS, [1] * len(TEXTS))
+    one = skill.Split(("a b", "c d"), (1, 1))
+    both = skill.Split(("a b", "c d"), (0, 1))
+    with pytest.raises(ValueError, match="the dev split has a single class"):
+        skill.Task("t", both, one, both)
+    with pytest.raises(ValueError, match="the train split has a single class"):
+        skill.Task("t", one, both, both)
+    assert skill.Task("t", both, both, one).test == one  # a test split may hold one class (accuracy is defined)
+    with pytest.raises(ValueError, match="same relation"):
+        skill.pararel_relation_pair(PARAREL, "P19", "P19", n=20)
+
+
+def test_pararel_templates_without_the_answer_slot_are_named(tmp_path):
+    """A template without [Y] was filled as it was: sentences without their object, labelled all the same."""
+    for folder in ("patterns", "facts"):
+        (tmp_path / folder).mkdir()
+    facts = "".join(json.dumps({"sub_label": f"S{i}", "obj_label": f"O{i}"}) + "\n" for i in range(12))
+    for rid, patterns in (("P1", ["[X] was born in [Y].", "[X] is great."]), ("P2", ["[X] died in [Y]."])):
+        (tmp_path / "patterns" / f"{rid}.jsonl").write_text(
+            "".join(json.dumps({"pattern": p}) + "\n" for p in patterns)
+        )
+        (tmp_path / "facts" / f"{rid}.jsonl").write_text(facts)
+    with pytest.raises(ValueError, match=r"P1\.jsonl, line 2: a template needs exactly one \[X\] and one \[Y\]"):
+        skill.pararel_relation_pair(tmp_path, "P1", "P2", n=10)
+    (tmp_path / "facts" / "P2.jsonl").write_text('{"sub_label": "S"}\n')
+    with pytest.raises(ValueError, match=r"P2\.jsonl, line 1: a fact needs 'sub_label' and 'obj_label'"):
+        skill.pararel_relation_pair(tmp_path, "P2", "P1", n=10)
+
+
+def test_soft_prompts_refuse_nan_and_damaged_files(tmp_path):
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        skill.SoftPrompt(torch.full((2, 32), float("nan")))
+    with pytest.raises(TypeError, match="floating-point"):
+        skill.SoftPrompt(torch.zeros(2, 32, dtype=torch.long))
+    damaged = tmp_path / "soft.pt"
+    damaged.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"soft\.pt is not a readable kn_lens soft prompt file"):
+        skill.SoftPrompt.load(damaged)
+    torch.save({"kind": "kn_lens.SoftPrompt", "embeddings": torch.zeros(2, 32)}, damaged)
+    with pytest.raises(ValueError, match="lacks"):
+        skill.SoftPrompt.load(damaged)
+    good = skill.SoftPrompt(torch.zeros(2, 32)).save(tmp_path / "good.pt")
+    state = torch.load(good, weights_only=True)
+    state["embeddings"][0, 0] = float("nan")
+    torch.save(state, damaged)
+    with pytest.raises(ValueError, match=r"invalid soft prompt.*NaN"):
+        skill.SoftPrompt.load(damaged)
+    with pytest.raises(FileNotFoundError, match="no soft prompt file"):
+        skill.SoftPrompt.load(tmp_path / "missing.pt")
+
+
+def test_predictivity_to_frame_top_must_be_positive(random_gpt2, toy_task):
+    """to_frame(top=0) returned every row."""
+    result = skill.predictivity(random_gpt2, toy_task, layers=[0], progress=False)
+    assert len(result.to_frame(top=2)) == 2 and len(result.to_frame()) == random_gpt2.cfg.d_mlp
+    with pytest.raises(ValueError, match="top must be a positive int"):
+        result.to_frame(top=0)
+    with pytest.raises(TypeError, match="top must be an int"):
+        result.to_frame(top=2.0)
+
+
+def _forwards(model):
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
+def test_perturbation_curve_perturbs_under_the_prompt_predictivity_was_measured_with(random_gpt2, toy_task):
+    """Another prompt than predictivity's was accepted: its positions and thresholds then hit other tokens."""
+    measured = skill.HardPrompt("{text} It was", (" bad", " good"))
+    result = skill.predictivity(random_gpt2, toy_task, prompt=measured, progress=False)
+    assert result.prompt is measured
+    kw = dict(fractions=[0.05], seeds=(0,), progress=False)
+    default = skill.perturbation_curve(random_gpt2, toy_task, result, **kw)  # None: the measured prompt
+    clean = skill.accuracy(random_gpt2, toy_task, prompt=measured, progress=False)
+    assert default.accuracy.iloc[0] == clean
+    other_words = skill.HardPrompt("{text} It was", (" no", " yes"))  # the verbalizer may differ
+    assert len(skill.perturbation_curve(random_gpt2, toy_task, result, prompt=other_words, **kw)) == 3
+    soft = skill.SoftPrompt(torch.zeros(2, random_gpt2.cfg.d_model), placement="end")
+    calls, handle = _forwards(random_gpt2)
+    try:
+        for prompt in ("Review: {text} It was", skill.HardPrompt("{text}."), soft, None):
+            if prompt is None:  # a result of another prompt: a soft prompt's, then perturbed under a hard one
+                soft_result = skill.Predictivity(result.per_position, result.thresholds, result.sign,
+                                                 result.positions, prompt=soft)  # fmt: skip
+                with pytest.raises(ValueError, match="differs from the one predictivity was measured with"):
+                    skill.perturbation_curve(random_gpt2, toy_task, soft_result, prompt=measured, **kw)
+                continue
+            with pytest.raises(ValueError, match="differs from the one predictivity was measured with"):
+                skill.perturbation_curve(random_gpt2, toy_task, result, prompt=prompt, **kw)
+        for bad, error in (
+            (dict(fractions=[0.05, 2.0]), ValueError),
+            (dict(fractions=0.05), TypeError),
+            (dict(kind="noise"), ValueError),
+            (dict(std=-1.0), ValueError),
+            (dict(seeds=(0.5,)), TypeError),
+            (dict(batch_size=0), ValueError),
+            (dict(split="validation"), ValueError),
+        ):
+            with pytest.raises(error):
+                skill.perturbation_curve(random_gpt2, toy_task, result, **{**kw, **bad})
+    finally:
+        handle.remove()
+    assert not calls, "a forward pass ran before the bad argument was reported"

@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 
 from kn_lens._typing import Model, check_model, is_encoder
+from kn_lens.inputs import check_batch_size, check_number, check_sequence
 
 SUBJECT = "[X]"
 OBJECT = "[Y]"
@@ -234,7 +235,8 @@ class Pararel:
             model: a model; its kind picks ``style`` (encoder: ``"mask"``, causal: ``"cut"``), its tokenizer
                 filters the answers to single tokens (unless ``multi_token``) and gives the mask token.
             style: ``"mask"`` (``[Y]`` -> ``[MASK]``), ``"cut"`` (causal: the template up to ``[Y]``, for
-                templates where ``[X]`` precedes ``[Y]``) or ``"end"`` (causal: only templates ending in ``[Y]``).
+                templates where ``[X]`` precedes ``[Y]``) or ``"end"`` (causal: only templates ending in ``[Y]``);
+                with a model it must fit the model's kind (``"mask"`` for encoders only).
             relations: relation ids to keep (default all).
             min_templates: after the style's template filter, relations with fewer templates are dropped.
             multi_token: keep answers that are several tokens (targets for multi-token scoring).
@@ -264,6 +266,12 @@ class Pararel:
             style = "mask" if is_encoder(model) else "cut"
         if style not in ("mask", "cut", "end"):
             raise ValueError(f"style must be 'mask', 'cut' or 'end', got {style!r}")
+        if model is not None and (style == "mask") != is_encoder(model):
+            kind, fits = ("an encoder", "'mask'") if is_encoder(model) else ("a causal model", "'cut' or 'end'")
+            raise ValueError(
+                f"style={style!r} does not fit {kind} (its prompts would never be scored where the answer is): use "
+                f"{fits}, or leave style=None to pick it from the model"
+            )
         if isinstance(min_templates, bool) or not isinstance(min_templates, int) or min_templates < 1:
             raise ValueError(f"min_templates must be a positive int, got {min_templates!r}")
         chosen = _check_relations(relations, list(self.relations)) or list(self.relations)
@@ -535,10 +543,14 @@ def known_facts(
     from kn_lens.prompts import make_prompt
 
     check_model(model)
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    bags = check_sequence(bags, "bags", what="PARAREL Bags (Pararel.bags(model))")
+    for bag in bags:
+        if not all(hasattr(bag, attr) for attr in ("prompts", "target", "relation", "uuid")):
+            raise TypeError(f"bags must be PARAREL Bags (from Pararel.bags(model)); got {type(bag).__name__} {bag!r}")
+    if threshold is not None:
+        check_number(threshold, "threshold", low=0, high=1, low_open=True)
+    check_number(share, "share", low=0, high=1, low_open=True)
+    batch_size = check_batch_size(batch_size)
     rows, known = [], []
     # Prompts of many bags share a forward pass (a forward costs about the same for 1 or 32 short prompts).
     chunk = max(1, 4 * batch_size // 8)

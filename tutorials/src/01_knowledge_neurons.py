@@ -100,13 +100,24 @@ quiz.check(
 
 # %% [markdown]
 # ## Selecting knowledge neurons
-# Dai et al.'s rule: per prompt keep neurons scoring above 0.2 x that prompt's maximum; keep the ones shared by
-# more than 70% of the prompts; nudge that share by 0.05 until 2 to 5 neurons remain.
+# kn_lens's default rule (`variant="adaptive"`) uses Dai et al.'s numbers: per prompt keep neurons scoring above
+# 0.2 x that prompt's maximum; keep the ones shared by more than 70% of the prompts; nudge that share by 0.05
+# until 2 to 5 neurons remain, for this fact alone. `kns.params["rule"]` names the rule that ran.
 
 # %%
 kns = kn_lens.find_knowledge_neurons(model, prompts, fact.answer)
 print(kns)
+print(kns.params["rule"])
 kns.to_dataframe()
+
+# %% [markdown]
+# Dai et al.'s *released code* (`variant="dai"`) differs in the details: a neuron must be coarse on at least 3
+# prompts, and the share is adapted until the **average** over a whole relation's facts is 2 to 5, with no cap
+# on any one fact. One fact on its own is its own relation. On the same scores (no new attribution):
+
+# %%
+released = kn_lens.find_knowledge_neurons(model, prompts, fact.answer, variant="dai", scores=kns.scores)
+print(f"released rule: {len(released.neurons)} neurons, kn_lens's rule: {len(kns.neurons)}")
 
 # %% [markdown]
 # **Exercise 3.** How many knowledge neurons did the selection keep?

@@ -6,8 +6,8 @@
 #
 # We find knowledge neurons for several capital-city facts and meet a complication the BERT papers rarely
 # discuss: some neurons are selected for *most* capitals. They carry the relation ("a capital city comes
-# next"), not the fact. Dai et al.'s relation filter (drop neurons found in more than 10% of a relation's facts)
-# and a same-relation control exist for exactly this case.
+# next"), not the fact. kn_lens's relation filter (drop neurons found in more than 10% of a relation's facts;
+# Dai et al.'s released code only *reports* such neurons) and a same-relation control exist for exactly this case.
 #
 # Exercises: write your answer in the cell marked *Your turn* (filled in here, in the solution notebook), then
 # run the checker below it, which recomputes the right value from the model.

@@ -57,7 +57,8 @@ print(f"{model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons = {n_neurons} ML
 # %% [markdown]
 # ## 0. The fact and its knowledge neurons
 # Dai et al.'s recipe (tutorial 1): integrated gradients of p(answer) on every neuron at the last prompt token,
-# for each paraphrase; keep the neurons above 0.2 x max on more than 70% of the paraphrases (2 to 5 of them).
+# for each paraphrase; keep the neurons above 0.2 x max on more than 70% of the paraphrases (2 to 5 of them:
+# kn_lens's per-fact rule, `variant="adaptive"`; the released code's rule is `variant="dai"`).
 # Two more paraphrases are held out: they play no part in the selection.
 
 # %%
