@@ -294,17 +294,26 @@ def test_logits_are_part_of_a_row(smollm2):
 
 
 @pytest.mark.bridge
-def test_bridge_path_splits_rows_over_passes_with_the_same_scores(dropout_gpt2):
+def test_bridge_fast_path_splits_rows_over_passes_with_the_same_scores(dropout_gpt2, monkeypatch):
+    """The bridge's fast path plans its passes with the hooked one's planner: a budget of 3 rows splits
+    2 layers x 4 steps (and the baseline rows) over several passes, and the scores do not change."""
     model = dropout_gpt2
+    assert A.attribution_path(model)[0] == "bridge-fast"
+    passes = {"n": 0}
+    real_run = _ig_fast._run
+
+    def counting_run(*args, **kwargs):
+        passes["n"] += 1
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(_ig_fast, "_run", counting_run)
     prompt = make_prompt(model, PARAPHRASES[0], " Paris")
     kw = dict(n_steps=4, return_convergence_delta=True)
-    (whole, whole_delta), n_whole = _passes(model, lambda: A.integrated_gradients(model, prompt, **kw))
-    n = len(prompt.tokens)
-    cost = _memory.row_bytes(model.cfg, blocks=2, positions=n, keys=n, logit_positions=n, objective_positions=1)
-    small = lambda: A.integrated_gradients(model, prompt, memory_budget=3 * cost, **kw)  # noqa: E731
-    (split, split_delta), n_split = _passes(model, small)
-    assert n_split > n_whole  # 2 layers x 4 steps = 8 rows: one pass, or 3 passes of at most 3 rows
-    assert n_whole == 3 and n_split == 5  # clean + steps + baselines
+    whole, whole_delta = A.integrated_gradients(model, prompt, **kw)
+    n_whole, passes["n"] = passes["n"], 0
+    cost = max(_ig_fast._row_bytes(model, prompt, layer, len(prompt), "prob") for layer in (0, 1))
+    split, split_delta = A.integrated_gradients(model, prompt, memory_budget=3 * cost, **kw)
+    assert n_whole == 1 and passes["n"] >= 3  # 10 rows: one pass, or passes of at most 3 rows
     assert _rel(split, whole) < 1e-5 and torch.allclose(split_delta, whole_delta, atol=1e-6)
 
 
