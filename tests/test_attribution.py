@@ -406,9 +406,9 @@ def test_hooks_removed_after_exception_plain(random_gpt2):
 
 
 def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
-    from kn_lens import _ig_fast
+    from kn_lens.attribution import _engine
 
-    real = _ig_fast._objective
+    real = _engine.row_objective
     calls = {"n": 0}
 
     def boom(*args, **kwargs):
@@ -417,7 +417,7 @@ def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_ig_fast, "_objective", boom)
+    monkeypatch.setattr(_engine, "row_objective", boom)
     with pytest.raises(RuntimeError, match="boom"):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2, fast=True)
     assert calls["n"] == 2, "the fast path did not run"
@@ -428,13 +428,12 @@ def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
 
 def test_fast_memory_plan_splits_groups_and_steps(random_llama):
     """A tiny memory budget forces passes that split layers and steps; the scores must not change."""
-    from kn_lens import _ig_fast, _memory
-    from kn_lens.attribution import per_token_prompts
+    from kn_lens.attribution import _fast, _memory, per_token_prompts
 
     kw = dict(n_steps=5, method="gausslegendre", return_convergence_delta=True)
     s0, d0 = A.integrated_gradients(random_llama, PROMPT, " Buenos Aires", fast=False, **kw)
     prompt = make_prompt(random_llama, PROMPT, " Buenos Aires")
-    cost = _ig_fast._row_bytes(random_llama, per_token_prompts(prompt)[0], 0, len(prompt), "prob")
+    cost = _fast._row_bytes(random_llama, per_token_prompts(prompt)[0], 0, len(prompt), "prob")
     plan = _memory.plan([cost, cost * 0.6, cost * 0.2], 5, cost * 3.5)
     assert len(plan) > 2 and [u for p in plan for u in p if u[0] == 0] != [(0, 0, 5)]  # group 0 split
     assert sorted((g, s) for p in plan for g, a, b in p for s in range(a, b)) == [
