@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -20,7 +20,7 @@ from kn_lens import backends
 from kn_lens._progress import progress_bar
 from kn_lens._typing import HOOKS, Model, check_model, hook_name
 from kn_lens.attribution import _memory
-from kn_lens.inputs import check_finite, split_targets, to_prompt
+from kn_lens.inputs import check_batch_size, check_finite, to_prompt, to_prompts
 from kn_lens.inputs import to_layers as check_layers
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, check_objective, objective_from_logits
@@ -81,13 +81,11 @@ def check_hook(model: Model, hook: str) -> str:
     return HOOKS[hook]
 
 
-def check_batch(internal_batch_size: int | None) -> None:
+def check_batch(internal_batch_size: Any) -> int | None:
+    """``internal_batch_size`` checked: None (as many rows as fit the memory budget) or a positive int."""
     if internal_batch_size is None:
-        return
-    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
-        raise TypeError(f"internal_batch_size must be an int or None, got {type(internal_batch_size).__name__}")
-    if internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        return None
+    return check_batch_size(internal_batch_size, "internal_batch_size")
 
 
 def check_call(
@@ -127,15 +125,9 @@ def baselines_per_layer(
 
 
 def ready_prompts(model: Model, prompts, targets) -> list[Prompt]:
-    """The prompts of a ``*_many`` call as checked Prompts, each with its target."""
+    """The prompts of a ``*_many`` call as checked Prompts, each with its target (:func:`kn_lens.inputs.to_prompts`)."""
     check_model(model)
-    if isinstance(prompts, str | Prompt):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given; pass at least one prompt")
-    per = split_targets(targets, len(prompts))
-    return [to_prompt(model, p, t) for p, t in zip(prompts, per, strict=True)]
+    return to_prompts(model, prompts, targets, need_target=True)
 
 
 def many(fn: Callable, model: Model, prompts, targets, progress: bool, desc: str, **kwargs):

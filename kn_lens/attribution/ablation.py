@@ -150,7 +150,7 @@ def ablation_effects(
     """
     prompt, layer_list = check_call(model, prompt, target, layers, objective, hook)
     means = check_mode(model, mode, mean_cache, layer_list, hook)
-    check_batch(internal_batch_size)
+    internal_batch_size = check_batch(internal_batch_size)
     _memory.check_budget(memory_budget)
     request = Request(layers=layer_list, objective=objective, hook=hook, internal_batch_size=internal_batch_size,
                       memory_budget=memory_budget, progress=progress)  # fmt: skip

@@ -109,7 +109,7 @@ def _ig_request(
     check_method(method, n_steps)
     check_objective(objective)
     check_hook(model, hook)
-    check_batch(internal_batch_size)
+    internal_batch_size = check_batch(internal_batch_size)
     _memory.check_budget(memory_budget)
     baselines = baselines_per_layer(model, baseline, layer_list, model.cfg.d_mlp, model.cfg.device)
     alphas, weights = step_alphas(method, n_steps)
