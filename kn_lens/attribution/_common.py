@@ -91,13 +91,18 @@ def check_batch(internal_batch_size: Any) -> int | None:
 def check_call(
     model: Model, prompt: str | Prompt, target: TargetLike, layers, objective: Objective, hook: str
 ) -> tuple[Prompt, list[int]]:
-    """The checks every single-prompt attribution makes first: model, prompt, layers, objective, hook."""
+    """The checks every single-prompt attribution makes first: model, prompt, then :func:`check_options`."""
     check_model(model)
     prompt = to_prompt(model, prompt, target)
+    return prompt, check_options(model, layers, objective, hook)
+
+
+def check_options(model: Model, layers, objective: Objective, hook: str) -> list[int]:
+    """The options every attribution takes, checked: layers (returned as a list), objective, hook point."""
     layer_list = check_layers(model, layers)
     check_objective(objective)
     check_hook(model, hook)
-    return prompt, layer_list
+    return layer_list
 
 
 def baselines_per_layer(

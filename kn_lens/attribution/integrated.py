@@ -34,6 +34,7 @@ from kn_lens.attribution._common import (
     baselines_per_layer,
     check_batch,
     check_hook,
+    check_options,
     clean_site,
     interpolate,
     many,
@@ -47,10 +48,9 @@ from kn_lens.attribution._common import (
 )
 from kn_lens.attribution.paths import choose_path
 from kn_lens.attribution.quadrature import Method, check_method, step_alphas
-from kn_lens.inputs import to_layers as check_layers
 from kn_lens.inputs import to_prompt
 from kn_lens.prompts import Prompt, TargetLike
-from kn_lens.scoring import Objective, check_objective, objective_from_logits, with_grad
+from kn_lens.scoring import Objective, objective_from_logits, with_grad
 
 __all__ = ["integrated_gradients", "integrated_gradients_many"]
 
@@ -105,10 +105,8 @@ def _ig_request(
 ) -> Request:
     """Check the arguments of integrated gradients once (before any computation) and gather them in a request:
     layers, baselines per layer, the path's points and weights."""
-    layer_list = check_layers(model, layers)
+    layer_list = check_options(model, layers, objective, hook)
     check_method(method, n_steps)
-    check_objective(objective)
-    check_hook(model, hook)
     internal_batch_size = check_batch(internal_batch_size)
     _memory.check_budget(memory_budget)
     baselines = baselines_per_layer(model, baseline, layer_list, model.cfg.d_mlp, model.cfg.device)
