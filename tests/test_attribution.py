@@ -6,6 +6,8 @@ Independent references: captum's ``IntegratedGradients`` around a function of th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -664,3 +666,34 @@ def test_bad_metric_is_a_clear_error(random_gpt2):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2, objective=lambda logits, prompts: logits.sum())
     with pytest.raises(ValueError, match="unknown objective"):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", objective="probability")
+
+
+def test_the_package_keeps_its_public_names():
+    """kn_lens.attribution became a package (issue 18): every name the module exported still imports from it, and
+    is the object its new home defines."""
+    from kn_lens.attribution import ablation, gradients, integrated, methods, paths, quadrature
+
+    homes = {
+        quadrature: ["METHODS", "step_alphas"],
+        paths: ["PATHS", "attached_hooks", "attribution_path"],
+        integrated: ["integrated_gradients", "integrated_gradients_many"],
+        gradients: ["grad_x_activation", "attribution_patching"],
+        ablation: ["ablation_effects"],
+        methods: ["ATTRIBUTIONS", "attribute", "attribute_many"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(A, name) is getattr(module, name), name
+    before = {"ATTRIBUTIONS", "HOOKS", "METHODS", "PATHS", "ablation_effects", "attached_hooks", "attribute",
+              "attribute_many", "attribution_patching", "attribution_path", "grad_x_activation", "hook_name",
+              "integrated_gradients", "integrated_gradients_many", "per_token_prompts", "step_alphas"}  # fmt: skip
+    assert before <= set(A.__all__) and all(hasattr(A, name) for name in A.__all__)
+
+
+def test_a_request_is_one_frozen_object():
+    from kn_lens.attribution._common import Request
+
+    request = Request(layers=[0, 2], objective="prob", hook="mlp_pre")
+    assert request.kind == "pre" and request.names == ["blocks.0.mlp.hook_pre", "blocks.2.mlp.hook_pre"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.hook = "mlp_post"  # type: ignore[misc]

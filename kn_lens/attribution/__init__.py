@@ -42,6 +42,10 @@ Caveats:
       point is scaled (``mlp_post`` here; the EleutherAI package scales ``mlp_pre`` of GPT models).
     * IG attributes one layer at a time (the other layers keep their clean values at the site), as in Dai et al.;
       the scores of different layers do not add up to one total.
+    * A small convergence delta says the integral is well approximated, not that the neurons found carry the
+      fact: check that with interventions (:func:`kn_lens.suppress`, :mod:`kn_lens.hooks`) or exact ablations.
+    * Zero is a strong baseline for neurons that are rarely exactly 0 (SiLU, GELU): a baseline of mean
+      activations (``baseline=``) asks "compared with an ordinary input" instead of "compared with silence".
 
 Speed:
     ``fast=True`` (default) gives the same numbers as the plain method (to float32 rounding) but computes the
