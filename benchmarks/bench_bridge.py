@@ -7,12 +7,12 @@ each in its own fresh process:
 
 * **bridge plain**: ``integrated_gradients(bridge, ..., fast=False)``: per layer, one ``run_with_hooks`` forward
   and backward of all steps over the full sequence (the reference of the differences);
-* **bridge fast**: ``integrated_gradients(bridge, ...)``: :mod:`kn_lens._ig_bridge` through :mod:`kn_lens._ig_fast`
-  (the bridge's own blocks rerun from layer L + 1; decoders only from the site on, the prefix's keys and values
-  frozen; encoders skip the layers below L and run the MLM head at the mask only);
-* **hooked fast**: the same weights as a ``HookedTransformer``/``HookedEncoder`` on :mod:`kn_lens._ig_fast`. It
-  needs TransformerLens 3.x: under 4.x pass ``--hooked-python .venv/bin/python`` to run it with a 3.x interpreter
-  in the same run.
+* **bridge fast**: ``integrated_gradients(bridge, ...)``: :mod:`kn_lens.attribution._bridge` through
+  :mod:`kn_lens.attribution._fast` (the bridge's own blocks rerun from layer L + 1; decoders only from the site on,
+  the prefix's keys and values frozen; encoders skip the layers below L and run the MLM head at the mask only);
+* **hooked fast**: the same weights as a ``HookedTransformer``/``HookedEncoder`` on
+  :mod:`kn_lens.attribution._hooked`. It needs TransformerLens 3.x: under 4.x pass
+  ``--hooked-python .venv/bin/python`` to run it with a 3.x interpreter in the same run.
 
 Usage:
     python benchmarks/bench_bridge.py [--threads 1] [--prompts 1] [--steps 20] [--skip-bert]
@@ -128,9 +128,10 @@ def _attribution_text(version: str, n_prompts: int, n_steps: int, rows: list, wh
 
 {n_prompts} prompt(s), all layers, {n_steps} steps, target probability, 1 thread; each method in its own
 process, the three side by side in one run (under 4.x the hooked fast path runs with a TransformerLens 3.9
-interpreter, `--hooked-python`). "bridge fast" is the bridge's fast path (kn_lens._ig_bridge: its own blocks rerun
-from layer L + 1, decoders only from the site on with the prefix's keys and values frozen, encoders with the MLM
-head at the mask only); "hooked fast" the same weights as a HookedTransformer/HookedEncoder on kn_lens._ig_fast.
+interpreter, `--hooked-python`). "bridge fast" is the bridge's fast path (kn_lens.attribution._bridge: its own
+blocks rerun from layer L + 1, decoders only from the site on with the prefix's keys and values frozen, encoders
+with the MLM head at the mask only); "hooked fast" the same weights as a HookedTransformer/HookedEncoder on
+kn_lens.attribution._hooked.
 "CPU vs hooked fast": the method's CPU time over the hooked fast path's (the goal for the bridge: at most 1.5x).
 "max diff vs plain / max": the largest score difference from the bridge's plain path over the largest score.
 The machine is shared with other work (and the benchmark ran at low priority): wall times follow the load of the

@@ -90,17 +90,16 @@ def _bert_base_folder(folder: Path) -> str:
 
 
 def _time(model, texts, targets, steps: int, pack: bool, layers: list[int] | None) -> dict:
-    from kn_lens import _ig_fast
-    from kn_lens.attribution import integrated_gradients_many
+    from kn_lens.attribution import _fast, integrated_gradients_many
 
     passes = {"n": 0}
-    real = _ig_fast._run
+    real = _fast._run
 
     def counting(*args, **kwargs):
         passes["n"] += 1
         return real(*args, **kwargs)
 
-    _ig_fast._run = counting
+    _fast._run = counting
     try:
         start, start_cpu = time.perf_counter(), time.process_time()
         scores = integrated_gradients_many(
@@ -108,7 +107,7 @@ def _time(model, texts, targets, steps: int, pack: bool, layers: list[int] | Non
         )
         wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     finally:
-        _ig_fast._run = real
+        _fast._run = real
     return {"wall": wall, "cpu": cpu, "scores": scores, "passes": passes["n"]}
 
 

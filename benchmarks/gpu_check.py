@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> Table:
         device = torch.device(
             "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
         )
-    from kn_lens import _memory
+    from kn_lens.attribution import _memory
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} {device.type}"
     print(f"# gpu_check on {where}: torch {torch.__version__}{' (dry run)' if args.dry_run else ''}", flush=True)

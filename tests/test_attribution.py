@@ -6,6 +6,8 @@ Independent references: captum's ``IntegratedGradients`` around a function of th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -406,9 +408,9 @@ def test_hooks_removed_after_exception_plain(random_gpt2):
 
 
 def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
-    from kn_lens import _ig_fast
+    from kn_lens.attribution import _engine
 
-    real = _ig_fast._objective
+    real = _engine.row_objective
     calls = {"n": 0}
 
     def boom(*args, **kwargs):
@@ -417,7 +419,7 @@ def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_ig_fast, "_objective", boom)
+    monkeypatch.setattr(_engine, "row_objective", boom)
     with pytest.raises(RuntimeError, match="boom"):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2, fast=True)
     assert calls["n"] == 2, "the fast path did not run"
@@ -428,13 +430,12 @@ def test_hooks_removed_after_exception_fast(random_gpt2, monkeypatch):
 
 def test_fast_memory_plan_splits_groups_and_steps(random_llama):
     """A tiny memory budget forces passes that split layers and steps; the scores must not change."""
-    from kn_lens import _ig_fast, _memory
-    from kn_lens.attribution import per_token_prompts
+    from kn_lens.attribution import _fast, _memory, per_token_prompts
 
     kw = dict(n_steps=5, method="gausslegendre", return_convergence_delta=True)
     s0, d0 = A.integrated_gradients(random_llama, PROMPT, " Buenos Aires", fast=False, **kw)
     prompt = make_prompt(random_llama, PROMPT, " Buenos Aires")
-    cost = _ig_fast._row_bytes(random_llama, per_token_prompts(prompt)[0], 0, len(prompt), "prob")
+    cost = _fast._row_bytes(random_llama, per_token_prompts(prompt)[0], 0, len(prompt), "prob")
     plan = _memory.plan([cost, cost * 0.6, cost * 0.2], 5, cost * 3.5)
     assert len(plan) > 2 and [u for p in plan for u in p if u[0] == 0] != [(0, 0, 5)]  # group 0 split
     assert sorted((g, s) for p in plan for g, a, b in p for s in range(a, b)) == [
@@ -665,3 +666,34 @@ def test_bad_metric_is_a_clear_error(random_gpt2):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", n_steps=2, objective=lambda logits, prompts: logits.sum())
     with pytest.raises(ValueError, match="unknown objective"):
         A.integrated_gradients(random_gpt2, PROMPT, " Paris", objective="probability")
+
+
+def test_the_package_keeps_its_public_names():
+    """kn_lens.attribution became a package (issue 18): every name the module exported still imports from it, and
+    is the object its new home defines."""
+    from kn_lens.attribution import ablation, gradients, integrated, methods, paths, quadrature
+
+    homes = {
+        quadrature: ["METHODS", "step_alphas"],
+        paths: ["PATHS", "attached_hooks", "attribution_path"],
+        integrated: ["integrated_gradients", "integrated_gradients_many"],
+        gradients: ["grad_x_activation", "attribution_patching"],
+        ablation: ["ablation_effects"],
+        methods: ["ATTRIBUTIONS", "attribute", "attribute_many"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(A, name) is getattr(module, name), name
+    before = {"ATTRIBUTIONS", "HOOKS", "METHODS", "PATHS", "ablation_effects", "attached_hooks", "attribute",
+              "attribute_many", "attribution_patching", "attribution_path", "grad_x_activation", "hook_name",
+              "integrated_gradients", "integrated_gradients_many", "per_token_prompts", "step_alphas"}  # fmt: skip
+    assert before <= set(A.__all__) and all(hasattr(A, name) for name in A.__all__)
+
+
+def test_a_request_is_one_frozen_object():
+    from kn_lens.attribution._common import Request
+
+    request = Request(layers=[0, 2], objective="prob", hook="mlp_pre")
+    assert request.kind == "pre" and request.names == ["blocks.0.mlp.hook_pre", "blocks.2.mlp.hook_pre"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.hook = "mlp_post"  # type: ignore[misc]

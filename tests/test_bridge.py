@@ -244,23 +244,23 @@ def test_ig_equal(pair):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The bridge's fast path (kn_lens._ig_bridge through kn_lens._ig_fast) against its plain path
+# The bridge's fast path (kn_lens.attribution._bridge through ._fast) against its plain path
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def fast_spy(monkeypatch):
     """Records the prompts of every pack the bridge's fast path builds (so a test knows the fast path ran)."""
-    from kn_lens import _ig_bridge
+    from kn_lens.attribution import _bridge
 
     packs: list[int] = []
-    real = _ig_bridge._stack
+    real = _bridge._stack
 
     def stack(model, cleans):
         packs.append(len(cleans))
         return real(model, cleans)
 
-    monkeypatch.setattr(_ig_bridge, "_stack", stack)
+    monkeypatch.setattr(_bridge, "_stack", stack)
     return packs
 
 
@@ -333,7 +333,7 @@ def test_bridge_fast_packs_prompts(pair, fast_spy):
     """Several prompts share the fast passes (decoders: prompts of different lengths, the shorter prefixes padded and
     masked; encoders: prompts of equal length) and each gets its plain scores; a pack without its padding mask
     would not."""
-    from kn_lens import _ig_bridge
+    from kn_lens.attribution import _bridge
 
     bridge = pair.bridge
     if pair.family in ENCODERS:
@@ -354,7 +354,7 @@ def test_bridge_fast_packs_prompts(pair, fast_spy):
         torch.testing.assert_close(deltas[i], plain_delta, atol=1e-6, rtol=1e-4)
     if pair.family in ENCODERS:
         return
-    real = _ig_bridge._stack
+    real = _bridge._stack
 
     def unmasked(model, cleans):
         pack = real(model, cleans)
@@ -363,7 +363,7 @@ def test_bridge_fast_packs_prompts(pair, fast_spy):
         return pack
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_ig_bridge, "_stack", unmasked)
+        patch.setattr(_bridge, "_stack", unmasked)
         broken = A.integrated_gradients_many(bridge, texts[:2], targets[:2], n_steps=2, progress=False)
     alone = A.integrated_gradients_many(bridge, texts[:2], targets[:2], n_steps=2, progress=False, pack=False)
     assert _rel(broken[0], alone[0]) > 1e-3  # the padded prompt attends to its padding: the comparison can fail
@@ -465,7 +465,8 @@ def test_a_bridge_the_fast_path_cannot_rerun_falls_back(tmp_path, tokenizers):
     disagree with the bridge's own forward, and the plain path runs (one warning per model) with the reason."""
     import transformers
 
-    from kn_lens import _ig_bridge, _ig_fast
+    from kn_lens.attribution import _bridge, _fast
+    from kn_lens.attribution._common import Request
 
     torch.manual_seed(0)
     config = transformers.GraniteConfig(
@@ -487,10 +488,10 @@ def test_a_bridge_the_fast_path_cannot_rerun_falls_back(tmp_path, tokenizers):
     plain = kn_lens.integrated_gradients(bridge, prompt, n_steps=3, fast=False)
     assert torch.equal(scores, plain) and torch.equal(again, plain)
     alphas, weights = A.step_alphas("riemann_left", 3)
-    forced, _ = _ig_fast.integrated_gradients(bridge, prompt, [0, 1], alphas, weights, None, "prob", "mlp_post", None,
-                                              False, False)  # fmt: skip
+    request = Request(layers=[0, 1], objective="prob", alphas=alphas, weights=weights)
+    forced, _ = _fast.integrated_gradients(bridge, prompt, request)
     assert _rel(forced, plain) > 1e-2  # what the probe prevented
-    assert _ig_bridge.unsupported(bridge, "mlp_post") == reason
+    assert _bridge.unsupported(bridge, "mlp_post") == reason
 
 
 def test_knowledge_neurons_same(pair):

@@ -21,8 +21,10 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _device, _ig_fast, _memory, evaluate, skill
+from kn_lens import _device, evaluate, skill
 from kn_lens import attribution as A
+from kn_lens.attribution import _fast, _memory
+from kn_lens.attribution._common import plain_row_bytes
 from kn_lens.backends import HAS_HOOKED
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import objective_from_logits
@@ -254,7 +256,7 @@ def test_plain_path_splits_steps_over_passes_with_the_same_scores(name, request)
     prompt = make_prompt(model, text, target)
     kw = dict(layers=[0, 1], n_steps=6, fast=False, return_convergence_delta=True)
     (whole, whole_delta), n_whole = _passes(model, lambda: A.integrated_gradients(model, prompt, **kw))
-    cost = A._plain_row_bytes(model, prompt, "prob")
+    cost = plain_row_bytes(model, prompt, "prob")
     small = lambda: A.integrated_gradients(model, prompt, memory_budget=2.5 * cost, **kw)  # noqa: E731
     (split, split_delta), n_split = _passes(model, small)
     # clean pass + per layer (one step pass + one baseline pass): 5 passes; split: 3 step passes of 2 rows per layer
@@ -266,7 +268,7 @@ def test_plain_ablation_splits_by_the_budget(random_gpt2):
     prompt = make_prompt(random_gpt2, PARAPHRASES[0], " Paris")
     kw = dict(layers=[1], fast=False)
     whole, n_whole = _passes(random_gpt2, lambda: A.ablation_effects(random_gpt2, prompt, **kw))
-    room = A._plain_row_bytes(random_gpt2, prompt, "prob") * 16 / _memory.NO_BACKWARD_FACTOR
+    room = plain_row_bytes(random_gpt2, prompt, "prob") * 16 / _memory.NO_BACKWARD_FACTOR
     split, n_split = _passes(random_gpt2, lambda: A.ablation_effects(random_gpt2, prompt, memory_budget=room, **kw))
     # two clean passes (site activations, clean objective), then 64 neurons in one pass, or in passes of 16
     assert n_whole == 3 and n_split == 2 + random_gpt2.cfg.d_mlp // 16
@@ -277,11 +279,11 @@ def test_fast_plan_counts_the_model_dtype(smollm2, smollm2_bf16):
     """Half-precision rows take fewer bytes (the blocks' half; the float32 objective does not shrink), so the same
     budget plans fewer passes."""
     prompts = [make_prompt(smollm2, PARAPHRASES[0], " Paris")]
-    cost = _ig_fast._row_bytes(smollm2, prompts[0], 0, len(prompts[0]), "prob")
-    half_cost = _ig_fast._row_bytes(smollm2_bf16, prompts[0], 0, len(prompts[0]), "prob")
+    cost = _fast._row_bytes(smollm2, prompts[0], 0, len(prompts[0]), "prob")
+    half_cost = _fast._row_bytes(smollm2_bf16, prompts[0], 0, len(prompts[0]), "prob")
     assert 0.5 < half_cost / cost < 0.7
-    full_plan = _ig_fast._pack_plan(smollm2, prompts, [0], 40, "prob", None, 4 * cost)
-    half_plan = _ig_fast._pack_plan(smollm2_bf16, prompts, [0], 40, "prob", None, 4 * cost)
+    full_plan = _fast._pack_plan(smollm2, prompts, [0], 40, "prob", None, 4 * cost)
+    half_plan = _fast._pack_plan(smollm2_bf16, prompts, [0], 40, "prob", None, 4 * cost)
     assert len(full_plan) == 10 and 5 <= len(half_plan) <= 7
 
 
@@ -300,18 +302,18 @@ def test_bridge_fast_path_splits_rows_over_passes_with_the_same_scores(dropout_g
     model = dropout_gpt2
     assert A.attribution_path(model)[0] == "bridge-fast"
     passes = {"n": 0}
-    real_run = _ig_fast._run
+    real_run = _fast._run
 
     def counting_run(*args, **kwargs):
         passes["n"] += 1
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(_ig_fast, "_run", counting_run)
+    monkeypatch.setattr(_fast, "_run", counting_run)
     prompt = make_prompt(model, PARAPHRASES[0], " Paris")
     kw = dict(n_steps=4, return_convergence_delta=True)
     whole, whole_delta = A.integrated_gradients(model, prompt, **kw)
     n_whole, passes["n"] = passes["n"], 0
-    cost = max(_ig_fast._row_bytes(model, prompt, layer, len(prompt), "prob") for layer in (0, 1))
+    cost = max(_fast._row_bytes(model, prompt, layer, len(prompt), "prob") for layer in (0, 1))
     split, split_delta = A.integrated_gradients(model, prompt, memory_budget=3 * cost, **kw)
     assert n_whole == 1 and passes["n"] >= 3  # 10 rows: one pass, or passes of at most 3 rows
     assert _rel(split, whole) < 1e-5 and torch.allclose(split_delta, whole_delta, atol=1e-6)

@@ -1,7 +1,7 @@
 """Packed integrated gradients: several prompts' rows in shared fast passes give each prompt its own scores.
 
 The reference is the same call with ``pack=False`` (one prompt per pass, itself tested against the plain path and
-captum in test_attribution.py); a spy on ``_ig_fast._stack`` shows which prompts actually shared passes, and a
+captum in test_attribution.py); a spy on the engines' ``_stack`` shows which prompts actually shared passes, and a
 deliberately broken pack (two prompts' keys swapped, the padding mask dropped) shows the comparison can fail.
 """
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _ig_bridge, _ig_fast, _memory
 from kn_lens import attribution as A
+from kn_lens.attribution import _bridge, _fast, _hooked, _memory
 from kn_lens.backends import is_bridge
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import logit_diff
@@ -47,7 +47,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def spy(monkeypatch):
     """Records how many prompts each pack of the fast path held (either backend's)."""
     sizes: list[int] = []
-    for module in (_ig_fast, _ig_bridge):
+    for module in (_hooked, _bridge):
 
         def stack(model, cleans, real=module._stack):
             sizes.append(len(cleans))
@@ -95,9 +95,9 @@ def test_packed_equals_one_at_a_time_encoder(tiny_bert, spy):
 def test_small_budget_splits_packs_over_passes(random_llama):
     """A budget of a few rows forces many passes mixing prompts, layers and steps; nothing changes."""
     prompts = [make_prompt(random_llama, t, " Paris") for t in CAUSAL[:4]]
-    cost = _ig_fast._row_bytes(random_llama, prompts[0], 0, 12, "prob")
-    passes = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, _memory.CPU_BUDGET)
-    small = _ig_fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, cost * 7)
+    cost = _fast._row_bytes(random_llama, prompts[0], 0, 12, "prob")
+    passes = _fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, _memory.CPU_BUDGET)
+    small = _fast._pack_plan(random_llama, prompts, [0, 1, 2], 5, "prob", None, cost * 7)
     assert len(passes) == 1 and len(small) > 4
     units = sorted((u, s) for p in small for u, a, b in p for s in range(a, b))
     assert units == [(u, s) for u in range(12) for s in range(5)]  # every (prompt, layer) x step exactly once
@@ -114,7 +114,7 @@ def test_a_broken_pack_is_caught(random_llama, monkeypatch):
     texts = [CAUSAL[0], CAUSAL[3]]  # 5 and 11 tokens: the shorter prefix is padded
     kw = dict(n_steps=2, layers=[0])
     alone = A.integrated_gradients_many(random_llama, texts, " Paris", pack=False, progress=False, **kw)
-    module = _ig_bridge if is_bridge(random_llama) else _ig_fast
+    module = _bridge if is_bridge(random_llama) else _hooked
     real = module._stack
 
     def swapped(model, cleans):

@@ -1,7 +1,8 @@
-"""The fast path of :mod:`kn_lens._ig_fast` on a ``TransformerBridge`` (TransformerLens 3.9 and 4.x).
+"""The fast path of :mod:`~kn_lens.attribution._fast` on a ``TransformerBridge`` (TransformerLens 3.9 and 4.x).
 
-:mod:`kn_lens._ig_fast` owns the algorithm (rows join at their own layer, packing, memory plan, quadrature,
-deltas); this module supplies its backend-specific steps (an :class:`~kn_lens._ig_fast.Engine`) for a bridge,
+:mod:`~kn_lens.attribution._fast` owns the algorithm (rows join at their own layer, packing, memory plan,
+quadrature, deltas); this module supplies its backend-specific steps (an
+:class:`~kn_lens.attribution._engine.Engine`) for a bridge,
 whose blocks are the transformers model's own layers wrapped by TransformerLens:
 
 * **Clean pass.** One forward of the bridge itself keeps, per prompt: the activations at the site (every MLP hook
@@ -27,7 +28,6 @@ falls back to the plain path with that one-line reason.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import weakref
 from collections.abc import Callable
@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from kn_lens import _ig_fast, backends
-from kn_lens._ig_fast import Engine, _Clean, _Pack
+from kn_lens import backends
 from kn_lens._typing import HOOKS, Model, hook_name, is_encoder
+from kn_lens.attribution import _engine
+from kn_lens.attribution._common import at_site
+from kn_lens.attribution._engine import Clean, Engine, Pack, left_padded, per_row, relative, with_site
 from kn_lens.prompts import Prompt
 from kn_lens.scoring import Objective
 
@@ -81,12 +83,8 @@ class _Frozen:
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
         self.read.add(layer_idx)
-        past_k, past_v = self.keys[layer_idx], self.values[layer_idx]
-        if self.row_prompt is None:
-            past_k = past_k.expand(key.shape[0], -1, -1, -1)
-            past_v = past_v.expand(value.shape[0], -1, -1, -1)
-        else:
-            past_k, past_v = past_k[self.row_prompt], past_v[self.row_prompt]
+        past_k = per_row(self.keys[layer_idx], key.shape[0], self.row_prompt)
+        past_v = per_row(self.values[layer_idx], value.shape[0], self.row_prompt)
         return torch.cat([past_k.to(key.dtype), key], dim=2), torch.cat([past_v.to(value.dtype), value], dim=2)
 
 
@@ -138,8 +136,8 @@ def _narrow(block_index: int, block, args: tuple, kwargs: dict, start: int, leng
 
 
 @dataclass
-class _BridgeClean(_Clean):
-    """:class:`~kn_lens._ig_fast._Clean` plus each block's narrowed arguments (``calls``)."""
+class _BridgeClean(Clean):
+    """:class:`~kn_lens.attribution._engine.Clean` plus each block's narrowed arguments (``calls``)."""
 
     calls: list[dict] = field(default_factory=list)
     length: int = 0  # tokens of the prompt
@@ -210,7 +208,7 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     clean = _BridgeClean(
         start=start,
         site=site - start,
-        out_prompt=dataclasses.replace(prompt, positions=tuple(p - start for p in prompt.positions)),
+        out_prompt=relative(prompt, start),
         resid=resid,
         acts={kind: torch.stack(v) for kind, v in acts.items()},
         keys=keys,
@@ -222,7 +220,7 @@ def _clean_pass(model: Model, prompt: Prompt, layers: list[int], objective: Obje
     )
     if callable(objective) and start > 0:  # positions before the site cannot change: their logits are clean
         clean.prefix_logits = logits[0, :start].clone()
-    clean.f_clean = _ig_fast._objective(model, final[0][None], [clean], None, objective, _unembed)[0]
+    clean.f_clean = _engine.row_objective(model, final[0][None], [clean], None, objective, _unembed)[0]
     return clean
 
 
@@ -241,7 +239,7 @@ def _activation(model: Model, layer: int) -> Callable | None:
     return None
 
 
-def _enter(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Tensor:
+def _enter(model: Model, clean: Clean, layer: int, hook: str, x: Tensor) -> Tensor:
     """Rows of group ``layer`` as they leave block ``layer``: the clean residual with the site shifted by what the
     new ``mlp_post`` adds through the (linear) output projection."""
     post = x
@@ -257,21 +255,16 @@ def _enter(model: Model, clean: _Clean, layer: int, hook: str, x: Tensor) -> Ten
     w_out = backends.mlp_w_out(model, layer)  # a view of the real weight: edits are seen
     delta = (post - clean.acts["post"][layer]).to(w_out.dtype) @ w_out
     base = clean.resid[layer]
-    site = clean.site
-    rows = x.shape[0]
-    resid = torch.cat(
-        [base[:site].expand(rows, -1, -1), (base[site] + delta)[:, None], base[site + 1 :].expand(rows, -1, -1)],
-        dim=1,
-    )
+    resid = with_site(base, clean.site, base[clean.site] + delta)
     if is_encoder(model):
         resid = model.blocks[layer].ln2(resid)  # BERT/RoBERTa blocks end with the output LayerNorm
     return resid
 
 
 @dataclass
-class _BridgePack(_Pack):
-    """:class:`~kn_lens._ig_fast._Pack` plus each block's arguments: shared by every row, or stacked per prompt
-    (``stacked``: name -> tensor or tuple of tensors with a leading prompt dimension)."""
+class _BridgePack(Pack):
+    """:class:`~kn_lens.attribution._engine.Pack` plus each block's arguments: shared by every row, or stacked per
+    prompt (``stacked``: name -> tensor or tuple of tensors with a leading prompt dimension)."""
 
     shared: list[dict] = field(default_factory=list)
     stacked: list[dict] = field(default_factory=list)
@@ -301,8 +294,8 @@ def _stack(model: Model, cleans: list[_BridgeClean]) -> _BridgePack:
     keys, values, shared, stacked = [], [], [], []
     for block in range(n_layers):
         if not encoder:
-            keys.append(_left_padded([c.keys[block] for c in cleans], prefix))
-            values.append(_left_padded([c.values[block] for c in cleans], prefix))
+            keys.append(left_padded([c.keys[block] for c in cleans], prefix, dim=1))  # [kv_heads, start, d_head]
+            values.append(left_padded([c.values[block] for c in cleans], prefix, dim=1))
         common, per_prompt = {}, {}
         for name, value in cleans[0].calls[block].items():
             others = [c.calls[block][name] for c in cleans]
@@ -336,14 +329,6 @@ def _alone(clean: _BridgeClean, n_layers: int) -> _BridgePack:
     keys = [k[None] for k in clean.keys]
     values = [v[None] for v in clean.values]
     return _BridgePack([clean], keys, values, None, shared=clean.calls, stacked=[{}] * n_layers)
-
-
-def _left_padded(parts: list[Tensor], prefix: int) -> Tensor:
-    """Per-prompt ``[kv_heads, start, d_head]`` stacked as ``[n, kv_heads, prefix, d_head]``, zeros in front."""
-    out = parts[0].new_zeros(len(parts), parts[0].shape[0], prefix, parts[0].shape[2])
-    for i, part in enumerate(parts):
-        out[i, :, prefix - part.shape[1] :] = part
-    return out
 
 
 def _step(model: Model, pack: _BridgePack, block_index: int, resid: Tensor, row_prompt: Tensor | None) -> Tensor:
@@ -382,7 +367,7 @@ def _can_pad(model: Model) -> bool:
 
 
 def engine() -> Engine:
-    """This module's steps for :mod:`kn_lens._ig_fast` (looked up at each call, so a test can spy on them)."""
+    """This module's steps for :mod:`~kn_lens.attribution._fast` (looked up at each call, so a test can spy on them)."""
     return Engine(_clean_pass, _stack, _enter, _step, _unembed, _can_pad)
 
 
@@ -459,7 +444,7 @@ def _check(model: Model, hook: str) -> None:
     fast = _unembed(model, resid[:, rel])[0]
 
     def put(act: Tensor, hook) -> Tensor:
-        return torch.cat([act[:, :site], x[:, None].to(act.dtype), act[:, site + 1 :]], dim=1)
+        return at_site(act, site, x)
 
     with model.hooks(fwd_hooks=[(hook_name(0, hook), put)]):
         expected = model(tokens[None].to(model.cfg.device), return_type="logits")[0, list(positions)]
