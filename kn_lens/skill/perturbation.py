@@ -34,7 +34,7 @@ from kn_lens._device import evaluating
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, check_model
 from kn_lens.inputs import check_batch_size, check_choice, check_int, check_number, check_sequence, to_layers
-from kn_lens.skill.predicting import Predictivity, _best_first, _check_fraction
+from kn_lens.skill.predicting import Predictivity, _check_fraction, _top_mask
 from kn_lens.skill.prompting import HardPrompt, PromptLike, SoftPrompt, as_prompt
 from kn_lens.skill.tasks import Task
 from kn_lens.skill.tuning import accuracy
@@ -177,15 +177,14 @@ def perturbation_curve(
         raise ValueError("seeds is empty; pass at least one seed")
     allowed = torch.zeros(skill.n_layers, skill.d_mlp, dtype=torch.bool)
     allowed[to_layers(model, layers) if layers is not None else skill.layers] = True
-    scores = torch.nan_to_num(skill.scores.float(), nan=-math.inf).masked_fill(~allowed, -math.inf)
+    scores = skill.scores.float().masked_fill(~allowed, -math.inf)
     pool = int(allowed.sum())
     rows = [dict(fraction=0.0, n_neurons=0, selection="none", seed=-1)]
     rows[0]["accuracy"] = accuracy(model, task, prompt=prompt, split=split, batch_size=batch_size, progress=False)
     steps = [(f, sel, s) for f in fractions for sel, s in [("skill", seeds[0])] + [("random", s) for s in seeds]]
     for fraction, selection, seed in progress_bar(steps, "perturbation curve", enabled=progress):
         k = max(1, round(fraction * pool))
-        top = torch.zeros_like(allowed)
-        top.view(-1)[_best_first(scores.flatten())[:k]] = True  # the same tie order as Predictivity.mask
+        top = _top_mask(scores, k)  # the same tie order as Predictivity.mask
         chosen = top if selection == "skill" else random_mask(top, seed=seed)
         hooks = hooks_module.perturb(
             chosen, kind, std=std, seed=seed, positions=list(skill.positions),

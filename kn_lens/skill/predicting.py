@@ -35,7 +35,7 @@ from torch import Tensor
 
 from kn_lens._device import evaluating
 from kn_lens._typing import Model, Neuron, check_model
-from kn_lens.inputs import check_count, to_layers
+from kn_lens.inputs import check_count, check_number, to_layers
 from kn_lens.skill.prompting import HardPrompt, PromptLike, SoftPrompt, _run, as_prompt
 from kn_lens.skill.tasks import Task, _check_pair, _hold_out
 
@@ -43,15 +43,20 @@ Aggregate = Literal["mean", "min"]
 
 
 def _check_fraction(fraction: float) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    return float(fraction)
+    return check_number(fraction, "fraction", low=0, high=1, low_open=True)
 
 
 def _best_first(scores: Tensor) -> Tensor:
     """Indices of a 1-D score tensor, best first; ties in index order (so ``top``, ``mask`` and ``to_frame`` agree
     on which of equally predictive neurons come first)."""
     return torch.sort(scores, descending=True, stable=True).indices
+
+
+def _top_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask, shaped like ``scores``, of its ``k`` best entries (ties in index order; NaN never first)."""
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask.view(-1)[_best_first(torch.nan_to_num(scores.float(), nan=-math.inf).flatten())[:k]] = True
+    return mask
 
 
 @dataclass
@@ -121,24 +126,18 @@ class Predictivity:
                 top fraction of all neurons.
         """
         k = self._count(fraction, per_layer)
-        scores = torch.nan_to_num(self.scores.float(), nan=-math.inf)
+        if not per_layer:
+            return _top_mask(self.scores, k)
         mask = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
-        if per_layer:
-            for layer in self.layers:
-                mask[layer, _best_first(scores[layer])[:k]] = True
-            return mask
-        mask.view(-1)[_best_first(scores.flatten())[:k]] = True
+        for layer in self.layers:
+            mask[layer] = _top_mask(self.scores[layer], k)
         return mask
 
     def top(self, fraction: float | None = None, *, k: int | None = None) -> list[Neuron]:
         """The best neurons, best first: the top ``fraction`` of all neurons, or the top ``k``."""
         if (fraction is None) == (k is None):
             raise ValueError("pass exactly one of fraction=... or k=...")
-        if k is not None:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(f"k must be a positive int, got {k!r}")
-        else:
-            k = self._count(fraction, False)  # type: ignore[arg-type]
+        k = check_count(k, "k", minimum=1) if k is not None else self._count(fraction, False)  # type: ignore[arg-type]
         scores = torch.nan_to_num(self.scores.float(), nan=-math.inf).flatten()
         order = _best_first(scores)[: min(k, len(self.layers) * self.d_mlp)].tolist()
         return [Neuron(i // self.d_mlp, i % self.d_mlp) for i in order]
@@ -265,8 +264,7 @@ def predictivity(
         if labels is None:
             raise ValueError("pass labels=... with plain texts (or a kn_lens.skill.Task)")
         pair = _check_pair(task_or_texts, labels)
-        if not 0 < dev < 1:
-            raise ValueError(f"dev must be a fraction in (0, 1), got {dev}")
+        check_number(dev, "dev", low=0, high=1, low_open=True, high_open=True)
         train, dev_split = _hold_out(pair, dev, seed)
         if not len(train) or not len(dev_split):
             raise ValueError(f"{len(pair)} examples are too few to split into train and dev")

@@ -34,7 +34,7 @@ import pandas as pd
 from torch import Tensor
 
 from kn_lens.datasets import pararel
-from kn_lens.inputs import check_sequence
+from kn_lens.inputs import check_count, check_number, check_sequence
 
 
 class Split(NamedTuple):
@@ -51,9 +51,7 @@ class Split(NamedTuple):
 
 
 def _check_pair(texts: Any, labels: Any, what: str = "texts") -> Split:
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a list of texts, not one str")
-    texts = tuple(texts)
+    texts = tuple(check_sequence(texts, what, what="texts"))
     labels = tuple(labels.tolist() if isinstance(labels, Tensor) else labels)
     if len(texts) != len(labels):
         raise ValueError(f"{what} and labels have different lengths ({len(texts)} vs {len(labels)})")
@@ -207,8 +205,7 @@ def make_task(
     if len(set(pair.labels)) < 2:
         raise ValueError(f"every label is {pair.labels[0]}: a binary task needs examples of both labels 0 and 1")
     for what, fraction in (("dev", dev), ("test", test)):
-        if not 0 <= fraction < 1:
-            raise ValueError(f"{what} must be a fraction in [0, 1), got {fraction}")
+        check_number(fraction, what, low=0, high=1, high_open=True)
     if dev + test >= 1:
         raise ValueError(f"dev + test = {dev + test} leaves nothing to train on; keep it below 1")
     dev_idx, test_idx, train_idx = _stratified(pair.labels, [dev, test], seed)
@@ -308,10 +305,8 @@ def sentiment_task(n: int = 400, *, negation: float = 0.15, seed: int = 0, **spl
         >>> task.train.texts[0], task.train.labels[0]
         (...)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 6:
-        raise ValueError(f"n must be an int >= 6, got {n!r}")
-    if not 0 <= negation <= 1:
-        raise ValueError(f"negation must be a fraction in [0, 1], got {negation}")
+    check_count(n, "n", minimum=6)
+    check_number(negation, "negation", low=0, high=1)
     rng = random.Random(seed)
     seen: set[str] = set()
     texts, labels = [], []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import random
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -32,6 +31,7 @@ from torch import Tensor
 from kn_lens._device import evaluating
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, check_model, is_encoder
+from kn_lens.inputs import check_count, check_number
 from kn_lens.skill.prompting import (
     PromptLike,
     SoftPrompt,
@@ -212,10 +212,8 @@ def train_soft_prompt(
         ("batch_size", batch_size),
         ("eval_every", eval_every),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+        check_count(value, name, minimum=1)
+    check_number(lr, "lr", low=0, low_open=True)
     placement = placement or ("start" if is_encoder(model) else "end")
     # Prompt tuning differentiates, whatever mode the caller is in (torch.no_grad(), inference_mode, a notebook
     # cell decorated with either): both are lifted for the training and restored on return.
