@@ -10,9 +10,9 @@ Context:
     the model with little loss. This package brings every step to TransformerLens models, as hooks, one module a
     step:
 
-    1. :mod:`~kn_lens.skill.tasks`: a binary task is ``(texts, labels)`` in train / dev / test splits
-       (:class:`Task`). :func:`make_task` splits (seeded, stratified), :func:`binarize` turns a multi-class task
-       into a binary one, :func:`sentiment_task` generates an offline sentiment set,
+    1. :mod:`~kn_lens.skill.tasks` and :mod:`~kn_lens.skill.builders`: a binary task is ``(texts, labels)`` in
+       train / dev / test splits (:class:`Task`). :func:`make_task` splits (seeded, stratified), :func:`binarize`
+       turns a multi-class task into a binary one, :func:`sentiment_task` generates an offline sentiment set,
        :func:`pararel_place_or_language` and :func:`pararel_relation_pair` build tasks from a PARAREL folder,
        and :func:`load_sst2` / :func:`load_hf_task` read public sets through ``datasets``.
     2. :mod:`~kn_lens.skill.prompting` and :mod:`~kn_lens.skill.tuning`: :class:`HardPrompt` is a text template
@@ -70,21 +70,18 @@ Example:
     (:func:`prune`); the examples below do it on the tiny BERT.
 """
 
-from kn_lens.skill.perturbation import perturbation_curve, random_mask
-from kn_lens.skill.predicting import Aggregate, Predictivity, predictivity
-from kn_lens.skill.prompting import HardPrompt, Layout, PromptLike, SoftPrompt, as_prompt
-from kn_lens.skill.pruning import mean_activations, prune, task_mean_activations
-from kn_lens.skill.tasks import (
-    Split,
-    Task,
-    binarize,
+from kn_lens.skill.builders import (
     load_hf_task,
     load_sst2,
-    make_task,
     pararel_place_or_language,
     pararel_relation_pair,
     sentiment_task,
 )
+from kn_lens.skill.perturbation import perturbation_curve, random_mask
+from kn_lens.skill.predicting import Aggregate, Predictivity, predictivity
+from kn_lens.skill.prompting import HardPrompt, Layout, PromptLike, SoftPrompt, as_prompt
+from kn_lens.skill.pruning import mean_activations, prune, task_mean_activations
+from kn_lens.skill.tasks import Split, Task, binarize, make_task
 from kn_lens.skill.tuning import accuracy, margins, train_soft_prompt
 
 __all__ = [
