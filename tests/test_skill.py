@@ -228,6 +228,17 @@ def test_train_soft_prompt_rejects_bad_settings(tiny_bert, number_task):
         skill.train_soft_prompt(tiny_bert, number_task, ("a", "these"), lr=-1.0)
     with pytest.raises(TypeError, match="Task"):
         skill.train_soft_prompt(tiny_bert, (TEXTS, LABELS), ("a", "these"))
+    with pytest.raises(TypeError, match="steps must be an int"):  # a float count is a TypeError, as elsewhere
+        skill.train_soft_prompt(tiny_bert, number_task, ("a", "these"), steps=10.0)
+
+
+def test_the_callers_hooks_are_checked_before_anything_runs(random_gpt2, toy_task):
+    """A hook on a hook point the model lacks surfaced as TransformerLens' KeyError from inside the forward."""
+    with pytest.raises(ValueError, match=r"blocks\.7\.mlp\.hook_post, which this model does not have"):
+        skill.margins(random_gpt2, toy_task, fwd_hooks=hooks.scale(["L7N0"], 0.0, positions="all"), progress=False)
+    with pytest.raises(TypeError, match=r"fwd_hooks must be \(hook_name, fn\) pairs"):
+        skill.accuracy(random_gpt2, toy_task, fwd_hooks=[lambda x, hook: x], progress=False)
+    assert no_hooks_left(random_gpt2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
