@@ -107,7 +107,7 @@ def main() -> None:
     soft_rows, soft_clean = perturbation_rows(model, task, soft_skill, soft, "soft prompt", fractions, seeds)
     print(soft, soft_skill)
 
-    means = skill.mean_activations(model, task, prompt=soft)
+    means = skill.task_mean_activations(model, task, prompt=soft)
     test_tokens = soft.to_tokens(model, task.test.texts)
     length = statistics.mode(len(t) for t in test_tokens)
     tokens = torch.stack([t for t in test_tokens if len(t) == length][:16])

@@ -733,8 +733,9 @@ def test_skill_neurons_on_the_bridge(tiny_bridge, number_task):
     """Soft prompts write the token embeddings (not the bridge's post-LayerNorm ``hook_embed`` alias of BERT)."""
     from kn_lens import skill
     from kn_lens.fixtures import tiny_bert
+    from kn_lens.skill.prompting import _embed_hook_name
 
-    hook = skill._embed_hook_name(tiny_bridge)
+    hook = _embed_hook_name(tiny_bridge)
     prompt = kn_lens.make_prompt(tiny_bridge, "The capital of France is [MASK] .", "Paris")
     seen = {}
     with torch.no_grad():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _checks import no_hooks_left
 
+import kn_lens
 from kn_lens import hooks, skill
 from kn_lens._typing import Neuron
 from kn_lens.backends import get_act_name, token_embed_hook
@@ -227,6 +228,17 @@ def test_train_soft_prompt_rejects_bad_settings(tiny_bert, number_task):
         skill.train_soft_prompt(tiny_bert, number_task, ("a", "these"), lr=-1.0)
     with pytest.raises(TypeError, match="Task"):
         skill.train_soft_prompt(tiny_bert, (TEXTS, LABELS), ("a", "these"))
+    with pytest.raises(TypeError, match="steps must be an int"):  # a float count is a TypeError, as elsewhere
+        skill.train_soft_prompt(tiny_bert, number_task, ("a", "these"), steps=10.0)
+
+
+def test_the_callers_hooks_are_checked_before_anything_runs(random_gpt2, toy_task):
+    """A hook on a hook point the model lacks surfaced as TransformerLens' KeyError from inside the forward."""
+    with pytest.raises(ValueError, match=r"blocks\.7\.mlp\.hook_post, which this model does not have"):
+        skill.margins(random_gpt2, toy_task, fwd_hooks=hooks.scale(["L7N0"], 0.0, positions="all"), progress=False)
+    with pytest.raises(TypeError, match=r"fwd_hooks must be \(hook_name, fn\) pairs"):
+        skill.accuracy(random_gpt2, toy_task, fwd_hooks=[lambda x, hook: x], progress=False)
+    assert no_hooks_left(random_gpt2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,14 +462,16 @@ def test_prune_rejects_bad_masks(random_gpt2):
         skill.prune(random_gpt2, keep, torch.zeros(3, 64))
 
 
-def test_mean_activations_match_a_cache(random_gpt2, toy_task):
-    means = skill.mean_activations(random_gpt2, toy_task, prompt="{text} It was", progress=False)
+def test_task_mean_activations_match_a_cache(random_gpt2, toy_task):
+    means = skill.task_mean_activations(random_gpt2, toy_task, prompt="{text} It was", progress=False)
     tokens = skill.HardPrompt("{text} It was").to_tokens(random_gpt2, toy_task.train.texts)
     rows = []
     for t in tokens:
         _, cache = random_gpt2.run_with_cache(t[None], names_filter=lambda n: n.endswith("mlp.hook_post"))
         rows.append(torch.stack([cache[get_act_name("post", layer)][0] for layer in range(3)], 1))
     torch.testing.assert_close(means, torch.cat(rows).mean(0), atol=1e-6, rtol=1e-5)
+    # the former name is the same function (cache.mean_activations, for plain prompts, is another one)
+    assert skill.mean_activations is skill.task_mean_activations is not kn_lens.cache.mean_activations
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -542,8 +556,11 @@ def test_pararel_templates_without_the_answer_slot_are_named(tmp_path):
         (tmp_path / "facts" / f"{rid}.jsonl").write_text(facts)
     with pytest.raises(ValueError, match=r"P1\.jsonl, line 2: a template needs exactly one \[X\] and one \[Y\]"):
         skill.pararel_relation_pair(tmp_path, "P1", "P2", n=10)
+    # the folder is read by kn_lens.datasets.pararel, which checks every template file: mend P1 first
+    (tmp_path / "patterns" / "P1.jsonl").write_text(json.dumps({"pattern": "[X] was born in [Y]."}) + "\n")
+    assert len(skill.pararel_relation_pair(tmp_path, "P1", "P2", n=10).to_frame()) == 10
     (tmp_path / "facts" / "P2.jsonl").write_text('{"sub_label": "S"}\n')
-    with pytest.raises(ValueError, match=r"P2\.jsonl, line 1: a fact needs 'sub_label' and 'obj_label'"):
+    with pytest.raises(ValueError, match=r"P2\.jsonl, line 1: missing or non-text field\(s\) \['obj_label'\]"):
         skill.pararel_relation_pair(tmp_path, "P2", "P1", n=10)
 
 
