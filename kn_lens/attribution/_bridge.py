@@ -419,7 +419,9 @@ def _check(model: Model, hook: str) -> None:
         raise _Unsupported("this encoder's blocks have no output LayerNorm (ln2)")
     if "Parallel" in type(block).__name__ or getattr(model.cfg, "parallel_attn_mlp", False):
         raise _Unsupported(f"its blocks run attention and MLP in parallel ({type(block).__name__})")
-    if "ln2_post" in (getattr(block, "submodules", None) or {}):
+    original = getattr(block, "original_component", None)
+    # TransformerLens 4 names the norm after the MLP ln2_post; 3.9's bridge leaves it inside the transformers block
+    if "ln2_post" in (getattr(block, "submodules", None) or {}) or hasattr(original, "post_feedforward_layernorm"):
         raise _Unsupported(
             "its MLP output is normalised before it joins the residual stream (post-norm blocks, e.g. OLMo 2, "
             "Gemma 2), so a neuron's effect there is not a shift along its W_out row"
