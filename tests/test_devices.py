@@ -21,8 +21,9 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _device, _ig_fast, _memory, evaluate, skill
+from kn_lens import _device, _ig_fast, _memory, skill
 from kn_lens import attribution as A
+from kn_lens import evaluation as evaluate
 from kn_lens.backends import HAS_HOOKED
 from kn_lens.prompts import make_prompt
 from kn_lens.scoring import objective_from_logits
