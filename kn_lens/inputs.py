@@ -713,7 +713,9 @@ def to_fact(item: Any, name: str = "fact", *, need_target: bool = True, prompts_
         TypeError: fact must be an object with .prompts (a FactPrompts, a PARAREL Bag), a mapping with ... tuple; got a
         tuple of 1
     """
-    if hasattr(item, "prompts") and not isinstance(item, Mapping | str | bytes):
+    if isinstance(item, str | bytes):  # one text is not a fact (nor a list of prompts to split into characters)
+        check_sequence(item, name, what="prompts (or a fact with .prompts)")
+    if hasattr(item, "prompts") and not isinstance(item, Mapping):
         prompts, target = item.prompts, getattr(item, "target", None)
         relation = getattr(item, "relation", None)
         label = getattr(item, "uuid", "") or getattr(item, "name", "") or ""

@@ -223,7 +223,7 @@ def test_to_neurons_reads_every_form():
 
 
 def test_science_does_not_import_plotting():
-    code = "import sys, kn_lens, kn_lens.neurons, kn_lens.interventions; print('plotly' in sys.modules)"
+    code = "import sys, kn_lens, kn_lens.neurons, kn_lens.evaluation; print('plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

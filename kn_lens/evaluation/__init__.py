@@ -23,6 +23,9 @@ Example:
     0.75
 """
 
+import importlib
+from typing import Any
+
 from kn_lens.evaluation.controls import other_relation_facts, random_active_neurons
 from kn_lens.evaluation.demo import DEMO_HELDOUT, DEMO_PROMPTS, DEMO_TARGET, DEMO_UNRELATED, demo_table
 from kn_lens.evaluation.edits import edit_effects, erase_relation, relation_neurons
@@ -88,3 +91,12 @@ __all__ = [
     "suppress",
     "text_perplexity",
 ]
+
+#: Modules imported on first use (``kn_lens.evaluation.sweeps.read_records(run)`` works without an import).
+_LAZY = ("convergence", "report", "sweep_manifest", "sweep_phases", "sweep_store", "sweeps")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"kn_lens.evaluation.{name}")
+    raise AttributeError(f"module 'kn_lens.evaluation' has no attribute {name!r}")

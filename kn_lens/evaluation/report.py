@@ -7,7 +7,7 @@ Example:
     ``write_report("runs/smollm2")`` writes ``runs/smollm2/report.html``; here for a finished run of the tiny
     BERT (``run_dir``), into a folder of its own:
 
-    >>> from kn_lens.report import write_report
+    >>> from kn_lens.evaluation.report import write_report
     >>> page = write_report(run_dir, tmp_path / "report.html")
     >>> text = page.read_text()
     >>> text.startswith("<!DOCTYPE html>"), "kn_lens report: tiny-bert" in text
