@@ -13,8 +13,9 @@ Every example may use these names without defining them:
   ``skill``, its predictivity (``kn_lens.skill.predictivity(bert, task, prompt=soft)``);
 * ``pararel_folder``: the PARAREL release at ``../shared/pararel`` (tests may read it; the package never does);
 * ``pararel_dir``: a tiny folder in PARAREL's format (relations P36 capital, P37 language, P106 profession,
-  P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished :func:`kn_lens.sweeps.run_pararel`
-  run of the tiny BERT on two of its relations (both built in a temporary folder the first time they are used);
+  P1303 instrument) holding the facts of the tiny BERT; ``run_dir``: a finished
+  :func:`kn_lens.evaluation.sweeps.run_pararel` run of the tiny BERT on two of its relations (both built in a
+  temporary folder the first time they are used);
 * ``tmp_path``: an empty temporary folder of the example's own (pytest's fixture).
 """
 
@@ -74,8 +75,8 @@ def _expensive(name: str) -> object:
         elif name == "pararel_dir":
             _SHARED[name] = _write_pararel(_temporary_folder("kn_lens_pararel_"))
         elif name == "run_dir":
-            from kn_lens import sweeps
             from kn_lens.datasets import pararel
+            from kn_lens.evaluation import sweeps
 
             data = pararel.load(_expensive("pararel_dir"), relations=["P36", "P37"])
             out = _temporary_folder("kn_lens_run_") / "tiny-bert"

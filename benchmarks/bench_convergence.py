@@ -1,9 +1,10 @@
 """How many integration points do knowledge neurons need? Quadrature rules against a fine reference, and the cost.
 
 On the embedded SmolLM2-135M: the first ``--facts`` PARAREL capital facts (P36) the model knows, ``--prompts``
-paraphrases each, all 30 layers. Every rule of ``kn_lens.convergence.SETTINGS`` re-selects each fact's knowledge
-neurons (kn_lens's per-fact rule: coarse > 0.2 x max, refined by share) and is compared with the 128-point midpoint
-reference (``PRESETS["converged"]``): Jaccard of the neuron sets, largest score error, completeness error.
+paraphrases each, all 30 layers. Every rule of ``kn_lens.evaluation.convergence.QUADRATURES`` re-selects each
+fact's knowledge neurons (kn_lens's per-fact rule: coarse > 0.2 x max, refined by share) and is compared with the
+128-point midpoint reference (``PRESETS["converged"]``): Jaccard of the neuron sets, largest score error,
+completeness error.
 
 Then the price: CPU seconds per prompt of kn_lens' fast path at 20 steps (Dai) and at the converged preset,
 beside the plain 20-step loop the research code runs (``fast=False``, the same arithmetic as Dai et al.'s code),
@@ -25,8 +26,9 @@ from _common import machine, markdown_table, set_threads, write_section
 
 import kn_lens
 from kn_lens.attribution import integrated_gradients
-from kn_lens.convergence import PRESETS, SETTINGS, convergence, convergence_summary
 from kn_lens.datasets import pararel
+from kn_lens.evaluation import known_facts
+from kn_lens.evaluation.convergence import PRESETS, QUADRATURES, convergence, convergence_summary
 from kn_lens.neurons import FactPrompts, find_knowledge_neurons
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "pararel"
@@ -48,12 +50,12 @@ def main() -> None:
     threads = set_threads(1)
     model = kn_lens.load_model()
     bags = pararel.load(SHARED, relations=["P36"]).bags(model)
-    known, _ = pararel.known_facts(model, bags[:64])
+    known, _ = known_facts(model, bags[:64])
     facts = [(list(b.prompts[: args.prompts]), b.target, b.relation, b.uuid) for b in known[: args.facts]]
     facts = [FactPrompts(p, t, r, name=u) for p, t, r, u in facts]
 
     start = time.process_time()
-    frame = convergence(model, facts, settings=SETTINGS, reference=PRESETS["converged"])
+    frame = convergence(model, facts, settings=QUADRATURES, reference=PRESETS["converged"])
     cpu_all = time.process_time() - start
     summary = convergence_summary(frame)
 
@@ -108,7 +110,7 @@ def main() -> None:
         f"score, completeness error {100 * dai['completeness'].mean():.1f}% on average. The converged preset costs "
         f"{ours_conv / plain_dai:.2f}x the plain 20-step loop per prompt "
         f"({ours_conv / ours_dai:.1f}x kn_lens' own 20-step path). Use it with "
-        "`find_knowledge_neurons(model, prompts, target, **kn_lens.convergence.PRESETS['converged'])` or "
+        "`find_knowledge_neurons(model, prompts, target, **kn_lens.evaluation.convergence.PRESETS['converged'])` or "
         "`kn-lens evaluate pararel --preset converged`; `kn-lens evaluate convergence RUN` adds this comparison "
         "to a run's report.",
     ]

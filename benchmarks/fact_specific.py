@@ -18,7 +18,7 @@ import pandas as pd
 from _common import machine, markdown_table, set_threads, write_section
 
 from kn_lens.datasets import pararel
-from kn_lens.evaluate import evaluate_fact, fact_seed, records_frame
+from kn_lens.evaluation import evaluate_fact, fact_seed, known_facts, records_frame
 from kn_lens.fixtures import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def main() -> None:
     model = tiny_bert.load()
     with tempfile.TemporaryDirectory() as tmp:
         bags = pararel.load(write_tiny_pararel(Path(tmp))).bags(model)
-    known, _ = pararel.known_facts(model, bags)
+    known, _ = known_facts(model, bags)
     rows = []
     for selection in ("dai", "fact-specific"):
         records = []

@@ -3,7 +3,7 @@
 For each fact (capital cities and languages of countries, 4 paraphrases used for attribution and 4 held out),
 this script finds the knowledge neurons with ``kn_lens.find_knowledge_neurons_many`` (integrated gradients,
 kn_lens's per-fact rule `adaptive`), then scales them at the last prompt position with
-``kn_lens.evaluate.intervention_effects``: x0 (suppress) and x2 (enhance), beside the same number of random
+``kn_lens.evaluation.intervention_effects``: x0 (suppress) and x2 (enhance), beside the same number of random
 neurons in the same layers and the facts of the other relation. Two selections are reported: per fact as in
 Dai et al.'s section 3, and with the relation filter (neurons selected for > 10% of a relation's facts
 dropped). It writes its section of ``benchmarks/RESULTS.md`` (and, with ``--csv PATH``, the per-prompt rows).
@@ -22,7 +22,7 @@ import pandas as pd
 from _common import machine, markdown_table, set_threads, write_section
 
 import kn_lens
-from kn_lens.evaluate import intervention_effects, summarize_effects
+from kn_lens.evaluation import intervention_effects, summarize_effects
 from kn_lens.neurons import FactPrompts, find_knowledge_neurons_many, relation_filter
 
 TEMPLATES: dict[str, dict[str, list[str]]] = {

@@ -1,6 +1,6 @@
 """PARAREL on the embedded SmolLM2-135M under several selection rules: Dai et al.'s tables with every control.
 
-Runs ``kn_lens.sweeps.run_pararel`` (the same runner as ``kn-lens evaluate pararel``) on facts SmolLM2 knows
+Runs ``kn_lens.evaluation.sweeps.run_pararel`` (the same runner as ``kn-lens evaluate pararel``) on facts SmolLM2 knows
 (each relation's facts shuffled by the seed, scanned until enough known ones), attributes every fact once (and once
 more with the contrastive objective when that rule is asked for), selects with every rule from the stored
 attributions, and writes its section of ``benchmarks/RESULTS.md``: per rule the own / held-out / same-relation /
@@ -33,9 +33,8 @@ import pandas as pd
 from _common import machine, markdown_table, set_threads, write_section
 
 import kn_lens
-from kn_lens import sweeps
 from kn_lens.datasets import pararel
-from kn_lens.evaluate import SELECTIONS, records_frame, relation_table, rule_summary
+from kn_lens.evaluation import SELECTIONS, records_frame, relation_table, rule_summary, sweeps
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "pararel"
 MODEL = "SmolLM2-135M-Instruct (embedded GGUF Q4_1)"

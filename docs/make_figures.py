@@ -23,7 +23,7 @@ import kn_lens
 from kn_lens import plotting
 from kn_lens.attribution import integrated_gradients_many
 from kn_lens.cache import top_activating
-from kn_lens.evaluate import intervention_effects
+from kn_lens.evaluation import intervention_effects
 from kn_lens.lens import decode_many
 from kn_lens.neurons import find_knowledge_neurons
 

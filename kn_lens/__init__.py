@@ -22,7 +22,8 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, evaluate, hooks, inputs, lens, neurons, prompts, skill
+from kn_lens import attribution, cache, edit, hooks, inputs, lens, neurons, prompts, skill
+from kn_lens import evaluation as evaluate  # the old module name, without its deprecation warning
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -35,7 +36,7 @@ from kn_lens.attribution import (
 )
 from kn_lens.cache import cache_mlp_post, mean_activations, top_activating
 from kn_lens.edit import edit_fact, erase
-from kn_lens.evaluate import compare, enhance, intervention_effects, suppress
+from kn_lens.evaluation import compare, enhance, intervention_effects, suppress
 from kn_lens.lens import decode, decode_many, direct_effect
 from kn_lens.models import load_model
 from kn_lens.neurons import (

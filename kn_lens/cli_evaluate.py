@@ -28,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from kn_lens.evaluation.sweep_manifest import DEFAULT_RULES  # the rules a run evaluates unless told otherwise
+
 TINY_BERT = "tiny-bert"
 EMBEDDED = "SmolLM2-135M (embedded)"
 
@@ -123,7 +125,7 @@ def _unrelated(items: list[str] | None) -> list[tuple[list[str], str]]:
 
 
 def _scale(args: argparse.Namespace, name: str) -> None:
-    from kn_lens.evaluate import intervention_effects, summarize_effects
+    from kn_lens.evaluation import intervention_effects, summarize_effects
 
     model = load_from_args(args)
     neurons = _neurons(model, args, args.prompts, args.target)
@@ -153,7 +155,7 @@ def cmd_enhance(args: argparse.Namespace) -> None:
 
 def cmd_erase(args: argparse.Namespace) -> None:
     """``kn-lens erase TARGET PROMPT... --neurons ...``: erase value vectors; accuracy and perplexity, with control."""
-    from kn_lens.evaluate import erase_relation
+    from kn_lens.evaluation import erase_relation
 
     model = load_from_args(args)
     neurons = _neurons(model, args, args.prompts, args.target)
@@ -171,7 +173,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> None:
     """``kn-lens edit PROMPT... --new ANSWER``: Dai et al.'s edit, scored beside random active neurons."""
-    from kn_lens.evaluate import edit_effects
+    from kn_lens.evaluation import edit_effects
 
     model = load_from_args(args)
     target = args.old
@@ -199,9 +201,9 @@ def cmd_edit(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
-    """``kn-lens evaluate pararel --out DIR``: the resumable, shardable PARAREL sweep (see kn_lens.sweeps)."""
-    from kn_lens import sweeps
+    """``kn-lens evaluate pararel --out DIR``: the resumable, shardable PARAREL sweep (kn_lens.evaluation.sweeps)."""
     from kn_lens.datasets import pararel
+    from kn_lens.evaluation import sweeps
 
     rules = sweeps.check_rules(args.rules)  # before any model loads
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -241,7 +243,7 @@ def cmd_evaluate_pararel(args: argparse.Namespace) -> None:
 def _quadrature(args: argparse.Namespace) -> tuple[int, str]:
     """(n_steps, method) from ``--preset``, overridden by ``--steps`` / ``--method`` when given."""
     from kn_lens.attribution import METHODS
-    from kn_lens.convergence import PRESETS
+    from kn_lens.evaluation.convergence import PRESETS
 
     if args.method is not None and args.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
@@ -252,9 +254,9 @@ def _quadrature(args: argparse.Namespace) -> tuple[int, str]:
 
 def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
     """``kn-lens evaluate convergence RUN``: re-select some facts' neurons with other quadrature rules."""
-    from kn_lens import sweeps
-    from kn_lens.convergence import convergence_summary
     from kn_lens.datasets import pararel
+    from kn_lens.evaluation import sweeps
+    from kn_lens.evaluation.convergence import convergence_summary
 
     manifest = sweeps.read_manifest(args.run)  # before loading a model: a SweepError is a ValueError (exit 2)
     folder = args.data or manifest["data_path"]
@@ -267,7 +269,7 @@ def cmd_evaluate_convergence(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """``kn-lens report DIR``: one self-contained HTML page of a run."""
-    from kn_lens.report import write_report
+    from kn_lens.evaluation.report import write_report
 
     given = [flag for flag in ("model", "backend") if getattr(args, flag, None) is not None]
     if given:
@@ -300,11 +302,8 @@ def _relations(text: str) -> list[str]:
     return ids
 
 
-DEFAULT_RULES = ("dai", "adaptive")
-
-
 def _selections() -> dict[str, str]:
-    from kn_lens.evaluate import SELECTIONS
+    from kn_lens.evaluation import SELECTIONS
 
     return SELECTIONS
 
@@ -386,7 +385,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=("dai", "converged"), default="dai",
                    help="integration rule: dai = 20-step left Riemann sum (the paper's), converged = 128-point "
-                   "midpoint rule (see kn_lens.convergence)")  # fmt: skip
+                   "midpoint rule (see kn_lens.evaluation.convergence)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, default=None, help="integrated-gradient steps (overrides --preset)")
     p.add_argument("--method", default=None, help="quadrature rule, e.g. riemann_middle (overrides --preset)")
     rules_help = "; ".join(f"{k} = {v}" for k, v in _selections().items()).replace("%", "%%")

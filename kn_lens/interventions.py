@@ -1,26 +1,17 @@
-"""Moved: the effect tables now live in :mod:`kn_lens.evaluate` (one module per idea). Kept as an alias so
-``from kn_lens.interventions import suppress`` still works."""
+"""Moved to :mod:`kn_lens.evaluation` (one package for the evaluation).
 
-from kn_lens.evaluate import (
-    DAI_INTERVENTIONS,
-    EFFECT_COLUMNS,
-    compare,
-    demo_table,
-    enhance,
-    intervention_effects,
-    other_relation_facts,
-    summarize_effects,
-    suppress,
+This alias keeps ``kn_lens.interventions`` imports working and warns with a DeprecationWarning.
+"""
+
+import warnings
+
+import kn_lens.evaluation as _new
+from kn_lens.evaluation import *  # noqa: F403
+
+warnings.warn(
+    "kn_lens.interventions is deprecated: import from kn_lens.evaluation instead", DeprecationWarning, stacklevel=2
 )
 
-__all__ = [
-    "DAI_INTERVENTIONS",
-    "EFFECT_COLUMNS",
-    "compare",
-    "demo_table",
-    "enhance",
-    "intervention_effects",
-    "other_relation_facts",
-    "summarize_effects",
-    "suppress",
-]
+
+def __getattr__(name: str):
+    return getattr(_new, name)

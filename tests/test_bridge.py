@@ -764,7 +764,7 @@ def test_evaluation_on_the_bridge(tiny_bridge, tmp_path):
     from _tiny_pararel import write_tiny_pararel
 
     from kn_lens.datasets import pararel
-    from kn_lens.evaluate import erase_relation, evaluate_fact, relation_neurons
+    from kn_lens.evaluation import erase_relation, evaluate_fact, relation_neurons
 
     bags = pararel.load(write_tiny_pararel(tmp_path)).bags(tiny_bridge)
     capitals = bags[:12]

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from _tiny_pararel import write_tiny_pararel
 
-from kn_lens import sweeps
 from kn_lens._typing import Neuron
 from kn_lens.cli import main
-from kn_lens.convergence import PRESETS, convergence, convergence_summary, jaccard
 from kn_lens.datasets import pararel
+from kn_lens.evaluation import sweeps
+from kn_lens.evaluation.convergence import PRESETS, convergence, convergence_summary, jaccard
+from kn_lens.evaluation.report import build_report
 from kn_lens.fixtures import tiny_bert as fx
 from kn_lens.neurons import find_knowledge_neurons
-from kn_lens.report import build_report
 
 COARSE = ("riemann_left", 2)
 REFERENCE = dict(method="gausslegendre", n_steps=32)

@@ -21,8 +21,9 @@ import pytest
 import torch
 
 import kn_lens
-from kn_lens import _device, evaluate, skill
+from kn_lens import _device, skill
 from kn_lens import attribution as A
+from kn_lens import evaluation as evaluate
 from kn_lens.attribution import _fast, _memory
 from kn_lens.attribution._common import plain_row_bytes
 from kn_lens.backends import HAS_HOOKED

@@ -11,7 +11,7 @@ from _checks import no_hooks_left
 
 from kn_lens import hooks
 from kn_lens._typing import Neuron
-from kn_lens.evaluate import (
+from kn_lens.evaluation import (
     EFFECT_COLUMNS,
     compare,
     demo_table,
@@ -206,6 +206,34 @@ def test_demo_table_runs(model):
     assert no_hooks_left(model)
 
 
+def test_demo_rows_are_the_effect_tables_and_the_filter_drops_shared_neurons(tiny_bert):
+    """The one demo: its rows are intervention_effects' (same numbers, same random control in the same layers),
+    and the relation filter it shows drops exactly the fact's neurons selected for 2 or more of the facts."""
+    import io
+    from collections import Counter
+
+    from kn_lens.evaluation import demo
+
+    table = demo.run(tiny_bert, n_steps=3, progress=False, out=io.StringIO())
+    unfiltered, filtered = table.attrs["unfiltered"], table.attrs["knowledge_neurons"]
+    counts = Counter(n for kns in unfiltered for n in set(kns.neurons))
+    shared = {n for n in unfiltered[0].neurons if counts[n] >= 2}
+    assert set(filtered[0].dropped.get("relation", [])) == shared
+    assert filtered[0].neurons == [n for n in unfiltered[0].neurons if n not in shared]
+
+    fact, _, _ = demo.demo_facts(tiny_bert)
+    neurons = unfiltered[0].neurons
+    direct = intervention_effects(tiny_bert, neurons, list(fact.prompts), fact.target, interventions={"x0": 0.0})
+    control = random_neurons(tiny_bert, neurons, seed=0)
+    assert Counter(n.layer for n in control) == Counter(n.layer for n in neurons)
+    rows = table[(table.neurons == "before filter") & (table.intervention == "x0")].set_index("condition")
+    for condition, shown in (("knowledge neurons", "the fact's prompts"), ("random neurons", demo.RANDOM)):
+        part = direct[direct.condition == condition]
+        assert rows.loc[shown, "rel change %"] == pytest.approx(100 * part["rel_change"].mean(), rel=1e-6)
+        assert rows.loc[shown, "p before"] == pytest.approx(part["before"].mean(), rel=1e-6)
+    assert no_hooks_left(tiny_bert)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Acceptance on the tiny trained BERT (kn_lens.fixtures.tiny_bert): Dai et al.'s suppression experiment
 # ------------------------------------------------------------------------------------------------------------
@@ -287,7 +315,7 @@ def test_fixture_enhance_is_reported(fixture_effects):
 
 
 def test_other_relation_facts():
-    from kn_lens.evaluate import other_relation_facts
+    from kn_lens.evaluation import other_relation_facts
     from kn_lens.fixtures import tiny_bert as fx
 
     fact = fx.FACTS[0]
@@ -320,7 +348,7 @@ def _direct_top1(model, prompt):
 
 
 def test_measure_matches_target_scores_and_argmax(tiny_bert, bags):
-    from kn_lens.evaluate import measure
+    from kn_lens.evaluation import measure
     from kn_lens.prompts import make_prompt
     from kn_lens.scoring import target_scores
 
@@ -333,7 +361,7 @@ def test_measure_matches_target_scores_and_argmax(tiny_bert, bags):
 
 
 def test_same_relation_control_accuracy_and_specificity(tiny_bert, bags):
-    from kn_lens.evaluate import specificity
+    from kn_lens.evaluation import specificity
 
     fact, same, other = bags[0], bags[1:4], bags[12:15]
     kns = find_knowledge_neurons(tiny_bert, fact.prompts[:3], fact.target)
@@ -360,7 +388,7 @@ def test_same_relation_control_accuracy_and_specificity(tiny_bert, bags):
 
 
 def test_erase_relation_restores_weights_and_hurts_the_relation(tiny_bert, bags):
-    from kn_lens.evaluate import erase_relation, evaluate_fact, relation_neurons
+    from kn_lens.evaluation import erase_relation, evaluate_fact, relation_neurons
 
     capitals = bags[:12]
     records = [evaluate_fact(tiny_bert, b, same_relation=capitals[:2]) for b in capitals[:6]]
@@ -380,7 +408,7 @@ def test_erase_relation_restores_weights_and_hurts_the_relation(tiny_bert, bags)
 
 
 def test_edit_effects_and_control(tiny_bert, bags):
-    from kn_lens.evaluate import edit_effects, random_active_neurons
+    from kn_lens.evaluation import edit_effects, random_active_neurons
     from kn_lens.prompts import make_prompt
 
     fact = bags[0]
@@ -408,7 +436,7 @@ def test_edit_effects_and_control(tiny_bert, bags):
 def test_evaluate_fact_record_and_tables(tiny_bert, bags):
     import json
 
-    from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
+    from kn_lens.evaluation import evaluate_fact, records_frame, relation_table
 
     fact = bags[0]
     record = evaluate_fact(tiny_bert, fact, same_relation=bags[1:4], other_relations=bags[12:15], seed=1)
@@ -452,7 +480,7 @@ def test_knowledge_neurons_json_round_trip(tiny_bert, bags):
 
 
 def test_measure_pads_causal_prompts_without_changing_results(model):
-    from kn_lens.evaluate import measure
+    from kn_lens.evaluation import measure
     from kn_lens.prompts import make_prompt
     from kn_lens.scoring import target_scores
 
@@ -472,7 +500,7 @@ def test_measure_pads_causal_prompts_without_changing_results(model):
 
 def test_measure_negative_positions_mean_the_same_in_a_batch(model):
     """Right-padding a causal batch must not move negative positions: -1 is each prompt's own last token."""
-    from kn_lens.evaluate import measure
+    from kn_lens.evaluation import measure
     from kn_lens.prompts import make_prompt
     from kn_lens.scoring import target_scores
 
@@ -493,7 +521,7 @@ def test_measure_negative_positions_mean_the_same_in_a_batch(model):
 
 def test_relation_effects_figure(tiny_bert, bags):
     from kn_lens import plotting
-    from kn_lens.evaluate import evaluate_fact, records_frame, relation_table
+    from kn_lens.evaluation import evaluate_fact, records_frame, relation_table
 
     records = [evaluate_fact(tiny_bert, b, same_relation=bags[1:3], other_relations=bags[12:14]) for b in bags[:2]]
     records.append(evaluate_fact(tiny_bert, bags[12], same_relation=bags[13:15], other_relations=bags[:2]))

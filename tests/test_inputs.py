@@ -223,7 +223,7 @@ def test_to_neurons_reads_every_form():
 
 
 def test_science_does_not_import_plotting():
-    code = "import sys, kn_lens, kn_lens.neurons, kn_lens.interventions; print('plotly' in sys.modules)"
+    code = "import sys, kn_lens, kn_lens.neurons, kn_lens.evaluation; print('plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -247,8 +247,8 @@ def _no_forward(model):
 def test_measure_and_known_facts_refuse_bad_batch_sizes(model, prompts, batch_size):
     """batch_size=-1 returned uninitialised memory as probabilities (known facts then looked unknown); 0 gave a
     Python range error."""
-    from kn_lens.datasets.pararel import Bag, known_facts
-    from kn_lens.evaluate import measure
+    from kn_lens.datasets.pararel import Bag
+    from kn_lens.evaluation import known_facts, measure
 
     bag = Bag("P36", "P36-France", "France", "Paris", ("The capital of France is",), " Paris")
     with _no_forward(model), pytest.raises(ValueError, match="batch_size must be a positive int"):
@@ -258,7 +258,7 @@ def test_measure_and_known_facts_refuse_bad_batch_sizes(model, prompts, batch_si
 
 
 def test_known_facts_refuses_what_is_not_a_bag(model):
-    from kn_lens.datasets.pararel import known_facts
+    from kn_lens.evaluation import known_facts
 
     with _no_forward(model), pytest.raises(TypeError, match=r"bags must be PARAREL Bags .*got str"):
         known_facts(model, ["abc"])
@@ -276,7 +276,7 @@ def test_objective_floor_is_a_probability(model, floor):
 
 def test_relation_neurons_counts_are_ints():
     """min_count=nan returned [] (no count is >= nan)."""
-    from kn_lens.evaluate import relation_neurons
+    from kn_lens.evaluation import relation_neurons
 
     results = [["L1N5", "L0N3"], ["L1N5"]]
     assert relation_neurons(results, min_count=2) == [Neuron(1, 5)]
@@ -291,7 +291,7 @@ def test_relation_neurons_counts_are_ints():
 
 
 def test_records_frame_of_nothing_has_the_columns_and_other_schemas_are_named():
-    from kn_lens.evaluate import RECORD_FRAME_COLUMNS, records_frame, relation_table
+    from kn_lens.evaluation import RECORD_FRAME_COLUMNS, records_frame, relation_table
 
     empty = records_frame([])
     assert list(empty.columns) == list(RECORD_FRAME_COLUMNS) and empty.empty
@@ -306,7 +306,7 @@ def test_records_frame_of_nothing_has_the_columns_and_other_schemas_are_named():
 
 
 def test_edit_and_erase_check_their_arguments_before_any_forward_pass(tiny_bert):
-    from kn_lens.evaluate import edit_effects, erase_relation
+    from kn_lens.evaluation import edit_effects, erase_relation
 
     prompts = ["The capital of France is [MASK].", "Paris is the capital of [MASK]."]
     fact = kn_lens.neurons.FactPrompts(prompts[:1], "Paris")
@@ -343,7 +343,8 @@ def test_more_public_functions_name_their_bad_argument(tiny_bert):
     """Found by the same search: each ended in an AttributeError, a torch or pandas error, or a silent result."""
     import pandas as pd
 
-    from kn_lens import evaluate, plotting, skill
+    from kn_lens import evaluation as evaluate
+    from kn_lens import plotting, skill
     from kn_lens.fixtures import tiny_bert as fx
 
     prompts = fx.train_prompts(fx.FACTS[0])
@@ -361,7 +362,7 @@ def test_more_public_functions_name_their_bad_argument(tiny_bert):
         (TypeError, "texts must be a list", lambda: skill.binarize("abc", [1, 0, 1], 1)),
         (TypeError, "prompt_labels must be a list", lambda: plotting.knowledge_neurons(
             scores=torch.zeros(2, 2, 3), neurons=[(0, 1)], prompt_labels="ab")),
-        (TypeError, "run must be the path", lambda: kn_lens.report.write_report(None)),
+        (TypeError, "run must be the path", lambda: kn_lens.evaluation.report.write_report(None)),
     ]  # fmt: skip
     for error, message, call in cases:
         with _no_forward(tiny_bert), pytest.raises(error, match=message):

@@ -9,6 +9,7 @@ import pytest
 from _tiny_pararel import IDS, SHARED, write_tiny_pararel
 
 from kn_lens.datasets import pararel
+from kn_lens.evaluation import known_facts
 
 needs_shared = pytest.mark.skipif(not (SHARED / "facts").is_dir(), reason="../shared/pararel not present")
 
@@ -66,13 +67,13 @@ def test_tiny_known_facts(tmp_path, tiny_bert):
     assert data.relations["P36"].label == "capital"
     bags = data.bags(tiny_bert)
     assert len(bags) == 48 and bags[0].prompts[0] == "The capital of France is [MASK]."
-    known, table = pararel.known_facts(tiny_bert, bags)
+    known, table = known_facts(tiny_bert, bags)
     assert len(table) == 48 and table["known"].sum() == len(known) >= 40
     # a fact the model cannot know (answer swapped) is listed, not dropped
     wrong = pararel.Bag("P36", "x", "France", "Tokyo", bags[0].prompts, "Tokyo")
-    known2, table2 = pararel.known_facts(tiny_bert, [bags[0], wrong])
+    known2, table2 = known_facts(tiny_bert, [bags[0], wrong])
     assert [b.uuid for b in known2] == [bags[0].uuid] and list(table2["known"]) == [True, False]
-    strict, _ = pararel.known_facts(tiny_bert, bags[:4], threshold=0.999999)
+    strict, _ = known_facts(tiny_bert, bags[:4], threshold=0.999999)
     assert len(strict) < 4
 
 

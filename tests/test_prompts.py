@@ -211,7 +211,7 @@ def test_a_list_of_ids_with_one_per_prompt_is_ambiguous_and_both_meanings_can_be
     assert [p.target_ids for p in make_prompts(smollm2, texts[:1], [paris, rome])] == [(paris, rome)]
     # one fact has one answer: there a list of ids is that answer
     assert (
-        kn_lens.evaluate.intervention_effects(
+        kn_lens.evaluation.intervention_effects(
             smollm2, ["L3N5"], texts[:2], [paris, rome], random_seeds=(), interventions={"x0": 0.0}
         )["target"].nunique()
         == 1

@@ -18,9 +18,10 @@ import pytest
 import torch
 from _tiny_pararel import write_tiny_pararel
 
-from kn_lens import sweeps
+from kn_lens._typing import Neuron
 from kn_lens.cli import main
 from kn_lens.datasets import pararel
+from kn_lens.evaluation import sweep_phases, sweeps
 from kn_lens.neurons import drop_shared, find_knowledge_neurons, find_knowledge_neurons_many
 from kn_lens.scoring import mean_logit_diff
 
@@ -81,18 +82,26 @@ def counted(monkeypatch):
 
         monkeypatch.setattr(module, name, counting)
 
-    for name in ("attribute_fact", "known_facts", "select_relation", "fact_effects", "erase_relation",
-                 "edit_effects"):  # fmt: skip
+    for name in ("known_facts", "select_relation", "fact_effects", "erase_relation", "edit_effects", "convergence"):
         wrap(sweeps, name)
-    import kn_lens.convergence
-
-    wrap(kn_lens.convergence, "convergence")
+    wrap(sweep_phases, "attribute_fact")  # called by the attribution phase's unit
     return counts
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The phases and their records
 # --------------------------------------------------------------------------------------------------------------
+
+
+def test_every_records_random_control_sits_in_its_neurons_layers(reference):
+    """A control drawn in other layers (say layer 0) would compare the knowledge neurons with neurons of another
+    kind: each record's random neurons are as many per layer as its knowledge neurons, and none of them."""
+    records = sweeps.read_records(reference)
+    assert any(r["neurons"] for r in records)
+    for r in records:
+        layers = Counter(Neuron.parse(n).layer for n in r["neurons"])
+        assert Counter(Neuron.parse(n).layer for n in r["random_neurons"]) == layers, r["uuid"]
+        assert not set(r["random_neurons"]) & set(r["neurons"])
 
 
 def test_phases_records_and_manifest(reference):
@@ -133,7 +142,7 @@ def test_phases_records_and_manifest(reference):
 def test_known_facts_are_a_seeded_sample(tiny_bert, reference, data):
     import random
 
-    from kn_lens.evaluate import fact_seed
+    from kn_lens.evaluation import fact_seed
 
     # the tiny BERT knows its facts: one chunk of 16 (all 12) per relation was scanned; the evaluated facts are the
     # first 5 known in the order of the relation's facts shuffled by the seed, not the file's first 5
@@ -484,19 +493,17 @@ def test_report_refuses_another_tools_folder(tmp_path, capsys, manifest):
 
 
 def test_convergence_uses_the_runs_keywords_and_checks_the_data(tiny_bert, tmp_path, monkeypatch):
-    import kn_lens.convergence
-
     folder = write_tiny_pararel(tmp_path / "data", relations={"capital": "P36"}, facts_per_relation=3)
     out = sweeps.run_pararel(tiny_bert, pararel.load(folder), tmp_path / "run", model_name="tiny", n_steps=2,
                              rules="adaptive", n_edits=0, erase_top=0, layers=[1], progress=False)  # fmt: skip
     seen = []
-    real = kn_lens.convergence.convergence
+    real = sweeps.convergence  # what run_convergence calls
 
     def spy(model, facts, **kwargs):
         seen.append(kwargs)
         return real(model, facts, **kwargs)
 
-    monkeypatch.setattr(kn_lens.convergence, "convergence", spy)
+    monkeypatch.setattr(sweeps, "convergence", spy)
     other = write_tiny_pararel(tmp_path / "other", relations={"capital": "P36"}, facts_per_relation=3)
     facts = (other / "facts" / "P36.jsonl").read_text().replace('"uuid": "P36-', '"uuid": "Q-')
     (other / "facts" / "P36.jsonl").write_text(facts)
@@ -555,7 +562,7 @@ def test_causal_model_sweep(random_gpt2, tmp_path, counted):
 
 
 def test_evaluate_fact_checks_arguments_before_any_forward_pass(tiny_bert, data):
-    from kn_lens.evaluate import evaluate_fact
+    from kn_lens.evaluation import evaluate_fact
 
     bags = pararel.load(data).bags(tiny_bert)
     fact, same = bags[0], bags[1:4]
@@ -589,18 +596,19 @@ def test_evaluate_fact_checks_arguments_before_any_forward_pass(tiny_bert, data)
 
 
 def test_clean_cache_measures_each_group_once(tiny_bert, data, monkeypatch):
-    import kn_lens.evaluate as evaluate
+    import kn_lens.evaluation as evaluate
+    import kn_lens.evaluation.effects as effects  # where the effect tables look measure up
 
     bags = pararel.load(data).bags(tiny_bert)
     fact, same, other = bags[0], bags[1:3], bags[12:14]
     calls = []
-    real = evaluate.measure
+    real = effects.measure
 
     def counting(model, prompts, *, fwd_hooks=(), batch_size=32):
         calls.append(bool(fwd_hooks))
         return real(model, prompts, fwd_hooks=fwd_hooks, batch_size=batch_size)
 
-    monkeypatch.setattr(evaluate, "measure", counting)
+    monkeypatch.setattr(effects, "measure", counting)
     args = (tiny_bert, fact.prompts[:3], fact.target)
     kwargs = dict(heldout=fact.prompts[3:], same_relation=same, other_relations=other, seed=1)
     alone = [evaluate.fact_effects(*args, neurons, **kwargs) for neurons in (["L1N253"], ["L0N7", "L1N3"])]
@@ -616,7 +624,7 @@ def test_clean_cache_measures_each_group_once(tiny_bert, data, monkeypatch):
 
 
 def test_evaluate_fact_rules(tiny_bert, data):
-    from kn_lens.evaluate import evaluate_fact
+    from kn_lens.evaluation import evaluate_fact
 
     bags = pararel.load(data).bags(tiny_bert)
     fact, same = bags[0], bags[1:5]
