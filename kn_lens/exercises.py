@@ -23,7 +23,7 @@ from kn_lens.edit import edit_fact, erase
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons
 from kn_lens.prompts import Prompt, encode, make_prompts
 from kn_lens.quiz import exercise
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import relative_change, target_scores
 
 HookFactory = Callable[[list[Prompt]], list] | None
 
@@ -65,7 +65,7 @@ def _mean(values: Sequence[float]) -> float:
 def _mean_rel_change(model, neurons, prompts: Sequence[Prompt], factor: float) -> float:
     _, before = _answer_top1_and_p(model, prompts)
     _, after = _answer_top1_and_p(model, prompts, _scaled(neurons, factor))
-    return _mean([a / b - 1 for a, b in zip(after, before, strict=True)])
+    return _mean([relative_change(b, a) for a, b in zip(after, before, strict=True)])
 
 
 # --------------------------------------------------------------------------------- 01: knowledge neurons, tiny BERT
@@ -300,7 +300,7 @@ def _enhance_sure(*, model, results: Sequence[KnowledgeNeurons]) -> float:
     for result in results:
         _, before = _answer_top1_and_p(model, result.prompts)
         _, after = _answer_top1_and_p(model, result.prompts, _scaled(result.neurons, 2.0))
-        changes += [a / b - 1 for a, b in zip(after, before, strict=True) if b > 0.9]
+        changes += [relative_change(b, a) for a, b in zip(after, before, strict=True) if b > 0.9]
     return _mean(changes)
 
 

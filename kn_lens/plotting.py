@@ -28,6 +28,8 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from kn_lens.scoring import relative_change
+
 DIVERGING = "RdBu"
 _BEFORE, _AFTER = "#9e9e9e", "#2166ac"
 
@@ -325,7 +327,7 @@ def intervention_bars(
                 continue
             before, after = rows["before"].astype(float), rows["after"].astype(float)
             n = len(rows)
-            rel = ((after - before) / before.where(before != 0)).mean() * 100
+            rel = relative_change(before, after).mean() * 100
             stats.append((condition, before.mean(), _sem(before), after.mean(), _sem(after), rel, n))
         names = [s[0] for s in stats]
         for label, mean_i, err_i, color in (("before", 1, 2, _BEFORE), ("after", 3, 4, _AFTER)):
