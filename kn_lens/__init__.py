@@ -1,13 +1,21 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
-The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
-``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
-friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
-weight edits), ``lens`` (what a neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation,
-pruning), ``evaluate`` (effect tables with controls; PARAREL metrics), ``datasets`` (PARAREL), ``sweeps``
-(resumable, sharded runs), ``demo`` (the main job, told with its controls), ``plotting`` (plotly figures,
-imported on first use), ``report`` (HTML page of a run), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens``
-command).
+The modules, in layers: each imports only from its own layer or the ones below (``docs/ARCHITECTURE.md``).
+
+1. foundations: ``inputs`` (the one boundary: user inputs become checked prompts, neurons, positions and
+   numbers), ``prompts`` (``Prompt``, tokenising, batching by length), ``_typing`` (``Neuron``, ``Model``),
+   ``backends`` (HookedTransformer / TransformerBridge differences);
+2. model access and interventions: ``models`` (loading; ``embedded``: the offline SmolLM2), ``scoring``
+   (objectives, ``relative_change``, ``log_odds``), ``cache`` (activations), ``hooks`` (interventions as
+   ``(hook_name, fn)`` lists), ``edit`` (reversible weight edits), ``lens`` (what a neuron writes), ``datasets``
+   (PARAREL);
+3. ``attribution/`` (integrated gradients and friends, one path dispatcher, the memory planner);
+4. knowledge neurons: ``neurons`` (finding them, controls), ``selection`` (the selection rules),
+   ``knowledge`` (the ``KnowledgeNeurons`` result, stored candidates);
+5. ``evaluation/`` (effect tables with controls, erase/edit evaluation, sweeps, convergence, report, demo) and
+   ``skill/`` (skill neurons: tasks, prompts, predictivity, perturbation, pruning);
+6. presentation and entry points: ``plotting/`` (plotly figures, imported on first use), ``exercises`` and
+   ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -23,6 +31,7 @@ import importlib
 from typing import Any
 
 from kn_lens import attribution, cache, edit, evaluate, hooks, inputs, lens, neurons, prompts, skill
+from kn_lens import exercises as _exercises  # noqa: F401  (registers the tutorials' exercises with quiz)
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -183,13 +184,60 @@ def check_device(device: Any, name: str = "device") -> torch.device | None:
     return parsed
 
 
+#: The ablation modes (``hooks.ablate``, ``attribution.ablation_effects``) and the perturbations (``hooks.perturb``).
+ABLATION_MODES: tuple[str, ...] = ("zero", "mean")
+PERTURBATION_KINDS: tuple[str, ...] = ("gaussian", "zero", "mean")
+
+
+def check_mode(value: Any, what: str = "ablation mode", choices: Sequence[str] = ABLATION_MODES) -> str:
+    """An ablation mode (or perturbation kind: ``what="perturbation kind", choices=PERTURBATION_KINDS``).
+
+    Example:
+        >>> check_mode("mean")
+        'mean'
+        >>> check_mode("random")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown ablation mode 'random'; use 'zero' or 'mean'
+    """
+    if not isinstance(value, str) or value not in choices:
+        names = [repr(c) for c in choices]
+        listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise ValueError(f"unknown {what} {value!r}; use {listed}")
+    return value
+
+
+def count_argument(text: str) -> int:
+    """A command-line count (``argparse`` ``type=``): a whole number of at least 1, else a message argparse shows.
+
+    Example:
+        >>> count_argument("20")
+        20
+        >>> count_argument("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be at least 1, got 0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 __all__ = [
+    "ABLATION_MODES",
+    "PERTURBATION_KINDS",
     "check_batch_size",
     "check_choice",
     "check_count",
     "check_device",
     "check_finite",
     "check_int",
+    "check_mode",
     "check_number",
     "check_sequence",
+    "count_argument",
 ]

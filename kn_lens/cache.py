@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from kn_lens._device import evaluating
+from kn_lens._progress import progress_bar
 from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_name
 from kn_lens.inputs import (
     PositionsLike,
@@ -154,7 +154,7 @@ def cache_mlp_post(
     batches = [
         idx[i : i + batch_size] for idx in group_by_length(items).values() for i in range(0, len(idx), batch_size)
     ]
-    for chunk in tqdm(batches, desc="caching mlp_post", disable=not progress or len(batches) < 2):
+    for chunk in progress_bar(batches, "caching mlp_post", enabled=progress, min_items=2):
         tokens = stack_tokens([items[i] for i in chunk], model.cfg.device)
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
         for row, i in enumerate(chunk):

@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 from jaxtyping import Float
@@ -54,19 +54,27 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens._moved import moved
 from kn_lens._typing import Model, Neuron, group_by_layer, hook_name
-from kn_lens.cache import MLPPostCache, mean_activations  # re-exported: the means for ablate(mode='mean')
 from kn_lens.inputs import (
+    PERTURBATION_KINDS,
     NeuronsLike,
     PositionsLike,
     batch_positions,
     check_finite,
+    check_int,
+    check_mode,
     check_neuron_values,
+    check_number,
     check_positions,
+    fixed_positions,
     to_means,
     to_neurons,
 )
 from kn_lens.prompts import Prompt
+
+if TYPE_CHECKING:
+    from kn_lens.cache import MLPPostCache
 
 HookFn: TypeAlias = Callable[[Tensor, HookPoint], Tensor]
 HookList: TypeAlias = list[tuple[str, HookFn]]
@@ -262,7 +270,8 @@ def ablate(
     Args:
         neurons: the neurons.
         mode: ``"zero"`` or ``"mean"``.
-        mean_cache: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, an
+        mean_cache: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from
+            :func:`~kn_lens.cache.mean_activations`, an
             :class:`~kn_lens.cache.MLPPostCache` from :func:`~kn_lens.cache.cache_mlp_post` (averaged over its
             rows), a ``[n_layers, d_mlp]`` tensor, or a TransformerLens ``ActivationCache`` holding the layers'
             ``mlp_post`` (averaged over batch and positions). The same keyword as in
@@ -278,15 +287,13 @@ def ablate(
         ValueError: unknown mode, no means for ``mode="mean"``, means of the wrong width or with NaNs.
 
     Example:
-        >>> means = mean_activations(model, ["The capital of France is", "Water boils at"], layers=[24])
+        >>> means = kn_lens.mean_activations(model, ["The capital of France is", "Water boils at"], layers=[24])
         >>> ablated = ablate(["L24N1005"], "mean", mean_cache=means, positions="all")
         >>> ablated[0][1].keywords["value"]  # the neuron's mean, the value it is set to
         tensor([...])
     """
-    if mode == "zero":
+    if check_mode(mode) == "zero":
         return _build("set", neurons, lambda layer, idx: 0.0, positions, prompts, model)
-    if mode != "mean":
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=...: kn_lens.mean_activations(model, prompts) or a cache")
     neuron_list = to_neurons(neurons, model)
@@ -488,7 +495,7 @@ def perturb(
     *,
     std: float = 0.1,
     seed: int = 0,
-    positions: Literal["all"] | int | Sequence[int] = "all",
+    positions: Literal["all", "last"] | int | Sequence[int] = "all",
     mean_cache: Tensor | Mapping[int, Tensor] | None = None,
     layers: Iterable[int] | None = None,
     model: Model | None = None,
@@ -502,8 +509,8 @@ def perturb(
             sets it to ``mean``.
         std: the noise's standard deviation (``kind="gaussian"``), a finite number >= 0.
         seed: the noise's seed (one generator per layer: seed + layer); same seed, same noise.
-        positions: ``"all"``, or the positions to perturb (ints, negative from the end), e.g. a soft prompt's
-            positions (``Predictivity.positions``).
+        positions: ``"all"``, ``"last"`` or the positions to perturb (ints, negative from the end), e.g. a soft
+            prompt's positions (``Predictivity.positions``); read by :func:`~kn_lens.inputs.fixed_positions`.
         mean_cache: for ``kind="mean"``: ``[len(positions), n_layers, d_mlp]`` (one value per position, e.g.
             ``Predictivity.thresholds``, the per-position train means), or any form ``ablate`` accepts
             (``[n_layers, d_mlp]``, ``{layer: d_mlp vector}``, a cache): one value per neuron at every position.
@@ -526,13 +533,9 @@ def perturb(
         >>> 0 <= kn_lens.skill.accuracy(bert, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False) <= 1
         True
     """
-    if kind not in ("gaussian", "zero", "mean"):
-        raise ValueError(f"unknown perturbation kind {kind!r}; use 'gaussian', 'zero' or 'mean'")
-    check_finite(std, "std")
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    check_mode(kind, "perturbation kind", PERTURBATION_KINDS)
+    check_number(std, "std", low=0)
+    seed = check_int(seed, "seed")
     if isinstance(neurons, Tensor) and neurons.dtype == torch.bool:
         if neurons.ndim != 2:
             raise ValueError(f"a neuron mask must be [n_layers, d_mlp], got shape {tuple(neurons.shape)}")
@@ -543,14 +546,7 @@ def perturb(
         neuron_list = [n for n in neuron_list if n.layer in wanted]
         if not neuron_list:
             raise ValueError(f"none of the neurons is in layers {sorted(wanted)}")
-    if isinstance(positions, str):
-        if positions != "all":
-            raise ValueError(f"unknown positions {positions!r}; use 'all', an int or a list of ints")
-        pos: tuple[int, ...] | None = None
-    else:
-        pos = (positions,) if isinstance(positions, int) else tuple(positions)
-        if not pos or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
-            raise TypeError(f"positions must be 'all', an int or a non-empty list of ints, got {positions!r}")
+    pos = fixed_positions(positions)
     if kind == "mean" and mean_cache is None:
         raise ValueError("kind='mean' needs mean_cache=... (e.g. Predictivity.thresholds, the per-position means)")
 
@@ -588,7 +584,6 @@ __all__ = [
     "ablate",
     "compose",
     "hook_name",
-    "mean_activations",
     "neuron_hook",
     "patch",
     "perturb",
@@ -596,3 +591,6 @@ __all__ = [
     "scale",
     "set",
 ]
+
+#: Names that used to be re-exported here: import them from :mod:`kn_lens.cache` (a ``DeprecationWarning`` says so).
+__getattr__ = moved(__name__, {"MLPPostCache": "kn_lens.cache", "mean_activations": "kn_lens.cache"})

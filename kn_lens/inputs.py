@@ -45,14 +45,18 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._scalars import (
+    ABLATION_MODES,
+    PERTURBATION_KINDS,
     check_batch_size,
     check_choice,
     check_count,
     check_device,
     check_finite,
     check_int,
+    check_mode,
     check_number,
     check_sequence,
+    count_argument,
 )
 from kn_lens._typing import Model, Neuron, NeuronLike, check_layer, is_encoder
 from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt, split_targets
@@ -375,6 +379,26 @@ def prompt_positions(prompt: Prompt, positions: Any) -> list[int]:
     return out
 
 
+def fixed_positions(positions: Any) -> tuple[int, ...] | None:
+    """Positions that do not depend on the prompts, for hooks built without them (``hooks.perturb``): None for
+    ``"all"``, ``(-1,)`` for ``"last"``, else the ints (negative from the end); ``"site"`` and a per-row tensor
+    need the batch, and raise.
+
+    Example:
+        >>> fixed_positions("all"), fixed_positions("last"), fixed_positions([0, -2])
+        (None, (-1,), (0, -2))
+    """
+    positions = check_positions(positions)
+    if isinstance(positions, Tensor) or positions == "site":
+        raise ValueError(
+            "these hooks are built without the prompts, so positions must be 'all', 'last', an int or a list of "
+            f"ints, not {'a per-row tensor' if isinstance(positions, Tensor) else repr(positions)}"
+        )
+    if positions == "all":
+        return None
+    return (-1,) if positions == "last" else positions
+
+
 def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
     """Resolve positions for a batch: ``("all", None)``, ``("fixed", idx)`` (same for every row) or
     ``("rows", idx)`` with ``idx`` of shape ``[batch, k]`` (``"site"``: each row's own target positions, from
@@ -489,7 +513,9 @@ def to_means(
 
 
 __all__ = [
+    "ABLATION_MODES",
     "DEFAULT_POSITIONS",
+    "PERTURBATION_KINDS",
     "POSITION_WORDS",
     "NeuronsLike",
     "PositionsLike",
@@ -500,10 +526,13 @@ __all__ = [
     "check_device",
     "check_finite",
     "check_int",
+    "check_mode",
     "check_neuron_values",
     "check_number",
     "check_positions",
     "check_sequence",
+    "count_argument",
+    "fixed_positions",
     "prompt_positions",
     "split_targets",
     "to_layers",

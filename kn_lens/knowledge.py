@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Model, Neuron, check_model
-from kn_lens.inputs import to_neurons
+from kn_lens.inputs import check_number, to_neurons
 from kn_lens.prompts import Prompt, make_prompt
 from kn_lens.selection import (
     _UNSET,
@@ -33,7 +33,6 @@ from kn_lens.selection import (
     Selected,
     Variant,
     _check_finite,
-    _check_fraction,
     _coarse_mask,
     refine_facts,
 )
@@ -77,7 +76,7 @@ class Candidates:
         cls, scores: Float[Tensor, "prompt layer d_mlp"], layers: Sequence[int], floor: float = CANDIDATE_FLOOR
     ) -> Candidates:
         """Keep the neurons reaching ``floor x max`` (float64 ``>=``, the released code's rule) on some prompt."""
-        _check_fraction("floor", floor, allow_zero=False)
+        check_number(floor, "floor", low=0, high=1, low_open=True)
         if not isinstance(scores, Tensor) or scores.ndim != 3 or scores.shape[1] != len(layers):
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(f"scores must be [prompt, layer, d_mlp] with one row per layer of {list(layers)}: {shape}")
@@ -102,7 +101,7 @@ class Candidates:
 
     def coarse(self, threshold: float, *, inclusive: bool = False) -> list[list[Neuron]]:
         """Each prompt's coarse neurons (as :func:`coarse_neurons` on the full scores; ``threshold >= floor``)."""
-        _check_fraction("threshold", threshold, allow_zero=False)
+        check_number(threshold, "threshold", low=0, high=1, low_open=True)
         if threshold < self.floor:
             raise ValueError(f"these candidates keep scores from {self.floor} x max; threshold {threshold} is lower")
         mask = _coarse_mask(self.scores, self.maxima, threshold, inclusive)

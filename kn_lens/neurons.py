@@ -82,7 +82,7 @@ from torch import Tensor
 
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
-from kn_lens.inputs import NeuronsLike, to_layers, to_neurons, to_prompts
+from kn_lens.inputs import NeuronsLike, check_number, to_layers, to_neurons, to_prompts
 from kn_lens.knowledge import Candidates, KnowledgeNeurons, select
 from kn_lens.prompts import Prompt, TargetLike, one_target
 from kn_lens.selection import (
@@ -100,7 +100,6 @@ from kn_lens.selection import (
     Selected,
     Variant,
     _check_finite,
-    _check_fraction,
     coarse_neurons,
     drop_shared,
     refine,
@@ -208,7 +207,7 @@ def find_knowledge_neurons(
     """
     check_model(model)
     rule = Rule.of(variant, threshold, share, adaptive, fallback)
-    _check_fraction("negative_share", negative_share, allow_zero=True)
+    check_number(negative_share, "negative_share", low=0, high=1)
     _check_attribution(attribution)
     fact_prompts, target_text = _fact_prompts(model, prompts, target)
     negative_prompts = _negative_prompts(model, negatives, target, target_text)
@@ -415,7 +414,7 @@ def find_knowledge_neurons_many(
     if relation_share is _UNSET:
         relation_share = None if rule.variant == "dai" else 0.1
     if relation_share is not None:
-        _check_relation_share(relation_share, "relation_share")
+        check_number(relation_share, "relation_share", low=0, high=1, high_open=True)
     kwargs.setdefault("progress", False)
     rule_kwargs = dict(
         variant=rule.variant,
@@ -440,11 +439,6 @@ def find_knowledge_neurons_many(
     return results
 
 
-def _check_relation_share(share: Any, name: str) -> None:
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1) (default 0.1), got {share!r}")
-
-
 def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> list[KnowledgeNeurons]:
     """Drop neurons selected for more than ``share`` of a relation's facts (and at least 2 of them).
 
@@ -462,7 +456,7 @@ def relation_filter(results: Sequence[KnowledgeNeurons], share: float = 0.1) -> 
         >>> relation_filter(results, 0.7)[0].dropped["relation"]  # 2 of 3 facts is not more than 70%: kept
         []
     """
-    _check_relation_share(share, "share")
+    check_number(share, "share", low=0, high=1, high_open=True)
     by_relation: dict[str | None, list[int]] = {}
     for i, result in enumerate(results):
         by_relation.setdefault(result.relation, []).append(i)

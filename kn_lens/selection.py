@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Neuron
+from kn_lens.inputs import check_int, check_number
 
 Variant = Literal["adaptive", "dai", "eleuther"]
 
@@ -104,7 +105,7 @@ def coarse_neurons(
         >>> coarse_neurons(torch.tensor([[0.0, -1.0], [0.0, -2.0]]), 0.2, inclusive=True)  # max 0: every 0
         [L0N0, L1N0]
     """
-    _check_fraction("threshold", threshold, allow_zero=False)
+    check_number(threshold, "threshold", low=0, high=1, low_open=True)
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be [layer, d_mlp] for one prompt, got {shape}")
@@ -144,8 +145,6 @@ def top_neurons(
         >>> top_neurons(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 2, layers=[20, 24])
         [L20N1, L24N0]
     """
-    from kn_lens.inputs import check_int
-
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a [layer, d_mlp] tensor for one prompt, got {shape}")
@@ -212,7 +211,7 @@ def refine(
     """
     if not coarse:
         raise ValueError("no prompts to refine over")
-    _check_fraction("share", share, allow_zero=True)
+    check_number(share, "share", low=0, high=1)
     if fallback not in ("closest", "none"):
         raise ValueError(f"fallback must be 'closest' or 'none', got {fallback!r}")
     if adaptive is not None:
@@ -251,13 +250,6 @@ def refine(
     if not best or best is selected:
         return Refined(selected, share, adjustments, "")
     return Refined(best, best_share, adjustments, f"closest set to the range (share {best_share:g})")
-
-
-def _check_fraction(name: str, value: float, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    if not (0 <= value <= 1) or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1], got {value}")
 
 
 def _check_range(adaptive: Any) -> tuple[int, int]:
@@ -332,7 +324,7 @@ def refine_relation(
     """
     if not coarse_by_fact or any(not coarse for coarse in coarse_by_fact):
         raise ValueError("refine_relation needs at least one fact, each with at least one prompt")
-    _check_fraction("share", share, allow_zero=True)
+    check_number(share, "share", low=0, high=1)
     lo, hi = _check_range(adaptive) if adaptive is not None else (-math.inf, math.inf)
     counts = [_counts(coarse) for coarse in coarse_by_fact]
     strengths = list(strength_by_fact) if strength_by_fact is not None else [{} for _ in counts]
@@ -397,8 +389,8 @@ class Rule:
         threshold = defaults["threshold"] if threshold is _UNSET else threshold
         share = defaults["share"] if share is _UNSET else share
         adaptive = defaults["adaptive"] if adaptive is _UNSET else adaptive
-        _check_fraction("threshold", threshold, allow_zero=False)
-        _check_fraction("share", share, allow_zero=True)
+        check_number(threshold, "threshold", low=0, high=1, low_open=True)
+        check_number(share, "share", low=0, high=1)
         if adaptive is not None:
             adaptive = _check_range(adaptive)
         if fallback not in ("closest", "none"):
@@ -471,7 +463,7 @@ def drop_shared(
         >>> drop_shared([Neuron(1, 2), Neuron(0, 5)], [[Neuron(1, 2)], []], share=0.0)
         ([L0N5], [L1N2])
     """
-    _check_fraction("negative_share", share, allow_zero=True)
+    check_number(share, "negative_share", low=0, high=1)
     sets = [set(c) for c in negative_coarse]
     limit = share * len(sets)
     dropped = [n for n in neurons if sum(n in c for c in sets) > limit]

@@ -12,6 +12,7 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from kn_lens._typing import Neuron
 from kn_lens.plotting._base import (
     DIVERGING,
     _centred,
@@ -67,7 +68,7 @@ def attribution_heatmap(
     marked = _marked_neurons(neurons, all_layers, d_mlp)
     fig = go.Figure()
     if top_k is None:
-        labels = np.array([[f"L{layer}N{n}" for n in range(d_mlp)] for layer in rows])
+        labels = np.array([[str(Neuron(layer, n)) for n in range(d_mlp)] for layer in rows])
         fig.add_trace(
             go.Heatmap(
                 z=sub,
@@ -88,7 +89,7 @@ def attribution_heatmap(
                     mode="markers",
                     marker=dict(symbol="square-open", size=12, color="black", line=dict(width=2)),
                     name="selected",
-                    text=[f"L{layer}N{index}" for layer, index in keep],
+                    text=[str(Neuron(layer, index)) for layer, index in keep],
                     hovertemplate="%{text} (selected)<extra></extra>",
                 )
             )
@@ -98,7 +99,7 @@ def attribution_heatmap(
             raise ValueError(f"top_k must be an int between 1 and d_mlp={d_mlp}, got {top_k!r}")
         order = np.argsort(-np.abs(sub), axis=1, kind="stable")[:, :top_k]
         z = np.take_along_axis(sub, order, axis=1)
-        labels = np.array([[f"L{layer}N{n}" for n in row] for layer, row in zip(rows, order, strict=True)])
+        labels = np.array([[str(Neuron(layer, n)) for n in row] for layer, row in zip(rows, order, strict=True)])
         marked_set = set(marked)
         text = np.array(
             [
@@ -141,7 +142,7 @@ def _marked_neurons(neurons: Any, layers: Sequence[int], d_mlp: int) -> list[tup
     for layer, index in marked:
         if layer not in layers or not 0 <= index < d_mlp:
             raise ValueError(
-                f"neuron L{layer}N{index} is outside the scores (rows for layers {list(layers)}, {d_mlp} neurons "
+                f"neuron {Neuron(layer, index)} is outside the scores (rows for layers {list(layers)}, {d_mlp} neurons "
                 "each); pass row_layers= if the scores are of a layer subset"
             )
     return marked
@@ -247,7 +248,8 @@ def knowledge_neurons(
     for layer, index in neurons:
         if layer not in all_layers or not 0 <= index < arr.shape[2]:
             raise ValueError(
-                f"neuron L{layer}N{index} is outside the scores (layers {all_layers}, {arr.shape[2]} neurons each)"
+                f"neuron {Neuron(layer, index)} is outside the scores "
+                f"(layers {all_layers}, {arr.shape[2]} neurons each)"
             )
     if isinstance(prompt_labels, str):
         raise TypeError(f"prompt_labels must be a list of labels, one per prompt, not one str: [{prompt_labels!r}]")
@@ -255,7 +257,7 @@ def knowledge_neurons(
     if len(labels) != arr.shape[0]:
         raise ValueError(f"{len(labels)} prompt labels for {arr.shape[0]} prompts")
     labels = [label if len(label) <= 40 else label[:37] + "..." for label in labels]
-    names = [f"L{layer}N{index}" for layer, index in neurons]
+    names = [str(Neuron(layer, index)) for layer, index in neurons]
     per_prompt = np.stack([arr[:, all_layers.index(layer), index] for layer, index in neurons], axis=1)
     fig = make_subplots(
         rows=1,

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kn_lens._typing import Neuron
 from kn_lens.plotting._base import (
     _AFTER,
     _BEFORE,
@@ -72,7 +73,7 @@ def skill_predictivity(result: Any, *, top_k: int = 20, title: str | None = None
     flat = np.where(np.isfinite(scores), scores, -np.inf).ravel()
     best = np.argsort(-flat, kind="stable")[: min(top_k, int(np.isfinite(flat).sum()))]
     d_mlp = scores.shape[1]
-    names = [f"L{i // d_mlp}N{i % d_mlp}" for i in best]
+    names = [str(Neuron(i // d_mlp, i % d_mlp)) for i in best]
     fig.add_trace(
         go.Bar(
             x=flat[best],
@@ -130,13 +131,9 @@ def skill_perturbation_curve(
     colors = {"skill": "#b2182b", "random": _BEFORE}
     for selection in [s for s in dict.fromkeys(df["selection"]) if s != "none"]:
         part = df[df["selection"] == selection].groupby("fraction")["accuracy"]
-        stats = part.agg(["mean", _sem]).reset_index()
         fig.add_trace(
-            go.Scatter(
-                x=stats["fraction"] * 100,
-                y=stats["mean"],
-                error_y=dict(type="data", array=stats["_sem"], visible=True),
-                mode="lines+markers",
+            _mean_sem_line(
+                part,
                 name=f"{selection} neurons",
                 marker_color=colors.get(selection),
                 hovertemplate=f"{selection}, %{{x:.3g}}%: %{{y:.3f}}<extra></extra>",
@@ -187,13 +184,9 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
     for selection in dict.fromkeys(df["selection"]):
         part = df[df["selection"] == selection].groupby("kept")
         for col, column in enumerate(["accuracy", "speedup"][: 1 + has_speed], start=1):
-            stats = part[column].agg(["mean", _sem]).reset_index()
             fig.add_trace(
-                go.Scatter(
-                    x=stats["kept"] * 100,
-                    y=stats["mean"],
-                    error_y=dict(type="data", array=stats["_sem"], visible=True),
-                    mode="lines+markers",
+                _mean_sem_line(
+                    part[column],
                     name=f"{selection} neurons kept",
                     legendgroup=selection,
                     showlegend=col == 1,
@@ -205,6 +198,19 @@ def pruning_curve(df: pd.DataFrame, *, title: str = "Pruning guided by skill neu
     fig.update_xaxes(title_text="neurons kept (%)")
     fig.update_layout(title=title, template="plotly_white", height=420, width=1000 if has_speed else 600)
     return fig
+
+
+def _mean_sem_line(groups: Any, **trace: Any) -> go.Scatter:
+    """One line of means with s.e.m. error bars over the groups of a grouped column, x in percent of the group
+    key (a fraction of neurons)."""
+    stats = groups.agg(["mean", _sem]).reset_index()
+    return go.Scatter(
+        x=stats.iloc[:, 0] * 100,
+        y=stats["mean"],
+        error_y=dict(type="data", array=stats["_sem"], visible=True),
+        mode="lines+markers",
+        **trace,
+    )
 
 
 __all__ = ["perturbation_curve", "pruning_curve", "skill_perturbation_curve", "skill_predictivity"]
