@@ -36,8 +36,9 @@ def check_int(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
 
 
-def check_count(value: Any, name: str, *, minimum: int = 0) -> int:
-    """An int of at least ``minimum`` (a count, a size, a number of steps); floats, NaN and bools raise.
+def check_count(value: Any, name: str, *, minimum: int = 0, maximum: int | None = None, limit: str = "") -> int:
+    """An int of at least ``minimum`` (a count, a size, a number of steps) and at most ``maximum`` (``limit``
+    says what the maximum is); floats, NaN and bools raise.
 
     Example:
         >>> check_count(2, "min_count", minimum=1)
@@ -46,8 +47,14 @@ def check_count(value: Any, name: str, *, minimum: int = 0) -> int:
         Traceback (most recent call last):
         ...
         TypeError: min_count must be an int, got nan (a float); convert with int(...) if that is really meant
+        >>> check_count(0, "k", minimum=1, maximum=49152, limit="the vocabulary size")
+        Traceback (most recent call last):
+        ...
+        ValueError: k must be between 1 and the vocabulary size 49152, got 0
     """
     value = check_int(value, name)
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {f'{limit} ' if limit else ''}{maximum}, got {value}")
     if value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {what}, got {value}")

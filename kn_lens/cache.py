@@ -36,6 +36,7 @@ from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_
 from kn_lens.inputs import (
     PositionsLike,
     check_batch_size,
+    check_count,
     prompt_positions,
     to_layers,
     to_neuron,
@@ -284,8 +285,7 @@ def top_activating(
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty; pass at least one text to search")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_count(k, "k", minimum=1)
     cache = cache_mlp_post(
         model, texts, layers=[neuron.layer], positions="all", batch_size=batch_size, progress=progress
     )

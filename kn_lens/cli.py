@@ -12,7 +12,7 @@ import pandas as pd
 
 from kn_lens._moved import moved
 from kn_lens.cli_evaluate import BACKEND_HELP, MODEL_HELP, add_model_options, emit, load_from_args
-from kn_lens.inputs import count_argument
+from kn_lens.inputs import check_count, count_argument
 from kn_lens.scoring import top_predictions as _top_predictions
 
 
@@ -37,7 +37,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from kn_lens.neurons import top_neurons
 
     model = load_from_args(args)
-    _check_top(args.top, model.cfg.n_layers * model.cfg.d_mlp, "--top")
+    check_count(args.top, "--top", minimum=1, maximum=model.cfg.n_layers * model.cfg.d_mlp, limit="the neurons")
     scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=not args.json)
     neurons = top_neurons(scores, args.top)
     frame = pd.DataFrame({"neuron": [str(n) for n in neurons], "score": [float(scores[n]) for n in neurons]})
@@ -85,11 +85,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
         flush=True,
     )
     run(model, n_steps=args.steps)
-
-
-def _check_top(value: int, limit: int, flag: str) -> None:
-    if not 1 <= value <= limit:
-        raise ValueError(f"{flag} must be between 1 and {limit} for this model, got {value}")
 
 
 DESCRIPTION = """Find, test and explain the MLP neurons that store facts, on TransformerLens models.

@@ -393,12 +393,10 @@ def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataF
         0     1  ' Paris'  0.77...
         ...
     """
-    from kn_lens.inputs import check_int
+    from kn_lens.inputs import check_count
 
     check_model(model)
-    k = check_int(k, "k")
-    if not 1 <= k <= model.cfg.d_vocab:
-        raise ValueError(f"k must be between 1 and the vocabulary size {model.cfg.d_vocab}, got {k}")
+    k = check_count(k, "k", minimum=1, maximum=model.cfg.d_vocab, limit="the vocabulary size")
     if not isinstance(prompt, Prompt):
         prompt = make_prompt(model, prompt)
     with torch.inference_mode():

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens._typing import Neuron
-from kn_lens.inputs import check_int, check_number
+from kn_lens.inputs import check_count, check_int, check_number
 
 Variant = Literal["adaptive", "dai", "eleuther"]
 
@@ -148,9 +148,7 @@ def top_neurons(
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a [layer, d_mlp] tensor for one prompt, got {shape}")
-    k = check_int(k, "k")
-    if not 1 <= k <= scores.numel():
-        raise ValueError(f"k must be between 1 and the number of scores ({scores.numel()}), got {k}")
+    k = check_count(k, "k", minimum=1, maximum=scores.numel(), limit="the number of scores")
     rows = list(range(scores.shape[0])) if layers is None else [check_int(x, "layer") for x in layers]
     if len(rows) != scores.shape[0]:
         raise ValueError(f"{len(rows)} layers for {scores.shape[0]} rows of scores; pass one layer per row")

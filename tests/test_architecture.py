@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "kn_lens.scoring": 2,
     "kn_lens.cache": 2,
     "kn_lens.hooks": 2,
+    "kn_lens._perturb": 2,
     "kn_lens.edit": 2,
     "kn_lens.lens": 2,
     "kn_lens.datasets": 2,
