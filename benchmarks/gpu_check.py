@@ -141,7 +141,7 @@ def _causal(dry: bool):
             print(f"embedded SmolLM2 not available ({error}); using a SmolLM2-sized model with random weights")
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from kn_lens.models import _SMOLLM2_CFG
+    from kn_lens.embedded import _SMOLLM2_CFG
 
     cfg = dict(_SMOLLM2_CFG)
     name = "SmolLM2-sized, random weights"

@@ -1,13 +1,21 @@
 """kn_lens: find, test and explain the MLP neurons that store facts and skills, as TransformerLens hooks.
 
-The submodules, bottom to top: ``inputs`` (the one place user inputs are checked), ``prompts`` and
-``models``, ``hooks`` (interventions as ``(hook_name, fn)`` lists), ``attribution`` (integrated gradients and
-friends), ``cache`` (activations), ``neurons`` (knowledge-neuron selection and controls), ``edit`` (reversible
-weight edits), ``lens`` (what a neuron writes), ``skill`` (skill neurons: prompts, predictivity, perturbation,
-pruning), ``evaluate`` (effect tables with controls; PARAREL metrics), ``datasets`` (PARAREL), ``sweeps``
-(resumable, sharded runs), ``demo`` (the main job, told with its controls), ``plotting`` (plotly figures,
-imported on first use), ``report`` (HTML page of a run), ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens``
-command).
+The modules, in layers: each imports only from its own layer or the ones below (``docs/ARCHITECTURE.md``).
+
+1. foundations: ``inputs`` (the one boundary: user inputs become checked prompts, neurons, positions and
+   numbers), ``prompts`` (``Prompt``, tokenising, batching by length), ``_typing`` (``Neuron``, ``Model``),
+   ``backends`` (HookedTransformer / TransformerBridge differences);
+2. model access and interventions: ``models`` (loading; ``embedded``: the offline SmolLM2), ``scoring``
+   (objectives, ``relative_change``, ``log_odds``), ``cache`` (activations), ``hooks`` (interventions as
+   ``(hook_name, fn)`` lists), ``edit`` (reversible weight edits), ``lens`` (what a neuron writes), ``datasets``
+   (PARAREL);
+3. ``attribution/`` (integrated gradients and friends, one path dispatcher, the memory planner);
+4. knowledge neurons: ``neurons`` (finding them, controls), ``selection`` (the selection rules),
+   ``knowledge`` (the ``KnowledgeNeurons`` result, stored candidates);
+5. ``evaluation/`` (effect tables with controls, erase/edit evaluation, sweeps, convergence, report, demo) and
+   ``skill/`` (skill neurons: tasks, prompts, predictivity, perturbation, pruning);
+6. presentation and entry points: ``plotting/`` (plotly figures, imported on first use), ``exercises`` and
+   ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens
@@ -22,8 +30,9 @@ Example:
 import importlib
 from typing import Any
 
-from kn_lens import attribution, cache, edit, hooks, inputs, lens, neurons, prompts, skill
+from kn_lens import attribution, cache, edit, evaluation, hooks, inputs, lens, neurons, prompts, skill
 from kn_lens import evaluation as evaluate  # the old module name, without its deprecation warning
+from kn_lens import exercises as _exercises  # noqa: F401  (registers the tutorials' exercises with quiz)
 from kn_lens._typing import Model, Neuron
 from kn_lens.attribution import (
     ablation_effects,
@@ -75,6 +84,7 @@ __all__ = [
     "enhance",
     "erase",
     "evaluate",
+    "evaluation",
     "find_knowledge_neurons",
     "find_knowledge_neurons_many",
     "grad_x_activation",
@@ -104,11 +114,19 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-_LAZY = ("plotting", "quiz", "cli", "fixtures", "datasets", "sweeps", "report")
+_LAZY = {
+    "plotting": "kn_lens.plotting",
+    "quiz": "kn_lens.quiz",
+    "cli": "kn_lens.cli",
+    "fixtures": "kn_lens.fixtures",
+    "datasets": "kn_lens.datasets",
+    "sweeps": "kn_lens.evaluation.sweeps",  # kn_lens.sweeps / kn_lens.report: their homes, without the warning
+    "report": "kn_lens.evaluation.report",
+}
 
 
 def __getattr__(name: str) -> Any:
     # plotly is only imported when figures are asked for: the science never needs it.
     if name in _LAZY:
-        return importlib.import_module(f"kn_lens.{name}")
+        return importlib.import_module(_LAZY[name])
     raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")

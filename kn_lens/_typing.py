@@ -8,7 +8,7 @@ TransformerLens tutorial's style, ``L9N1094``. Everything in kn_lens reads or wr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import torch
@@ -99,6 +99,11 @@ class Neuron(NamedTuple):
 
 
 NeuronLike: TypeAlias = Neuron | tuple[int, int] | str
+
+HookFn: TypeAlias = Callable[[torch.Tensor, HookPoint], torch.Tensor]
+"""A TransformerLens forward hook: ``fn(activation, hook) -> activation``."""
+HookList: TypeAlias = list[tuple[str, HookFn]]
+"""What every hook builder of kn_lens returns: ``[(hook_name, fn), ...]`` for ``run_with_hooks(fwd_hooks=...)``."""
 
 
 def is_encoder(model: Model) -> bool:

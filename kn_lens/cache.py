@@ -29,13 +29,14 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from kn_lens._device import evaluating
+from kn_lens._progress import progress_bar
 from kn_lens._typing import HOOKS, Model, Neuron, NeuronLike, check_model, hook_name
 from kn_lens.inputs import (
     PositionsLike,
     check_batch_size,
+    check_count,
     prompt_positions,
     to_layers,
     to_neuron,
@@ -154,7 +155,7 @@ def cache_mlp_post(
     batches = [
         idx[i : i + batch_size] for idx in group_by_length(items).values() for i in range(0, len(idx), batch_size)
     ]
-    for chunk in tqdm(batches, desc="caching mlp_post", disable=not progress or len(batches) < 2):
+    for chunk in progress_bar(batches, "caching mlp_post", enabled=progress, min_items=2):
         tokens = stack_tokens([items[i] for i in chunk], model.cfg.device)
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
         for row, i in enumerate(chunk):
@@ -284,8 +285,7 @@ def top_activating(
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty; pass at least one text to search")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_count(k, "k", minimum=1)
     cache = cache_mlp_post(
         model, texts, layers=[neuron.layer], positions="all", batch_size=batch_size, progress=progress
     )

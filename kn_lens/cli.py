@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from kn_lens._moved import moved
 from kn_lens.cli_evaluate import BACKEND_HELP, MODEL_HELP, add_model_options, emit, load_from_args
-from kn_lens.scoring import top_predictions  # also importable from here, where it used to live
+from kn_lens.inputs import check_count, count_argument
+from kn_lens.scoring import top_predictions as _top_predictions
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -22,7 +24,7 @@ def _print_frame(frame: pd.DataFrame) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     """``kn-lens predict PROMPT``: the top tokens at the mask / next position."""
     model = load_from_args(args)
-    frame = top_predictions(model, args.prompt, args.k)
+    frame = _top_predictions(model, args.prompt, args.k)
     if args.json:
         emit(args, frame, {"prompt": args.prompt})
     else:
@@ -35,7 +37,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from kn_lens.neurons import top_neurons
 
     model = load_from_args(args)
-    _check_top(args.top, model.cfg.n_layers * model.cfg.d_mlp, "--top")
+    check_count(args.top, "--top", minimum=1, maximum=model.cfg.n_layers * model.cfg.d_mlp, limit="the neurons")
     scores = integrated_gradients(model, args.prompt, args.target, n_steps=args.steps, progress=not args.json)
     neurons = top_neurons(scores, args.top)
     frame = pd.DataFrame({"neuron": [str(n) for n in neurons], "score": [float(scores[n]) for n in neurons]})
@@ -85,21 +87,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run(model, n_steps=args.steps)
 
 
-def _check_top(value: int, limit: int, flag: str) -> None:
-    if not 1 <= value <= limit:
-        raise ValueError(f"{flag} must be between 1 and {limit} for this model, got {value}")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 DESCRIPTION = """Find, test and explain the MLP neurons that store facts, on TransformerLens models.
 
 examples:
@@ -130,19 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add(
         "demo", "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls", with_json=False
     )
-    demo.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradients steps (default 20)")
+    demo.add_argument("--steps", type=count_argument, default=20, help="integrated-gradients steps (default 20)")
     demo.set_defaults(func=cmd_demo)
 
     predict = add("predict", "top tokens at the [MASK] / next position")
     predict.add_argument("prompt")
-    predict.add_argument("-k", type=_positive_int, default=10, help="how many tokens (default 10)")
+    predict.add_argument("-k", type=count_argument, default=10, help="how many tokens (default 10)")
     predict.set_defaults(func=cmd_predict)
 
     attribute = add("attribute", "integrated-gradient attribution of a target to every neuron")
     attribute.add_argument("prompt")
     attribute.add_argument("target")
-    attribute.add_argument("--steps", type=_positive_int, default=20, help="integration steps (default 20)")
-    attribute.add_argument("--top", type=_positive_int, default=20, help="how many neurons to list (default 20)")
+    attribute.add_argument("--steps", type=count_argument, default=20, help="integration steps (default 20)")
+    attribute.add_argument("--top", type=count_argument, default=20, help="how many neurons to list (default 20)")
     attribute.set_defaults(func=cmd_attribute)
 
     find = add("find", "knowledge neurons of a fact from paraphrased prompts")
@@ -152,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     decode = add("decode", "tokens a neuron's value vector promotes and suppresses")
     decode.add_argument("neuron", help="e.g. L24N1005")
-    decode.add_argument("-k", type=_positive_int, default=10, help="tokens per side (default 10)")
+    decode.add_argument("-k", type=count_argument, default=10, help="tokens per side (default 10)")
     decode.set_defaults(func=cmd_decode)
 
     from kn_lens.cli_evaluate import add_evaluation_commands
@@ -182,6 +169,10 @@ def _say(message: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     who = f"kn-lens (process {os.environ.get('RANK', '?')} of {world})" if world > 1 else "kn-lens"
     print(f"{who}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+#: ``top_predictions`` used to live here: import it from :mod:`kn_lens.scoring` (a ``DeprecationWarning`` says so).
+__getattr__ = moved(__name__, {"top_predictions": "kn_lens.scoring"})
 
 
 if __name__ == "__main__":

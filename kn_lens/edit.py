@@ -45,9 +45,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens import backends
+from kn_lens._moved import moved
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer, mlp_w_out
 from kn_lens.inputs import NeuronsLike, to_neurons
-from kn_lens.lens import value_vectors  # re-exported: read the rows an edit changes
 from kn_lens.prompts import token_ids
 
 TokenLike = str | int | Sequence[int]
@@ -334,4 +334,7 @@ def edit_fact(
     return WeightEdit(model, rows, f"edit {old!r} -> {new!r} (lambda1={lambda1}, lambda2={lambda2})")
 
 
-__all__ = ["WeightEdit", "applied_edits", "edit_fact", "erase", "restore_all", "token_embedding", "value_vectors"]
+__all__ = ["WeightEdit", "applied_edits", "edit_fact", "erase", "restore_all", "token_embedding"]
+
+#: ``value_vectors`` used to be re-exported here: import it from :mod:`kn_lens.lens` (with a ``DeprecationWarning``).
+__getattr__ = moved(__name__, {"value_vectors": "kn_lens.lens"})

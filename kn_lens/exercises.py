@@ -21,9 +21,9 @@ from kn_lens.attribution import integrated_gradients
 from kn_lens.cache import top_activating
 from kn_lens.edit import edit_fact, erase
 from kn_lens.neurons import KnowledgeNeurons, find_knowledge_neurons
-from kn_lens.prompts import Prompt, encode, make_prompts
+from kn_lens.prompts import Prompt, encode, group_by_length, make_prompts, stack_tokens
 from kn_lens.quiz import exercise
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import relative_change, target_scores
 
 HookFactory = Callable[[list[Prompt]], list] | None
 
@@ -33,25 +33,27 @@ def _answer_top1_and_p(
 ) -> tuple[list[bool], list[float]]:
     """For each prompt: is its (first) answer token the top-1 prediction, and its probability.
 
-    Causal prompts share one right-padded forward pass (no position sees the padding after it); encoder prompts
-    run one by one (they attend both ways).
+    Prompts of one length share a forward pass (:func:`~kn_lens.prompts.group_by_length`: no padding).
     """
     prompts = list(prompts)
-    batches = [prompts] if prompts and prompts[0].causal else [[p] for p in prompts]
-    top1, probs = [], []
-    for batch in batches:
-        tokens = torch.zeros(len(batch), max(len(p) for p in batch), dtype=torch.long)
-        for i, prompt in enumerate(batch):
-            tokens[i, : len(prompt)] = prompt.tokens
+    top1, probs = [False] * len(prompts), [0.0] * len(prompts)
+    for indices in group_by_length(prompts).values():
+        batch = [prompts[i] for i in indices]
         fwd_hooks = hooks_for(batch) if hooks_for else []
         with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-            logits = model(tokens.to(model.cfg.device))
-        for i, prompt in enumerate(batch):
-            row = logits[i, prompt.positions[0]]
+            logits = model(stack_tokens(batch, model.cfg.device))
+        for row_index, (i, prompt) in enumerate(zip(indices, batch, strict=True)):
+            row = logits[row_index, prompt.positions[0]]
             answer = prompt.target_ids[0]
-            top1.append(int(row.argmax()) == answer)
-            probs.append(float(row.softmax(-1)[answer]))
+            top1[i] = int(row.argmax()) == answer
+            probs[i] = float(row.softmax(-1)[answer])
     return top1, probs
+
+
+def _top1_share(model, prompts: Sequence[Prompt]) -> float:
+    """The share of the prompts whose answer is the top-1 prediction."""
+    top1, _ = _answer_top1_and_p(model, prompts)
+    return _mean([float(t) for t in top1])
 
 
 def _scaled(neurons, factor: float) -> Callable[[list[Prompt]], list]:
@@ -65,7 +67,7 @@ def _mean(values: Sequence[float]) -> float:
 def _mean_rel_change(model, neurons, prompts: Sequence[Prompt], factor: float) -> float:
     _, before = _answer_top1_and_p(model, prompts)
     _, after = _answer_top1_and_p(model, prompts, _scaled(neurons, factor))
-    return _mean([a / b - 1 for a, b in zip(after, before, strict=True)])
+    return _mean([relative_change(b, a) for a, b in zip(after, before, strict=True)])
 
 
 # --------------------------------------------------------------------------------- 01: knowledge neurons, tiny BERT
@@ -272,8 +274,7 @@ def _ig_gxa_overlap(*, model, ig: KnowledgeNeurons) -> int:
 )
 def _unk_accuracy(*, model, neurons, prompts: Sequence[Prompt]) -> float:
     with erase(model, neurons, mode="unk"):
-        top1, _ = _answer_top1_and_p(model, prompts)
-    return _mean([float(t) for t in top1])
+        return _top1_share(model, prompts)
 
 
 @exercise(
@@ -284,8 +285,7 @@ def _unk_accuracy(*, model, neurons, prompts: Sequence[Prompt]) -> float:
 )
 def _edit_heldout(*, model, neurons, prompts: Sequence[str], old: str, new: str) -> float:
     with edit_fact(model, neurons, old, new):
-        top1, _ = _answer_top1_and_p(model, make_prompts(model, list(prompts), new))
-    return _mean([float(t) for t in top1])
+        return _top1_share(model, make_prompts(model, list(prompts), new))
 
 
 @exercise(
@@ -300,7 +300,7 @@ def _enhance_sure(*, model, results: Sequence[KnowledgeNeurons]) -> float:
     for result in results:
         _, before = _answer_top1_and_p(model, result.prompts)
         _, after = _answer_top1_and_p(model, result.prompts, _scaled(result.neurons, 2.0))
-        changes += [a / b - 1 for a, b in zip(after, before, strict=True) if b > 0.9]
+        changes += [relative_change(b, a) for a, b in zip(after, before, strict=True) if b > 0.9]
     return _mean(changes)
 
 

@@ -44,9 +44,9 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -54,13 +54,15 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from kn_lens._typing import Model, Neuron, group_by_layer, hook_name
-from kn_lens.cache import MLPPostCache, mean_activations  # re-exported: the means for ablate(mode='mean')
+from kn_lens._moved import moved
+from kn_lens._perturb import perturb, perturb_hook
+from kn_lens._typing import HookList, Model, Neuron, group_by_layer, hook_name
 from kn_lens.inputs import (
     NeuronsLike,
     PositionsLike,
     batch_positions,
     check_finite,
+    check_mode,
     check_neuron_values,
     check_positions,
     to_means,
@@ -68,8 +70,8 @@ from kn_lens.inputs import (
 )
 from kn_lens.prompts import Prompt
 
-HookFn: TypeAlias = Callable[[Tensor, HookPoint], Tensor]
-HookList: TypeAlias = list[tuple[str, HookFn]]
+if TYPE_CHECKING:
+    from kn_lens.cache import MLPPostCache
 
 
 def _position_mask(kind: str, index: Tensor | None, batch: int, n_pos: int, device) -> Tensor | None:
@@ -262,7 +264,8 @@ def ablate(
     Args:
         neurons: the neurons.
         mode: ``"zero"`` or ``"mean"``.
-        mean_cache: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from :func:`mean_activations`, an
+        mean_cache: for ``mode="mean"``: ``{layer: Float[Tensor, "d_mlp"]}`` from
+            :func:`~kn_lens.cache.mean_activations`, an
             :class:`~kn_lens.cache.MLPPostCache` from :func:`~kn_lens.cache.cache_mlp_post` (averaged over its
             rows), a ``[n_layers, d_mlp]`` tensor, or a TransformerLens ``ActivationCache`` holding the layers'
             ``mlp_post`` (averaged over batch and positions). The same keyword as in
@@ -278,15 +281,13 @@ def ablate(
         ValueError: unknown mode, no means for ``mode="mean"``, means of the wrong width or with NaNs.
 
     Example:
-        >>> means = mean_activations(model, ["The capital of France is", "Water boils at"], layers=[24])
+        >>> means = kn_lens.mean_activations(model, ["The capital of France is", "Water boils at"], layers=[24])
         >>> ablated = ablate(["L24N1005"], "mean", mean_cache=means, positions="all")
         >>> ablated[0][1].keywords["value"]  # the neuron's mean, the value it is set to
         tensor([...])
     """
-    if mode == "zero":
+    if check_mode(mode) == "zero":
         return _build("set", neurons, lambda layer, idx: 0.0, positions, prompts, model)
-    if mode != "mean":
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=...: kn_lens.mean_activations(model, prompts) or a cache")
     neuron_list = to_neurons(neurons, model)
@@ -436,159 +437,12 @@ def _composed(parts, prompts: Sequence[Prompt] | None = None) -> HookList:
     return hooks
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Perturbation (skill neurons, Wang et al. 2022)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def perturb_hook(
-    activation: Float[Tensor, "batch pos d_mlp"],
-    hook: HookPoint,
-    *,
-    kind: Literal["gaussian", "zero", "mean"],
-    indices: tuple[int, ...],
-    positions: tuple[int, ...] | None,
-    std: float = 0.0,
-    mean: Tensor | None = None,
-    seed: int = 0,
-) -> Float[Tensor, "batch pos d_mlp"]:
-    """Perturb ``activation[..., indices]`` at ``positions`` (None = every position); see :func:`perturb`.
-
-    ``mean`` is ``[k]`` (one value per neuron) or ``[len(positions), k]`` (one per position and neuron). Gaussian
-    noise comes from a generator seeded with ``seed`` on every call, so the same input gets the same noise.
-    """
-    _, n_pos, d_mlp = activation.shape
-    if max(indices) >= d_mlp:
-        raise ValueError(f"neuron index {max(indices)} is out of range at {hook.name}: the layer has {d_mlp} neurons")
-    if positions is None:
-        pos = torch.arange(n_pos, device=activation.device)
-    else:
-        if min(positions) < -n_pos or max(positions) >= n_pos:
-            raise ValueError(f"perturbation positions {list(positions)} are outside the {n_pos} positions of the input")
-        pos = torch.tensor([p % n_pos for p in positions], device=activation.device)
-    index = torch.tensor(indices, device=activation.device)
-    rows, cols = pos[:, None], index[None, :]
-    old = activation[:, rows, cols]  # [batch, P, k]
-    if kind == "zero":
-        new = torch.zeros_like(old)
-    elif kind == "mean":
-        new = torch.broadcast_to(mean.to(device=activation.device, dtype=activation.dtype), old.shape)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(old.shape, generator=generator, dtype=torch.float32)
-        new = old + std * noise.to(device=activation.device, dtype=activation.dtype)
-    out = activation.clone()
-    out[:, rows, cols] = new
-    return out
-
-
-def perturb(
-    neurons: NeuronsLike,
-    kind: Literal["gaussian", "zero", "mean"] = "gaussian",
-    *,
-    std: float = 0.1,
-    seed: int = 0,
-    positions: Literal["all"] | int | Sequence[int] = "all",
-    mean_cache: Tensor | Mapping[int, Tensor] | None = None,
-    layers: Iterable[int] | None = None,
-    model: Model | None = None,
-) -> HookList:
-    """Perturb neurons the way Wang et al. (2022) test skill neurons: Gaussian noise, zero or the mean.
-
-    Args:
-        neurons: the neurons: a list of ``Neuron``/``(layer, index)``/``"L9N1094"``, a result with
-            ``.neurons``, or a boolean mask ``[n_layers, d_mlp]`` (e.g. ``Predictivity.mask(0.01)``).
-        kind: ``"gaussian"`` adds noise N(0, ``std``²) to the activation; ``"zero"`` sets it to 0; ``"mean"``
-            sets it to ``mean``.
-        std: the noise's standard deviation (``kind="gaussian"``), a finite number >= 0.
-        seed: the noise's seed (one generator per layer: seed + layer); same seed, same noise.
-        positions: ``"all"``, or the positions to perturb (ints, negative from the end), e.g. a soft prompt's
-            positions (``Predictivity.positions``).
-        mean_cache: for ``kind="mean"``: ``[len(positions), n_layers, d_mlp]`` (one value per position, e.g.
-            ``Predictivity.thresholds``, the per-position train means), or any form ``ablate`` accepts
-            (``[n_layers, d_mlp]``, ``{layer: d_mlp vector}``, a cache): one value per neuron at every position.
-        layers: only perturb the neurons in these layers (e.g. ``range(0, 12)``); None for all.
-        model: if given, neurons are validated against it up front.
-
-    Returns:
-        ``[(hook_name, fn), ...]``, one pair per layer.
-
-    Raises:
-        ValueError: unknown kind, negative or non-finite std, no neurons (left), ``kind="mean"`` without a
-            fitting ``mean``.
-
-    Example:
-        >>> task, prompt = kn_lens.skill.sentiment_task(24), kn_lens.skill.HardPrompt("{text} [MASK].", ("a", "these"))
-        >>> result = kn_lens.skill.predictivity(bert, task, prompt=prompt, progress=False)
-        >>> fwd_hooks = perturb(result.mask(0.02), "mean", mean_cache=result.thresholds, positions=result.positions)
-        >>> [name for name, _ in fwd_hooks]
-        ['blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post']
-        >>> 0 <= kn_lens.skill.accuracy(bert, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False) <= 1
-        True
-    """
-    if kind not in ("gaussian", "zero", "mean"):
-        raise ValueError(f"unknown perturbation kind {kind!r}; use 'gaussian', 'zero' or 'mean'")
-    check_finite(std, "std")
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    if isinstance(neurons, Tensor) and neurons.dtype == torch.bool:
-        if neurons.ndim != 2:
-            raise ValueError(f"a neuron mask must be [n_layers, d_mlp], got shape {tuple(neurons.shape)}")
-        neurons = [Neuron(int(layer), int(index)) for layer, index in neurons.nonzero().tolist()]
-    neuron_list = to_neurons(neurons, model)
-    if layers is not None:
-        wanted = {int(layer) for layer in layers}
-        neuron_list = [n for n in neuron_list if n.layer in wanted]
-        if not neuron_list:
-            raise ValueError(f"none of the neurons is in layers {sorted(wanted)}")
-    if isinstance(positions, str):
-        if positions != "all":
-            raise ValueError(f"unknown positions {positions!r}; use 'all', an int or a list of ints")
-        pos: tuple[int, ...] | None = None
-    else:
-        pos = (positions,) if isinstance(positions, int) else tuple(positions)
-        if not pos or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
-            raise TypeError(f"positions must be 'all', an int or a non-empty list of ints, got {positions!r}")
-    if kind == "mean" and mean_cache is None:
-        raise ValueError("kind='mean' needs mean_cache=... (e.g. Predictivity.thresholds, the per-position means)")
-
-    def layer_mean(layer: int, idx: list[int]) -> Tensor | None:
-        if kind != "mean":
-            return None
-        if isinstance(mean_cache, Tensor) and mean_cache.ndim == 3:
-            if pos is None or mean_cache.shape[0] != len(pos):
-                raise ValueError(
-                    f"a per-position mean of shape {tuple(mean_cache.shape)} needs positions with "
-                    f"{mean_cache.shape[0]} entries (the positions the means were taken at)"
-                )
-            check_finite(mean_cache[:, layer, idx], "mean_cache")
-            return mean_cache[:, layer, idx].detach().float().clone()
-        return to_means(mean_cache, [layer], None)[layer][idx].clone()
-
-    hooks: HookList = []
-    for layer, indices in group_by_layer(neuron_list).items():
-        fn = functools.partial(
-            perturb_hook,
-            kind=kind,
-            indices=tuple(indices),
-            positions=pos,
-            std=float(std),
-            mean=layer_mean(layer, indices),
-            seed=seed + layer,
-        )
-        hooks.append((hook_name(layer), fn))
-    return hooks
-
-
 __all__ = [
     "HookList",
     "Intervention",
     "ablate",
     "compose",
     "hook_name",
-    "mean_activations",
     "neuron_hook",
     "patch",
     "perturb",
@@ -596,3 +450,6 @@ __all__ = [
     "scale",
     "set",
 ]
+
+#: Names that used to be re-exported here: import them from :mod:`kn_lens.cache` (a ``DeprecationWarning`` says so).
+__getattr__ = moved(__name__, {"MLPPostCache": "kn_lens.cache", "mean_activations": "kn_lens.cache"})

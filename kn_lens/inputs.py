@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
@@ -45,6 +44,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens._scalars import (
+    ABLATION_MODES,
+    PERTURBATION_KINDS,
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_device,
+    check_finite,
+    check_int,
+    check_mode,
+    check_number,
+    check_sequence,
+    count_argument,
+)
 from kn_lens._typing import Model, Neuron, NeuronLike, check_layer, is_encoder
 from kn_lens.prompts import Prompt, TargetLike, encode, make_prompt, split_targets
 
@@ -56,173 +69,6 @@ DEFAULT_POSITIONS = "site"
 NeuronsLike: TypeAlias = Iterable[NeuronLike] | NeuronLike | Any
 """Neurons as a list of ``Neuron``/``(layer, index)``/``"L9N1094"``, one of those, an ``[n, 2]`` integer tensor,
 or any object with a ``.neurons`` attribute (e.g. a :class:`~kn_lens.neurons.KnowledgeNeurons` result)."""
-
-
-# --------------------------------------------------------------------------------------------------- numbers
-
-
-def check_int(value: Any, name: str) -> int:
-    """``value`` as an int: Python and numpy/torch integers pass, floats and bools raise ``TypeError``.
-
-    Example:
-        >>> check_int(3, "layer")
-        3
-    """
-    if isinstance(value, (bool, float)) or (isinstance(value, Tensor) and value.is_floating_point()):
-        kind = "a bool" if isinstance(value, bool) else "a float"
-        raise TypeError(f"{name} must be an int, got {value!r} ({kind}); convert with int(...) if that is really meant")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-
-
-def check_count(value: Any, name: str, *, minimum: int = 0) -> int:
-    """An int of at least ``minimum`` (a count, a size, a number of steps); floats, NaN and bools raise.
-
-    Example:
-        >>> check_count(2, "min_count", minimum=1)
-        2
-        >>> check_count(float("nan"), "min_count", minimum=1)
-        Traceback (most recent call last):
-        ...
-        TypeError: min_count must be an int, got nan (a float); convert with int(...) if that is really meant
-    """
-    value = check_int(value, name)
-    if value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {what}, got {value}")
-    return value
-
-
-def check_batch_size(value: Any, name: str = "batch_size") -> int:
-    """A positive int (prompts or rows per forward pass).
-
-    Example:
-        >>> check_batch_size(-1)
-        Traceback (most recent call last):
-        ...
-        ValueError: batch_size must be a positive int, got -1
-    """
-    return check_count(value, name, minimum=1)
-
-
-def check_number(
-    value: Any,
-    name: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """A finite real number, optionally within ``[low, high]`` (``low_open`` / ``high_open`` exclude the ends).
-
-    Example:
-        >>> check_number(0.5, "share", low=0, high=1, low_open=True)
-        0.5
-        >>> check_number(1.5, "objective_floor", low=0, high=1, high_open=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: objective_floor must be a number in [0, 1), got 1.5
-    """
-    check_finite(value, name)
-    if isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a number, got a tensor")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "-inf" if low is None else f"{low:g}"
-        right = "inf" if high is None else f"{high:g}"
-        interval = (
-            f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
-        )
-        raise ValueError(f"{name} must be a number in {interval}, got {value:g}")
-    return value
-
-
-def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """One of ``choices`` (a ``ValueError`` listing them otherwise).
-
-    Example:
-        >>> check_choice("unk", "mode", ("zero", "unk"))
-        'unk'
-    """
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
-def check_sequence(value: Any, name: str, *, what: str = "prompts") -> list[Any]:
-    """A list/tuple-like collection of items; a bare ``str`` (which would be read character by character), a
-    mapping or a non-iterable raise a ``TypeError`` that says how to wrap it.
-
-    Example:
-        >>> check_sequence(("a", "b"), "heldout")
-        ['a', 'b']
-        >>> check_sequence("Paris is in", "heldout")
-        Traceback (most recent call last):
-        ...
-        TypeError: heldout must be a list of prompts, not one str (it would be read character by character); ...
-    """
-    if isinstance(value, str | bytes):
-        raise TypeError(
-            f"{name} must be a list of {what}, not one str (it would be read character by character); "
-            f"wrap it: [{value!r}]"
-        )
-    if isinstance(value, Mapping) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list of {what}, got {type(value).__name__}")
-    return list(value)
-
-
-def check_finite(value: float | Tensor, name: str) -> None:
-    """Raise unless ``value`` is a finite real number or a tensor of finite numbers.
-
-    Example:
-        >>> check_finite(float("nan"), "factor")
-        Traceback (most recent call last):
-        ...
-        ValueError: factor must be a finite number, got nan
-    """
-    if isinstance(value, Tensor):
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values; compute it again or drop those entries")
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-
-
-def check_device(device: Any, name: str = "device") -> torch.device | None:
-    """A torch device that exists on this machine (None passes): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-
-    Example:
-        >>> check_device("cpu")
-        device(type='cpu')
-        >>> check_device("gpu")
-        Traceback (most recent call last):
-        ...
-        ValueError: device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps
-    """
-    if device is None:
-        return None
-    if not isinstance(device, str | torch.device):
-        raise TypeError(f"{name} must be a str like 'cpu' or 'cuda', or a torch.device; got {type(device).__name__}")
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{name} {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"{name} {device!r}: this machine has no CUDA GPU (or this torch has no CUDA); use cpu")
-        if parsed.index is not None and parsed.index >= count:
-            raise ValueError(f"{name} {device!r}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{name} {device!r}: MPS is not available on this machine; use cpu")
-    return parsed
 
 
 # --------------------------------------------------------------------------------------------------- neurons
@@ -533,6 +379,26 @@ def prompt_positions(prompt: Prompt, positions: Any) -> list[int]:
     return out
 
 
+def fixed_positions(positions: Any) -> tuple[int, ...] | None:
+    """Positions that do not depend on the prompts, for hooks built without them (``hooks.perturb``): None for
+    ``"all"``, ``(-1,)`` for ``"last"``, else the ints (negative from the end); ``"site"`` and a per-row tensor
+    need the batch, and raise.
+
+    Example:
+        >>> fixed_positions("all"), fixed_positions("last"), fixed_positions([0, -2])
+        (None, (-1,), (0, -2))
+    """
+    positions = check_positions(positions)
+    if isinstance(positions, Tensor) or positions == "site":
+        raise ValueError(
+            "these hooks are built without the prompts, so positions must be 'all', 'last', an int or a list of "
+            f"ints, not {'a per-row tensor' if isinstance(positions, Tensor) else repr(positions)}"
+        )
+    if positions == "all":
+        return None
+    return (-1,) if positions == "last" else positions
+
+
 def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
     """Resolve positions for a batch: ``("all", None)``, ``("fixed", idx)`` (same for every row) or
     ``("rows", idx)`` with ``idx`` of shape ``[batch, k]`` (``"site"``: each row's own target positions, from
@@ -571,6 +437,15 @@ def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[s
 # --------------------------------------------------------------------------------------------------- means
 
 
+def _is_mlp_cache(value: Any) -> bool:
+    """A :class:`kn_lens.cache.MLPPostCache` (recognised by its fields: ``cache`` sits above this module)."""
+    return (
+        isinstance(getattr(value, "acts", None), Mapping)
+        and isinstance(getattr(value, "hook", None), str)
+        and hasattr(value, "prompt_index")
+    )
+
+
 def to_means(
     mean_cache: Any, layers: Sequence[int], d_mlp: int | None, *, n_layers: int | None = None, hook: str | None = None
 ) -> dict[int, Float[Tensor, " d_mlp"]]:
@@ -588,13 +463,12 @@ def to_means(
     from transformer_lens import ActivationCache
 
     from kn_lens._typing import hook_name
-    from kn_lens.cache import MLPPostCache
 
     if mean_cache is None:
         raise ValueError("no mean activations given: pass mean_cache=kn_lens.mean_activations(model, prompts)")
     out: dict[int, Tensor] = {}
     for layer in layers:
-        if isinstance(mean_cache, MLPPostCache):
+        if _is_mlp_cache(mean_cache):
             if hook is not None and mean_cache.hook != hook:
                 raise ValueError(f"mean_cache holds {mean_cache.hook} activations, but {hook} is needed")
             if layer not in mean_cache.acts:
@@ -639,7 +513,9 @@ def to_means(
 
 
 __all__ = [
+    "ABLATION_MODES",
     "DEFAULT_POSITIONS",
+    "PERTURBATION_KINDS",
     "POSITION_WORDS",
     "NeuronsLike",
     "PositionsLike",
@@ -650,10 +526,13 @@ __all__ = [
     "check_device",
     "check_finite",
     "check_int",
+    "check_mode",
     "check_neuron_values",
     "check_number",
     "check_positions",
     "check_sequence",
+    "count_argument",
+    "fixed_positions",
     "prompt_positions",
     "split_targets",
     "to_layers",

@@ -51,7 +51,7 @@ from torch import Tensor
 from kn_lens import backends
 from kn_lens._device import evaluating, is_half
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
-from kn_lens.inputs import NeuronsLike, check_batch_size, to_neuron, to_neurons, to_prompts
+from kn_lens.inputs import NeuronsLike, check_batch_size, check_count, to_neuron, to_neurons, to_prompts
 from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
 
 Through = Literal["unembed", "mlm_head"]
@@ -239,9 +239,7 @@ def _token_strings(model: Model, ids: Sequence[int]) -> list[str]:
 
 
 def _check_k(model: Model, k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model.cfg.d_vocab:
-        raise ValueError(f"k must be an int between 1 and d_vocab={model.cfg.d_vocab}, got {k!r}")
-    return k
+    return check_count(k, "k", minimum=1, maximum=model.cfg.d_vocab, limit="the vocabulary size")
 
 
 def decode(model: Model, neuron: NeuronLike, k: int = 10, *, through: Through | None = None) -> Decoded:

@@ -257,9 +257,8 @@ def exercise(
 
 
 def get(key: str) -> Exercise:
-    """The registered exercise ``key`` (the tutorials' exercises are loaded on first use)."""
-    if key not in EXERCISES:
-        import kn_lens.exercises  # noqa: F401  (registers the tutorials' exercises)
+    """The registered exercise ``key`` (the tutorials' exercises, :mod:`kn_lens.exercises`, register themselves
+    when ``kn_lens`` is imported: this module never imports them, which sit above it)."""
     if key not in EXERCISES:
         raise KeyError(f"no exercise {key!r}; registered: {sorted(EXERCISES)}")
     return EXERCISES[key]

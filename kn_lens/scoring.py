@@ -29,6 +29,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -60,6 +61,69 @@ def check_objective(objective: Objective) -> Objective:
             "metric(logits, prompts) -> Tensor[batch]"
         )
     return objective
+
+
+def relative_change(before, after):
+    """The relative change ``(after - before) / before``: Dai et al.'s "change rate", the one place kn_lens
+    computes it (effect tables, figures, exercises).
+
+    Element-wise for tensors, arrays and pandas objects (index kept), a float for two numbers; ``NaN`` wherever
+    ``before`` is 0 (a change relative to nothing), never an error or an infinity. Average the result yourself:
+    the mean of relative changes is not the relative change of the means.
+
+    Args:
+        before: the value(s) before (e.g. the probability of the correct answer).
+        after: the value(s) after, of the same shape.
+
+    Returns:
+        Like the inputs: a float, a ``numpy`` array, a pandas object or a tensor (float32 at least).
+
+    Example:
+        >>> relative_change(0.5, 0.25)
+        -0.5
+        >>> relative_change(torch.tensor([0.5, 0.0]), torch.tensor([0.75, 0.1]))
+        tensor([0.5000,    nan])
+    """
+    if isinstance(before, Tensor) or isinstance(after, Tensor):
+        before, after = torch.as_tensor(before), torch.as_tensor(after)
+        dtype = torch.promote_types(torch.promote_types(before.dtype, after.dtype), torch.float32)
+        before, after = before.to(dtype), after.to(dtype)
+        return (after - before) / before.where(before != 0, torch.nan)
+    if isinstance(before, pd.Series | pd.DataFrame):
+        return (after - before) / before.where(before != 0)
+    if np.ndim(before) or np.ndim(after) or isinstance(after, pd.Series | pd.DataFrame):
+        before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+        safe = np.where(before != 0, before, 1.0)
+        return np.where(before != 0, (after - before) / safe, np.nan)
+    before, after = float(before), float(after)
+    return (after - before) / before if before != 0 else float("nan")
+
+
+_LOG_ODDS_LOW, _LOG_ODDS_HIGH = 1e-12, 1 - 1e-15
+
+
+def log_odds(p):
+    """The log-odds ``log(p / (1 - p))`` of probabilities, the one place kn_lens computes it: a change in log-odds
+    does not saturate near ``p = 1`` as a relative change does.
+
+    Computed in float64 with ``p`` clamped to ``[1e-12, 1 - 1e-15]`` (finite at 0 and 1).
+
+    Args:
+        p: probabilities: a tensor (returned as a float64 tensor), or a number / array (a float / ``numpy``
+            array).
+
+    Example:
+        >>> log_odds(torch.tensor([0.5, 0.9]))
+        tensor([0.0000, 2.1972], dtype=torch.float64)
+        >>> round(log_odds(0.25), 4)
+        -1.0986
+    """
+    tensor = isinstance(p, Tensor)
+    q = torch.as_tensor(p).double().clamp(_LOG_ODDS_LOW, _LOG_ODDS_HIGH)
+    out = torch.log(q) - torch.log1p(-q)
+    if tensor:
+        return out
+    return float(out) if out.ndim == 0 else out.numpy()
 
 
 def logit_diff(model: Model, correct: TargetLike, wrong: TargetLike) -> Metric:
@@ -329,12 +393,10 @@ def top_predictions(model: Model, prompt: str | Prompt, k: int = 10) -> pd.DataF
         0     1  ' Paris'  0.77...
         ...
     """
-    from kn_lens.inputs import check_int
+    from kn_lens.inputs import check_count
 
     check_model(model)
-    k = check_int(k, "k")
-    if not 1 <= k <= model.cfg.d_vocab:
-        raise ValueError(f"k must be between 1 and the vocabulary size {model.cfg.d_vocab}, got {k}")
+    k = check_count(k, "k", minimum=1, maximum=model.cfg.d_vocab, limit="the vocabulary size")
     if not isinstance(prompt, Prompt):
         prompt = make_prompt(model, prompt)
     with torch.inference_mode():

@@ -87,9 +87,9 @@ def test_erase_unk_uses_unknown_token_embedding(model):
 def test_edit_fact_is_dai_update(model):
     paris = model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
     rome = model.tokenizer(" Rome", add_special_tokens=False)["input_ids"][0]
-    old_rows = edit.value_vectors(model, NEURONS)
+    old_rows = kn_lens.lens.value_vectors(model, NEURONS)
     with edit.edit_fact(model, NEURONS, paris, rome, lambda1=1.0, lambda2=8.0):
-        new_rows = edit.value_vectors(model, NEURONS)
+        new_rows = kn_lens.lens.value_vectors(model, NEURONS)
     expected = old_rows - model.W_E[paris] + 8.0 * model.W_E[rome]
     torch.testing.assert_close(new_rows, expected.detach())
 

@@ -100,7 +100,7 @@ def test_site_needs_prompts_and_matching_batch(model, tokens):
 
 def test_mean_ablation_from_means_and_cache(model, tokens):
     reference = kn_lens.make_prompts(model, TEXTS)
-    means = hooks.mean_activations(model, reference, layers=[1], positions="all")
+    means = kn_lens.cache.mean_activations(model, reference, layers=[1], positions="all")
     # independent mean: cache each prompt, average over all positions
     acts = [model.run_with_cache(p.tokens[None])[1]["blocks.1.mlp.hook_post"][0] for p in reference]
     expected_mean = torch.cat(acts).mean(0)
@@ -126,7 +126,7 @@ def test_mean_ablation_from_means_and_cache(model, tokens):
 
 def test_site_mean_activations(model):
     reference = kn_lens.make_prompts(model, TEXTS)
-    means = hooks.mean_activations(model, reference, layers=2)
+    means = kn_lens.cache.mean_activations(model, reference, layers=2)
     acts = [model.run_with_cache(p.tokens[None])[1]["blocks.2.mlp.hook_post"][0, p.site] for p in reference]
     torch.testing.assert_close(means[2], torch.stack(acts).mean(0), rtol=1e-5, atol=1e-6)
 
@@ -299,7 +299,7 @@ def test_every_row_uses_its_own_site(tiny_bert, mixed_site_batch):
 
 def test_factories_on_an_encoder_match_manual_edits(tiny_bert, mixed_site_batch):
     tokens = torch.stack([p.tokens for p in mixed_site_batch])
-    means = hooks.mean_activations(tiny_bert, mixed_site_batch, layers=[0], positions="all", progress=False)
+    means = kn_lens.cache.mean_activations(tiny_bert, mixed_site_batch, layers=[0], positions="all", progress=False)
     _, clean = tiny_bert.run_with_cache(tokens.roll(1, 0), names_filter=lambda n: n.endswith("mlp.hook_post"))
 
     def scale_edit(act):

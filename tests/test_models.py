@@ -10,7 +10,7 @@ import torch
 import kn_lens
 from kn_lens import backends
 from kn_lens.backends import HookedEncoder, HookedTransformer
-from kn_lens.models import embedded_model_path
+from kn_lens.embedded import embedded_model_path
 
 PROMPTS = [
     "The capital of France is",
@@ -229,11 +229,11 @@ def tiny_embedded(monkeypatch, tmp_path, causal_tokenizer):
     """
     from transformer_lens import HookedTransformerConfig
 
-    from kn_lens import models
+    from kn_lens import embedded
 
-    tiny = dict(models._SMOLLM2_CFG, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, n_layers=2)
+    tiny = dict(embedded._SMOLLM2_CFG, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, n_layers=2)
     tiny.update(rotary_dim=8, n_ctx=64)
-    monkeypatch.setattr(models, "_SMOLLM2_CFG", tiny)
+    monkeypatch.setattr(embedded, "_SMOLLM2_CFG", tiny)
     monkeypatch.setenv("KN_LENS_CACHE", str(tmp_path))
     calls = []
 
@@ -243,8 +243,8 @@ def tiny_embedded(monkeypatch, tmp_path, causal_tokenizer):
         cfg = HookedTransformerConfig(**tiny, device="cpu", dtype=torch.float32)
         return HookedTransformer(cfg, tokenizer=causal_tokenizer, move_to_device=False)
 
-    monkeypatch.setattr(models, "_convert_gguf", convert)
-    return models, calls, tmp_path
+    monkeypatch.setattr(embedded, "_convert_gguf", convert)
+    return embedded, calls, tmp_path
 
 
 def _cache_folder(root):

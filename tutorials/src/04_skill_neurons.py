@@ -136,7 +136,7 @@ quiz.check("04.best-predictivity", best_predictivity, model=model, task=reviews,
 curve = skill.perturbation_curve(model, reviews, smol_skill, prompt=prompt, fractions=[0.01, 0.03], seeds=(0, 1))
 summary = curve.groupby(["fraction", "selection"]).accuracy.mean().unstack()
 print(summary)
-plotting.perturbation_curve(curve)
+plotting.skill_perturbation_curve(curve)
 
 # %% [markdown]
 # **Exercise 4.** At 3%, how much lower is the accuracy with the skill neurons perturbed than with random neurons
