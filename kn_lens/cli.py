@@ -73,8 +73,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """``kn-lens demo``: the main job, with its controls (see :mod:`kn_lens.demo`)."""
-    from kn_lens.demo import run
+    """``kn-lens demo``: the main job, with its controls (see :mod:`kn_lens.evaluation.demo`)."""
+    from kn_lens.evaluation.demo import run
 
     start = time.perf_counter()
     print("Loading the model ...", flush=True)

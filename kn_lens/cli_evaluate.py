@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from kn_lens.evaluation.sweep_manifest import DEFAULT_RULES  # the rules a run evaluates unless told otherwise
+from kn_lens.inputs import count_argument
 
 TINY_BERT = "tiny-bert"
 EMBEDDED = "SmolLM2-135M (embedded)"
@@ -281,13 +282,6 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -325,7 +319,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--factor", type=_finite, default=factor, help=f"activation factor (default {factor:g})")
         p.add_argument("--heldout", nargs="*", help="held-out paraphrases (same target)")
         p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
-        p.add_argument("--steps", type=_positive_int, default=20, help="integrated-gradient steps")
+        p.add_argument("--steps", type=count_argument, default=20, help="integrated-gradient steps")
         p.add_argument("--seed", type=int, default=0, help="random-control seed")
         add_model_options(p)
         p.set_defaults(func=cmd_suppress if name == "suppress" else cmd_enhance)
@@ -342,7 +336,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
     p.add_argument("--mode", choices=("zero", "unk"), default="zero")
     p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
-    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--steps", type=count_argument, default=20)
     p.add_argument("--seed", type=int, default=0)
     add_model_options(p)
     p.set_defaults(func=cmd_erase)
@@ -362,7 +356,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbour", nargs="*", help="neighbour facts as 'PROMPT=TARGET'")
     p.add_argument("--lambda1", type=_finite, default=1.0)
     p.add_argument("--lambda2", type=_finite, default=8.0)
-    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--steps", type=count_argument, default=20)
     p.add_argument("--seed", type=int, default=0)
     add_model_options(p)
     p.set_defaults(func=cmd_edit)
@@ -381,12 +375,12 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (resumed if it holds this run)")
     p.add_argument("--data", help="PARAREL folder (default: download into the cache)")
     p.add_argument("--relations", type=_relations, help="relation ids, e.g. P36,P37 (default: all)")
-    p.add_argument("--facts-per-relation", type=_positive_int, help="known facts per relation (default: all)")
+    p.add_argument("--facts-per-relation", type=count_argument, help="known facts per relation (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=("dai", "converged"), default="dai",
                    help="integration rule: dai = 20-step left Riemann sum (the paper's), converged = 128-point "
                    "midpoint rule (see kn_lens.evaluation.convergence)")  # fmt: skip
-    p.add_argument("--steps", type=_positive_int, default=None, help="integrated-gradient steps (overrides --preset)")
+    p.add_argument("--steps", type=count_argument, default=None, help="integrated-gradient steps (overrides --preset)")
     p.add_argument("--method", default=None, help="quadrature rule, e.g. riemann_middle (overrides --preset)")
     rules_help = "; ".join(f"{k} = {v}" for k, v in _selections().items()).replace("%", "%%")
     p.add_argument("--rules", default=",".join(DEFAULT_RULES),
@@ -405,7 +399,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="a run folder of `kn-lens evaluate pararel`")
     p.add_argument("--data", help="PARAREL folder (default: the run's)")
-    p.add_argument("--facts-per-relation", type=_positive_int, default=2, help="facts re-attributed per relation")
+    p.add_argument("--facts-per-relation", type=count_argument, default=2, help="facts re-attributed per relation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_options(p)
     p.set_defaults(func=cmd_evaluate_convergence)

@@ -405,6 +405,6 @@ def _pruned_accuracy(*, model, task, prompt, result, fraction: float) -> float:
     """The pruned model's accuracy, without pruning: the original model with every dropped neuron set to its mean
     activation at every position (what pruning folds into the output bias)."""
     dropped = ~result.mask(fraction, per_layer=True)
-    means = skill.mean_activations(model, task, prompt=prompt, progress=False)
+    means = skill.task_mean_activations(model, task, prompt=prompt, progress=False)
     fwd_hooks = hooks.perturb(dropped, "mean", mean_cache=means, positions="all")
     return skill.accuracy(model, task, prompt=prompt, fwd_hooks=fwd_hooks, progress=False)

@@ -411,8 +411,8 @@ def load_local_bridge(path: str | os.PathLike) -> Any:
         >>> bridge = load_local_bridge(tiny_bert.PATH)
         >>> type(bridge).__name__, bridge.cfg.n_layers, bridge.cfg.d_mlp
         ('TransformerBridge', 2, 1024)
-        >>> kn_lens.evaluate.compare(bridge, "The capital of France is [MASK].", ["Paris", "Rome"],
-        ...                          {"L1N253 x0": kn_lens.hooks.Intervention("scale", ["L1N253"], 0.0)}).round(4)
+        >>> kn_lens.evaluation.compare(bridge, "The capital of France is [MASK].", ["Paris", "Rome"],
+        ...                            {"L1N253 x0": kn_lens.hooks.Intervention("scale", ["L1N253"], 0.0)}).round(4)
                     clean  L1N253 x0
         candidate
         Paris      0.8874     0.8520

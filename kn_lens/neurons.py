@@ -82,7 +82,7 @@ from torch import Tensor
 
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, Neuron, check_model, group_by_layer
-from kn_lens.inputs import NeuronsLike, check_number, to_layers, to_neurons, to_prompts
+from kn_lens.inputs import NeuronsLike, check_number, to_fact, to_layers, to_neurons, to_prompts
 from kn_lens.knowledge import Candidates, KnowledgeNeurons, select
 from kn_lens.prompts import Prompt, TargetLike, one_target
 from kn_lens.selection import (
@@ -344,19 +344,8 @@ class FactPrompts:
 def _as_fact(item: Any) -> FactPrompts:
     if isinstance(item, FactPrompts):
         return item
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"prompts", "target", "relation", "name"}
-        if unknown or "prompts" not in item:
-            raise ValueError(
-                f"a fact mapping needs 'prompts' (and 'target', 'relation', 'name'); got keys {sorted(item)}"
-            )
-        return FactPrompts(item["prompts"], item.get("target"), item.get("relation"), item.get("name", ""))
-    if isinstance(item, tuple) and len(item) in (2, 3):
-        return FactPrompts(*item)
-    raise TypeError(
-        "each fact must be a FactPrompts, a (prompts, target[, relation]) tuple or a mapping with "
-        f"'prompts'/'target'/'relation'; got {type(item).__name__}"
-    )
+    fact = to_fact(item, "each fact", need_target=False)
+    return FactPrompts(tuple(fact.prompts), fact.target, fact.relation, fact.name)
 
 
 def find_knowledge_neurons_many(

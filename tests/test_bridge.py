@@ -746,7 +746,7 @@ def test_skill_neurons_on_the_bridge(tiny_bridge, number_task):
     soft = skill.SoftPrompt(torch.randn(3, tiny_bridge.cfg.d_model, generator=generator), ("violin", "piano"))
     margins = skill.margins(tiny_bridge, number_task, prompt=soft, split="dev", progress=False)
     assert torch.isfinite(margins).all()
-    means = skill.mean_activations(tiny_bridge, number_task, prompt=soft)
+    means = skill.task_mean_activations(tiny_bridge, number_task, prompt=soft)
     predictivity = skill.predictivity(tiny_bridge, number_task, prompt=soft, progress=False)
     with pytest.raises(TypeError, match="backend='hooked'"):
         skill.prune(tiny_bridge, predictivity.mask(0.5, per_layer=True), means)
@@ -755,7 +755,9 @@ def test_skill_neurons_on_the_bridge(tiny_bridge, number_task):
         torch.testing.assert_close(
             margins, skill.margins(hooked, number_task, prompt=soft, split="dev", progress=False), atol=1e-4, rtol=0
         )
-        torch.testing.assert_close(means, skill.mean_activations(hooked, number_task, prompt=soft), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            means, skill.task_mean_activations(hooked, number_task, prompt=soft), atol=1e-4, rtol=0
+        )
         again = skill.predictivity(hooked, number_task, prompt=soft, progress=False)
         assert again.mask(0.01).sum() == predictivity.mask(0.01).sum()
 

@@ -168,5 +168,7 @@ def test_skill_tutorial_truths_agree_with_the_library_on_the_tiny_bert(tiny_bert
     assert pruned != skill.accuracy(tiny_bert, task, prompt=prompt, progress=False)  # pruning changes this one
     if is_hooked(tiny_bert):  # skill.prune builds a smaller HookedEncoder (a bridge cannot be resized)
         keep = result.mask(0.1, per_layer=True)
-        small = skill.prune(tiny_bert, keep, skill.mean_activations(tiny_bert, task, prompt=prompt, progress=False))
+        small = skill.prune(
+            tiny_bert, keep, skill.task_mean_activations(tiny_bert, task, prompt=prompt, progress=False)
+        )
         assert pruned == pytest.approx(skill.accuracy(small, task, prompt=prompt, progress=False), abs=0.02)

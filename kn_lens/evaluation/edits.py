@@ -19,7 +19,7 @@ from kn_lens._typing import Model, Neuron, check_model, is_encoder
 from kn_lens.edit import edit_fact, erase
 from kn_lens.evaluation.controls import random_active_neurons
 from kn_lens.evaluation.effects import _prompts
-from kn_lens.evaluation.measure import _accuracy_ppl, _relative_change, measure, text_perplexity
+from kn_lens.evaluation.measure import _accuracy_ppl, measure, text_perplexity
 from kn_lens.inputs import (
     NeuronsLike,
     check_batch_size,
@@ -33,7 +33,7 @@ from kn_lens.inputs import (
 )
 from kn_lens.neurons import KnowledgeNeurons, random_neurons
 from kn_lens.prompts import Prompt, TargetLike, make_prompt, token_ids
-from kn_lens.scoring import forward_logits
+from kn_lens.scoring import forward_logits, relative_change
 
 
 def _check_text(text: Any) -> None:
@@ -166,7 +166,7 @@ def erase_relation(
                                  condition="held-out text", n=1, acc_before=float("nan"), acc_after=float("nan"),
                                  ppl_before=text_before, ppl_after=ppl_a))  # fmt: skip
     frame = pd.DataFrame(rows)
-    frame["ppl_change_%"] = 100 * _relative_change(frame["ppl_before"], frame["ppl_after"])
+    frame["ppl_change_%"] = 100 * relative_change(frame["ppl_before"], frame["ppl_after"])
     return frame
 
 

@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 
 from kn_lens._typing import Model, Neuron, check_model
-from kn_lens.evaluation.measure import _logodds, _relative_change, measure
+from kn_lens.evaluation.measure import measure
 from kn_lens.hooks import Intervention
 from kn_lens.inputs import (
     NeuronsLike,
@@ -80,7 +80,7 @@ from kn_lens.inputs import (
 )
 from kn_lens.neurons import KnowledgeNeurons, random_neurons
 from kn_lens.prompts import Prompt, TargetLike, make_prompt, one_target
-from kn_lens.scoring import target_scores
+from kn_lens.scoring import log_odds, relative_change, target_scores
 
 #: Dai et al.'s interventions: name -> activation factor.
 DAI_INTERVENTIONS: dict[str, float] = {"suppress": 0.0, "enhance": 2.0}
@@ -262,7 +262,7 @@ def intervention_effects(
             else:  # no neurons: nothing to intervene on
                 now = base
             before, after = base.prob, now.prob
-            lo_before, lo_after = _logodds(before), _logodds(after)
+            lo_before, lo_after = log_odds(before), log_odds(after)
             for i, prompt in enumerate(group_prompts):
                 b, a = float(before[i]), float(after[i])
                 if b < objective_floor:
@@ -281,7 +281,7 @@ def intervention_effects(
                         n_neurons=len(group_neurons),
                         before=b,
                         after=a,
-                        rel_change=_relative_change(b, a),
+                        rel_change=relative_change(b, a),
                         logodds_before=float(lo_before[i]),
                         logodds_after=float(lo_after[i]),
                         logodds_change=float(lo_after[i] - lo_before[i]),
@@ -365,7 +365,7 @@ def summarize_effects(
         out["ppl_before"] = np.exp(out.pop("nll_before"))
         out["ppl_after"] = np.exp(out.pop("nll_after"))
     out["rel_change_%"] = 100 * out.pop("rel_change")
-    out["rel_of_means_%"] = 100 * _relative_change(out["before"], out["after"])
+    out["rel_of_means_%"] = 100 * relative_change(out["before"], out["after"])
     return out
 
 

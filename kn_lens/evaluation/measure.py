@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
@@ -23,26 +22,6 @@ from kn_lens.hooks import Intervention
 from kn_lens.inputs import check_batch_size
 from kn_lens.prompts import Prompt, group_by_length, stack_tokens
 from kn_lens.scoring import forward_logits, objective_from_logits
-
-_EPS = 1e-12
-
-
-def _logodds(p: torch.Tensor) -> torch.Tensor:
-    p = p.double().clamp(_EPS, 1 - 1e-15)
-    return torch.log(p) - torch.log1p(-p)
-
-
-def _relative_change(before, after):
-    """``(after - before) / before``, NaN where ``before`` is 0: Dai et al.'s "change rate", for numbers, numpy or
-    pandas objects and tensors. (A private copy until ``kn_lens.scoring.relative_change`` is on main; then this
-    becomes that.)"""
-    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
-        before, after = torch.as_tensor(before), torch.as_tensor(after)
-        return (after - before) / before.where(before != 0, torch.nan)
-    if hasattr(before, "where"):  # pandas
-        return (after - before) / before.where(before != 0)
-    before, after = float(before), float(after)
-    return (after - before) / before if before != 0 else math.nan
 
 
 def _padded(batch: Sequence[Prompt], device) -> torch.Tensor:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kn_lens._typing import Neuron
 from kn_lens.evaluation.convergence import convergence_summary
 from kn_lens.evaluation.records import records_frame, relation_table, rule_summary
 from kn_lens.evaluation.sweeps import (
@@ -149,7 +150,7 @@ def build_report(run: str | os.PathLike) -> str:
         for rule in rules or [None]:
             mine = [r for r in records if rule is None or r.get("rule") == rule]
             neurons = [n for r in mine for n in r.get("neurons") or ()]
-            layers = Counter(int(n[1:].split("N")[0]) for n in neurons)
+            layers = Counter(Neuron.parse(n).layer for n in neurons)
             layer_fig.add_bar(x=list(range(n_layers)), y=[layers.get(i, 0) for i in range(n_layers)], name=rule)
             counts = Counter(len(r.get("neurons") or ()) for r in mine)
             mean = sum(k * v for k, v in counts.items()) / max(sum(counts.values()), 1)

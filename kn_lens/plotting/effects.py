@@ -116,7 +116,7 @@ def relation_effects(
     """Dai et al. Fig. 3/4-style bars: per relation, the fact's own effect with every control beside it.
 
     Args:
-        table: :func:`kn_lens.evaluate.relation_table` (columns ``relation, intervention, condition`` and
+        table: :func:`kn_lens.evaluation.relation_table` (columns ``relation, intervention, condition`` and
             ``metric``; ``facts`` and ``specificity`` shown on hover).
         metric: the column to draw (``"rel_change_%"``, ``"rel_of_means_%"``, ``"acc_after"``, ...).
         title: figure title.
@@ -125,8 +125,8 @@ def relation_effects(
         One panel per intervention (suppress, enhance, ...), relations on the x axis, one bar per condition.
 
     Example:
-        >>> from kn_lens.evaluate import records_frame, relation_table
-        >>> records = kn_lens.sweeps.read_records(run_dir, rule="dai")   # a tiny-BERT run, one selection rule
+        >>> from kn_lens.evaluation import records_frame, relation_table
+        >>> records = kn_lens.evaluation.sweeps.read_records(run_dir, rule="dai")  # a tiny-BERT run, one rule
         >>> fig = relation_effects(relation_table(records_frame(records)))   # fig.show() in a notebook
         >>> sorted({bar.name for bar in fig.data})
         ['knowledge neurons', 'knowledge neurons (held-out)', 'other facts', 'random neurons',
@@ -134,7 +134,7 @@ def relation_effects(
     """
     _check_frame(
         table, "relation_effects", ("relation", "intervention", "condition", metric),
-        "make it with kn_lens.evaluate.relation_table",
+        "make it with kn_lens.evaluation.relation_table",
     )  # fmt: skip
     if table.empty:
         raise ValueError("the table is empty: no facts were evaluated")

@@ -179,7 +179,7 @@ print(
 # smaller TransformerLens model. Back to the tiny BERT, keeping 10% of each layer's neurons.
 
 # %%
-means = skill.mean_activations(bert, task, prompt=soft)
+means = skill.task_mean_activations(bert, task, prompt=soft)
 keep = bert_skill.mask(0.1, per_layer=True)
 small = skill.prune(bert, keep, means)
 control = skill.prune(bert, skill.random_mask(keep, seed=0), means)
