@@ -48,15 +48,19 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 
 def cmd_find(args: argparse.Namespace) -> None:
-    """``kn-lens find TARGET PROMPT...``: knowledge neurons of a fact from its paraphrases."""
+    """``kn-lens find TARGET PROMPT... [--rule adaptive|dai|eleuther]``: knowledge neurons of a fact from its
+    paraphrases, selected by the named rule (:data:`kn_lens.selection.RULES`)."""
     from kn_lens.neurons import find_knowledge_neurons
+    from kn_lens.selection import RULES
 
     model = load_from_args(args)
-    result = find_knowledge_neurons(model, args.prompts, args.target, progress=not args.json)
+    result = find_knowledge_neurons(model, args.prompts, args.target, variant=args.rule, progress=not args.json)
     if args.json:
-        emit(args, result.to_dataframe(), {"target": result.target, "neurons": [str(n) for n in result.neurons]})
+        meta = {"target": result.target, "rule": args.rule, "neurons": [str(n) for n in result.neurons]}
+        emit(args, result.to_dataframe(), meta)
         return
     print(result)
+    print(f"rule {args.rule}: {RULES[args.rule]}")
     _print_frame(result.to_dataframe())
 
 
@@ -135,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     find = add("find", "knowledge neurons of a fact from paraphrased prompts")
     find.add_argument("target")
     find.add_argument("prompts", nargs="+")
+    find.add_argument(
+        "--rule",
+        choices=["adaptive", "dai", "eleuther"],
+        default="adaptive",
+        help="selection rule: adaptive (kn_lens's per-fact 2-5 rule, the default), dai (Dai et al.'s released "
+        "code; one fact is its own relation), eleuther (the EleutherAI package's)",
+    )
     find.set_defaults(func=cmd_find)
 
     decode = add("decode", "tokens a neuron's value vector promotes and suppresses")

@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -111,6 +112,17 @@ def test_find_command_prints_the_neurons(capsys, tiny_bert):
     kns = kn_lens.find_knowledge_neurons(tiny_bert, prompts, FACT.answer)
     assert kns.neurons and str(kns.neurons) in out.splitlines()[0]
     assert all(str(n) in out for n in kns.neurons)
+
+
+@pytest.mark.parametrize("rule", ["dai", "eleuther"])
+def test_find_command_selects_by_the_named_rule(capsys, tiny_bert, rule):
+    prompts = fixture.train_prompts(FACT)
+    assert main(["find", FACT.answer, *prompts, "--rule", rule, "--model", "tiny-bert", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    expected = kn_lens.find_knowledge_neurons(tiny_bert, prompts, FACT.answer, variant=rule)
+    adaptive = kn_lens.find_knowledge_neurons(tiny_bert, prompts, FACT.answer)
+    assert meta["rule"] == rule and meta["neurons"] == [str(n) for n in expected.neurons]
+    assert expected.neurons != adaptive.neurons  # the rule reached the selection (not the default's set)
 
 
 def test_decode_command_prints_both_sides(capsys, tiny_bert):
