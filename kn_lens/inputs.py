@@ -400,6 +400,27 @@ def fixed_positions(positions: Any) -> tuple[int, ...] | None:
     return (-1,) if positions == "last" else positions
 
 
+def index_positions(positions: Any, n: int, *, all_word: str = "all") -> list[int]:
+    """Positions among ``n`` slots (a prompt's tokens, or a template's prompt positions) as indices ``0..n-1``:
+    ``all_word`` (every slot; skill prompts call it ``"prompt"``), ``"last"``, an int or a non-empty list of ints
+    (negative values count from the end).
+
+    Example:
+        >>> index_positions("last", 4), index_positions([0, -1], 4), index_positions("prompt", 3, all_word="prompt")
+        ([3], [0, 3], [0, 1, 2])
+    """
+    if isinstance(positions, str):
+        if positions not in (all_word, "last"):
+            raise ValueError(f"unknown positions {positions!r}; use {all_word!r}, 'last' or indices into the prompt")
+        return list(range(n)) if positions == all_word else [n - 1]
+    chosen = [positions] if _is_int(positions) else list(positions) if isinstance(positions, Sequence) else None
+    if not chosen or not all(_is_int(i) for i in chosen):
+        raise TypeError(f"positions must be {all_word!r}, 'last' or a non-empty list of ints, got {positions!r}")
+    if any(not -n <= int(i) < n for i in chosen):
+        raise ValueError(f"positions {chosen} index a prompt with {n} positions")
+    return [int(i) % n for i in chosen]
+
+
 def batch_positions(positions: Any, prompts: Sequence[Prompt] | None) -> tuple[str, Tensor | None]:
     """Resolve positions for a batch: ``("all", None)``, ``("fixed", idx)`` (same for every row) or
     ``("rows", idx)`` with ``idx`` of shape ``[batch, k]`` (``"site"``: each row's own target positions, from
@@ -535,6 +556,7 @@ __all__ = [
     "check_sequence",
     "count_argument",
     "fixed_positions",
+    "index_positions",
     "prompt_positions",
     "split_targets",
     "to_fact",

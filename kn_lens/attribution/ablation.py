@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import inputs
 from kn_lens._device import evaluating
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model
@@ -47,9 +48,7 @@ def check_mode(
     """Check the ablation mode and read the means once, before any forward pass: None for ``mode="zero"``, else
     one row of means per layer. ``mean_cache`` takes every form :func:`~kn_lens.inputs.to_means` reads
     (``{layer: [d_mlp]}``, an ``MLPPostCache``, a TransformerLens ``ActivationCache`` of ``hook``, a tensor)."""
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
-    if mode == "zero":
+    if inputs.check_mode(mode) == "zero":
         return None
     if mean_cache is None:
         raise ValueError("mode='mean' needs mean_cache=... (e.g. kn_lens.mean_activations(model, prompts, hook=...))")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from kn_lens._device import evaluating
 from kn_lens._typing import Model, Neuron, check_model
-from kn_lens.inputs import check_count, check_number, to_layers
+from kn_lens.inputs import check_count, check_number, index_positions, to_layers
 from kn_lens.skill.prompting import HardPrompt, PromptLike, SoftPrompt, _run, as_prompt
 from kn_lens.skill.tasks import Task, _check_pair, _hold_out
 
@@ -180,20 +180,6 @@ class Predictivity:
         )
 
 
-def _chosen_positions(positions: Any, n: int) -> list[int]:
-    """Which of a layout's ``n`` prompt positions ``positions`` names, as indices ``0..n-1`` into them."""
-    if isinstance(positions, str):
-        if positions not in ("prompt", "last"):
-            raise ValueError(f"unknown positions {positions!r}; use 'prompt', 'last' or indices into the prompt")
-        return list(range(n)) if positions == "prompt" else [n - 1]
-    chosen = list(positions)
-    if not chosen or not all(isinstance(i, int) and not isinstance(i, bool) for i in chosen):
-        raise TypeError(f"positions must be 'prompt', 'last' or a non-empty list of ints, got {positions!r}")
-    if any(not -n <= i < n for i in chosen):
-        raise ValueError(f"positions {chosen} index a prompt with {n} positions")
-    return [i % n for i in chosen]
-
-
 @evaluating
 @torch.inference_mode()
 def predictivity(
@@ -270,7 +256,7 @@ def predictivity(
             raise ValueError(f"{len(pair)} examples are too few to split into train and dev")
     prompt = as_prompt(model, prompt)
     all_positions = prompt.layout(model).positions
-    chosen = _chosen_positions(positions, len(all_positions))
+    chosen = index_positions(positions, len(all_positions), all_word="prompt")
     layer_list = to_layers(model, layers)
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
 
