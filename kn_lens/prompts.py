@@ -81,10 +81,11 @@ class Prompt:
         return make_prompt(model, self.text, target, position=self.site if self.explicit_site else None)
 
 
-def _tokenizer(model: Model):
+def tokenizer_of(model: Model, fix: str = "pass token ids or attach one (model.set_tokenizer(...))"):
+    """The model's tokenizer, or a ValueError saying it has none (``fix``: what the caller can do instead)."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("this model has no tokenizer; pass token ids or attach one (model.set_tokenizer(...))")
+        raise ValueError(f"this model has no tokenizer; {fix}")
     return tokenizer
 
 
@@ -95,7 +96,7 @@ def encode(model: Model, text: str) -> list[int]:
         >>> encode(model, "The capital of France is")
         [504, 3575, 282, 4649, 314]
     """
-    tokenizer = _tokenizer(model)
+    tokenizer = tokenizer_of(model)
     if is_encoder(model):
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
     return model.to_tokens(text, prepend_bos=model.cfg.default_prepend_bos, truncate=False)[0].tolist()
@@ -116,7 +117,7 @@ def token_ids(model: Model, target: TargetLike) -> list[int]:
     if isinstance(target, str):
         if target == "":
             raise ValueError("target is an empty string; pass the answer token(s), e.g. ' Paris'")
-        tokenizer = _tokenizer(model)
+        tokenizer = tokenizer_of(model)
         ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
         if not ids:
             raise ValueError(f"target {target!r} tokenizes to nothing")
@@ -219,7 +220,7 @@ def make_prompt(
 
 
 def _encoder_tokens(model: Model, text: str, ids: list[int]) -> tuple[list[int], int, list[int]]:
-    tokenizer = _tokenizer(model)
+    tokenizer = tokenizer_of(model)
     mask_text = tokenizer.mask_token or MASK
     count = text.count(mask_text)
     if count != 1:
@@ -258,7 +259,7 @@ def _causal_tokens(model: Model, text: str, target: TargetLike, ids: list[int]) 
 
 def _check_split(model: Model, joint: list[int], separate: list[int], text: str, target: str = "") -> None:
     if joint != separate:
-        tokenizer = _tokenizer(model)
+        tokenizer = tokenizer_of(model)
         hint = ""
         if target and not target.startswith(" ") and not is_encoder(model):
             hint = f" (did you mean {' ' + target!r}, with a leading space?)"

@@ -50,7 +50,7 @@ from kn_lens import backends
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, check_finite
-from kn_lens.prompts import group_by_length
+from kn_lens.prompts import group_by_length, tokenizer_of
 from kn_lens.scoring import check_hooks
 
 
@@ -75,10 +75,7 @@ class Layout(NamedTuple):
 
 
 def _tokenizer(model: Model):
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise ValueError("this model has no tokenizer; attach one (model.set_tokenizer(...))")
-    return tokenizer
+    return tokenizer_of(model, "attach one (model.set_tokenizer(...))")
 
 
 def _piece(model: Model, text: str) -> list[int]:
