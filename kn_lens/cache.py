@@ -42,7 +42,7 @@ from kn_lens.inputs import (
     to_neuron,
     to_texts_or_prompts,
 )
-from kn_lens.prompts import Prompt, group_by_length, stack_tokens
+from kn_lens.prompts import Prompt, length_batches, stack_tokens
 
 
 @dataclass
@@ -152,9 +152,7 @@ def cache_mlp_post(
     items = to_texts_or_prompts(model, prompts, positions)
     pos_lists = [prompt_positions(p, positions) for p in items]
     per_prompt: list[dict[int, Tensor] | None] = [None] * len(items)
-    batches = [
-        idx[i : i + batch_size] for idx in group_by_length(items).values() for i in range(0, len(idx), batch_size)
-    ]
+    batches = length_batches(items, batch_size)
     for chunk in progress_bar(batches, "caching mlp_post", enabled=progress, min_items=2):
         tokens = stack_tokens([items[i] for i in chunk], model.cfg.device)
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)

@@ -52,7 +52,7 @@ from kn_lens import backends
 from kn_lens._device import evaluating, is_half
 from kn_lens._typing import Model, Neuron, NeuronLike, check_model, is_encoder, mlp_w_out
 from kn_lens.inputs import NeuronsLike, check_batch_size, check_count, to_neuron, to_neurons, to_prompts
-from kn_lens.prompts import Prompt, TargetLike, group_by_length, stack_tokens
+from kn_lens.prompts import Prompt, TargetLike, length_batches, stack_tokens
 
 Through = Literal["unembed", "mlm_head"]
 THROUGH: tuple[str, ...] = ("unembed", "mlm_head")
@@ -395,31 +395,29 @@ def direct_effect(
     value = mlp_w_out(model, layer)[index]
     w_u, _ = backends.unembed(model)
     out = torch.empty(len(prompts))
-    for indices in group_by_length(prompts).values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            batch = [prompts[i] for i in chunk]
-            tokens = stack_tokens(batch, model.cfg.device)
-            wanted = {act_name, *scale_names}
-            if is_encoder(model):
-                wanted.add(backends.encoder_output_hook(model))
-            _, cache = model.run_with_cache(tokens, names_filter=lambda name, w=wanted: name in w)
-            acts = cache[act_name][..., index]  # [batch, pos]
-            contribution = acts[..., None] * value  # [batch, pos, d_model]
-            if is_encoder(model):
-                block_norm = backends.norm
-                c = _norm_linear(block_norm(model.blocks[layer].ln2), contribution, cache[scale_names[0]])
-                for later in range(layer + 1, model.cfg.n_layers):
-                    c = _norm_linear(block_norm(model.blocks[later].ln1), c, cache[f"blocks.{later}.ln1.hook_scale"])
-                    c = _norm_linear(block_norm(model.blocks[later].ln2), c, cache[f"blocks.{later}.ln2.hook_scale"])
-                resid = cache[backends.encoder_output_hook(model)]
-                direction = backends.mlm_head(model, resid).float() - backends.mlm_head(model, resid - c).float()
-            else:
-                norm = final_norm(model)
-                scale = cache[scale_names[0]] if scale_names else None
-                direction = (_norm_linear(norm, contribution, scale) if norm is not None else contribution).float()
-            for row, prompt in enumerate(batch):  # in float32, only the target's columns of the unembedding
-                pos = torch.tensor(prompt.positions, device=direction.device)
-                columns = w_u[:, list(prompt.target_ids)].float().to(direction.device)  # [d_model, k]
-                out[chunk[row]] = float((direction[row, pos] * columns.T).sum())
+    for chunk in length_batches(prompts, batch_size):
+        batch = [prompts[i] for i in chunk]
+        tokens = stack_tokens(batch, model.cfg.device)
+        wanted = {act_name, *scale_names}
+        if is_encoder(model):
+            wanted.add(backends.encoder_output_hook(model))
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name, w=wanted: name in w)
+        acts = cache[act_name][..., index]  # [batch, pos]
+        contribution = acts[..., None] * value  # [batch, pos, d_model]
+        if is_encoder(model):
+            block_norm = backends.norm
+            c = _norm_linear(block_norm(model.blocks[layer].ln2), contribution, cache[scale_names[0]])
+            for later in range(layer + 1, model.cfg.n_layers):
+                c = _norm_linear(block_norm(model.blocks[later].ln1), c, cache[f"blocks.{later}.ln1.hook_scale"])
+                c = _norm_linear(block_norm(model.blocks[later].ln2), c, cache[f"blocks.{later}.ln2.hook_scale"])
+            resid = cache[backends.encoder_output_hook(model)]
+            direction = backends.mlm_head(model, resid).float() - backends.mlm_head(model, resid - c).float()
+        else:
+            norm = final_norm(model)
+            scale = cache[scale_names[0]] if scale_names else None
+            direction = (_norm_linear(norm, contribution, scale) if norm is not None else contribution).float()
+        for row, prompt in enumerate(batch):  # in float32, only the target's columns of the unembedding
+            pos = torch.tensor(prompt.positions, device=direction.device)
+            columns = w_u[:, list(prompt.target_ids)].float().to(direction.device)  # [d_model, k]
+            out[chunk[row]] = float((direction[row, pos] * columns.T).sum())
     return out

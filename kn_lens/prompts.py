@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -340,7 +340,7 @@ def make_prompts(
     return [make_prompt(model, t, y) for t, y in zip(texts, per_text, strict=True)]
 
 
-def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:
+def group_by_length(prompts: Sequence[Sized]) -> dict[int, list[int]]:
     """Indices of ``prompts`` grouped by token length, so each group stacks into a batch without padding.
 
     Example:
@@ -351,6 +351,17 @@ def group_by_length(prompts: Sequence[Prompt]) -> dict[int, list[int]]:
     for i, prompt in enumerate(prompts):
         groups.setdefault(len(prompt), []).append(i)
     return groups
+
+
+def length_batches(items: Sequence[Sized], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` (prompts, or token lists) in batches of equal length, at most ``batch_size`` each:
+    :func:`group_by_length`'s groups cut into batches, in first-seen order.
+
+    Example:
+        >>> length_batches([[1, 2], [3], [4, 5], [6, 7]], 2)
+        [[0, 2], [3], [1]]
+    """
+    return [idx[i : i + batch_size] for idx in group_by_length(items).values() for i in range(0, len(idx), batch_size)]
 
 
 def stack_tokens(prompts: Sequence[Prompt], device: torch.device | str | None = None) -> Int[Tensor, "batch pos"]:

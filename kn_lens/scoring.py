@@ -38,7 +38,7 @@ from torch import Tensor
 from kn_lens import backends
 from kn_lens._device import evaluating
 from kn_lens._typing import Model, check_model
-from kn_lens.prompts import Prompt, TargetLike, group_by_length, make_prompt, stack_tokens, token_ids
+from kn_lens.prompts import Prompt, TargetLike, length_batches, make_prompt, stack_tokens, token_ids
 
 Metric: TypeAlias = Callable[[Tensor, Sequence[Prompt]], Tensor]
 """A user metric: ``metric(logits [batch, pos, d_vocab], prompts (one per row)) -> [batch]``, differentiable."""
@@ -363,15 +363,13 @@ def target_scores(
     if not callable(fwd_hooks):
         check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts))
-    for indices in group_by_length(prompts).values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            batch = [prompts[i] for i in chunk]
-            hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
-            if callable(fwd_hooks):
-                check_hooks(model, hooks)
-            logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
-            out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
+    for chunk in length_batches(prompts, batch_size):
+        batch = [prompts[i] for i in chunk]
+        hooks = fwd_hooks(batch) if callable(fwd_hooks) else fwd_hooks
+        if callable(fwd_hooks):
+            check_hooks(model, hooks)
+        logits = forward_logits(model, stack_tokens(batch, model.cfg.device), hooks)
+        out[chunk] = objective_from_logits(logits, batch, objective).float().cpu()
     return out
 
 

@@ -50,7 +50,7 @@ from kn_lens import backends
 from kn_lens._progress import progress_bar
 from kn_lens._typing import Model, check_model, hook_name, is_encoder
 from kn_lens.inputs import check_batch_size, check_finite
-from kn_lens.prompts import group_by_length, tokenizer_of
+from kn_lens.prompts import length_batches, tokenizer_of
 from kn_lens.scoring import check_hooks
 
 
@@ -406,8 +406,7 @@ def _encode(model: Model, layout: Layout, texts: Sequence[str]) -> list[list[int
 def _batches(token_lists: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     """Indices of ``token_lists`` in batches of equal length (at most ``batch_size`` each), in first-seen order."""
     batch_size = check_batch_size(batch_size)
-    groups = group_by_length(token_lists).values()  # type: ignore[arg-type]  # lists of ids have a len too
-    return [idx[i : i + batch_size] for idx in groups for i in range(0, len(idx), batch_size)]
+    return length_batches(token_lists, batch_size)
 
 
 def _check_fwd_hooks(model: Model, fwd_hooks: Any) -> list:
