@@ -169,13 +169,15 @@ def test_report_refuses_model_options(capsys, tmp_path):
     assert err == "kn-lens: error: report reads a run folder and loads no model: drop --model\n"
 
 
-def _one_line_error(capsys, argv, *expected: str) -> None:
+def _one_line_error(capsys, argv, *expected: str) -> str:
+    """Run ``argv``, check it ends in exit 2 with one line ``kn-lens: error: ...`` holding ``expected``; the line."""
     assert main(argv) == 2
     err = capsys.readouterr().err
     ours = [line for line in err.splitlines() if line.startswith("kn-lens")]  # (transformers may show progress)
     assert len(ours) == 1 and ours[0].startswith("kn-lens: error:") and "Traceback" not in err, err
     for text in expected:
         assert text in err, (text, err)
+    return ours[0]
 
 
 @pytest.mark.parametrize(
@@ -195,7 +197,8 @@ def test_a_checkpoint_folder_without_weights_is_one_line(capsys, tmp_path):
     for item in fixture.PATH.iterdir():  # config and tokenizer, no weights
         if "safetensors" not in item.name and not item.name.endswith(".bin"):
             (tmp_path / item.name).write_bytes(item.read_bytes())
-    _one_line_error(capsys, ["predict", "x [MASK].", "--model", str(tmp_path)], str(tmp_path))
+    line = _one_line_error(capsys, ["predict", "x [MASK].", "--model", str(tmp_path)], str(tmp_path))
+    assert "weights" in line.lower() or "safetensors" in line.lower(), line  # says what the folder lacks
 
 
 def test_predict_decode_attribute_find_write_json(capsys, tiny_bert):
