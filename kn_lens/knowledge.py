@@ -241,9 +241,11 @@ class KnowledgeNeurons:
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
+        share = self.params.get("share_used")
+        shown = f"{share:.4g}" if isinstance(share, float) else share  # 0.44999999999999984: the float steps' own
         return (
             f"KnowledgeNeurons({label}target={self.target!r}, prompts={len(self.prompts)}, "
-            f"neurons={self.neurons}, share={self.params.get('share_used')})"
+            f"neurons={self.neurons}, share={shown})"
         )
 
     def counts(self) -> dict[Neuron, int]:

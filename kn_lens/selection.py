@@ -5,8 +5,8 @@ The steps of every rule of :mod:`kn_lens.neurons` (which explains the rules, ``"
 ``threshold x`` its largest score), :func:`refine` (one fact: neurons coarse on enough prompts, the share adapted
 per fact), :func:`refine_relation` (the released code: the share adapted over a relation's facts),
 :func:`drop_shared` (the negatives filter), and :class:`Rule` (a rule with its parameters resolved). A new
-selection rule goes here: its defaults in :data:`VARIANTS`, its one line in :data:`RULES`, its refinement in
-``refine_facts``.
+selection rule goes here: its name in ``Variant``, its defaults in :data:`VARIANTS`, its one line in :data:`RULES`,
+its refinement in ``refine_facts`` (``kn-lens find --rule`` builds its choices and help from the last two).
 
 Example:
     >>> coarse = [[Neuron(3, 1), Neuron(4, 0)], [Neuron(3, 1)], [Neuron(3, 1), Neuron(4, 2)]]
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,6 @@ from torch import Tensor
 
 from kn_lens._typing import Neuron
 from kn_lens.inputs import check_count, check_int, check_number
-
-Variant = Literal["adaptive", "dai", "eleuther"]
 
 Variant = Literal["adaptive", "dai", "eleuther"]
 
@@ -324,6 +323,14 @@ def refine_relation(
         raise ValueError("refine_relation needs at least one fact, each with at least one prompt")
     check_number(share, "share", low=0, high=1)
     lo, hi = _check_range(adaptive) if adaptive is not None else (-math.inf, math.inf)
+    short = sum(len(coarse) < min_prompts for coarse in coarse_by_fact)
+    if short:  # faithful (the released rule selects nothing there), but never silent
+        warnings.warn(
+            f"{short} of {len(coarse_by_fact)} facts have fewer than {min_prompts} prompts: the released rule "
+            f"keeps a neuron only when it is coarse on at least {min_prompts} prompts, so those facts get no "
+            f"neurons; give each fact at least {min_prompts} paraphrases (or use variant='adaptive')",
+            stacklevel=2,
+        )
     counts = [_counts(coarse) for coarse in coarse_by_fact]
     strengths = list(strength_by_fact) if strength_by_fact is not None else [{} for _ in counts]
     if len(strengths) != len(counts):

@@ -257,3 +257,18 @@ def test_candidates_round_trip_and_equal_full_scores():
     (selected,) = select([cands], variant="dai", adaptive=None)
     unordered = refine_relation([cands.coarse(0.2, inclusive=True)], adaptive=None).neurons[0]
     assert set(unordered) == set(selected.neurons) and len(unordered) == len(selected.neurons) > 0
+
+
+def test_fewer_prompts_than_the_minimum_count_warn_and_select_nothing():
+    # Two prompts can never reach the released rule's count of 3: faithful (no neurons), but said aloud.
+    a = Neuron(0, 1)
+    with pytest.warns(UserWarning, match="1 of 2 facts have fewer than 3 prompts"):
+        refined = refine_relation([[[a], [a]], [[a], [a], [a]]], adaptive=None)
+    assert refined.neurons == [[], [a]]
+    scores = torch.zeros(2, 1, 4)
+    scores[:, 0, 2] = 1.0  # the same neuron on top of both prompts
+    with pytest.warns(UserWarning, match="at least 3 paraphrases"):
+        (selected,) = select([Candidates.from_scores(scores, layers=[5])], variant="dai")
+    assert selected.neurons == []
+    (adaptive,) = select([Candidates.from_scores(scores, layers=[5])], variant="adaptive")
+    assert adaptive.neurons == [Neuron(5, 2)]
