@@ -4,9 +4,10 @@ For each fact (capital cities and languages of countries, 4 paraphrases used for
 this script finds the knowledge neurons with ``kn_lens.find_knowledge_neurons_many`` (integrated gradients,
 kn_lens's per-fact rule `adaptive`), then scales them at the last prompt position with
 ``kn_lens.evaluation.intervention_effects``: x0 (suppress) and x2 (enhance), beside the same number of random
-neurons in the same layers and the facts of the other relation. Two selections are reported: per fact as in
-Dai et al.'s section 3, and with the relation filter (neurons selected for > 10% of a relation's facts
-dropped). It writes its section of ``benchmarks/RESULTS.md`` (and, with ``--csv PATH``, the per-prompt rows).
+neurons in the same layers and the facts of the other relation. Two selections are reported, both with
+kn_lens's per-fact rule: without the relation filter (each fact on its own, as in Dai et al.'s section 3), and
+with it (neurons selected for > 10% of a relation's facts dropped). It writes its section of
+``benchmarks/RESULTS.md`` (and, with ``--csv PATH``, the per-prompt rows).
 
 Run: ``python benchmarks/kn_smollm2.py [--steps 20] [--threads 1] [--quick] [--csv PATH]`` (~20 min on one busy
 CPU thread: ~9 min of attribution, the rest forward passes).

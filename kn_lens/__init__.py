@@ -12,10 +12,10 @@ The modules, in layers: each imports only from its own layer or the ones below (
 3. ``attribution/`` (integrated gradients and friends, one path dispatcher, the memory planner);
 4. knowledge neurons: ``neurons`` (finding them, controls), ``selection`` (the selection rules),
    ``knowledge`` (the ``KnowledgeNeurons`` result, stored candidates);
-5. ``evaluation/`` (effect tables with controls, erase/edit evaluation, sweeps, convergence, report, demo) and
+5. ``evaluation/`` (effect tables with controls, erase/edit evaluation, sweeps, convergence, demo) and
    ``skill/`` (skill neurons: tasks, prompts, predictivity, perturbation, pruning);
-6. presentation and entry points: ``plotting/`` (plotly figures, imported on first use), ``exercises`` and
-   ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
+6. presentation and entry points: ``plotting/`` (plotly figures, imported on first use), ``evaluation.report``
+   (a run's HTML page), ``exercises`` and ``quiz`` (tutorial exercises), ``cli`` (the ``kn-lens`` command).
 
 Example:
     >>> import kn_lens

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -29,6 +29,11 @@ from kn_lens.inputs import (
     to_means,
     to_neurons,
 )
+
+if TYPE_CHECKING:  # annotations only
+    from transformer_lens import ActivationCache
+
+    from kn_lens.cache import MLPPostCache
 
 
 def perturb_hook(
@@ -79,7 +84,7 @@ def perturb(
     std: float = 0.1,
     seed: int = 0,
     positions: Literal["all", "last"] | int | Sequence[int] = "all",
-    mean_cache: Tensor | Mapping[int, Tensor] | None = None,
+    mean_cache: MLPPostCache | ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
     layers: Iterable[int] | None = None,
     model: Model | None = None,
 ) -> HookList:

@@ -14,6 +14,7 @@ from kn_lens._moved import moved
 from kn_lens.cli_evaluate import BACKEND_HELP, MODEL_HELP, add_model_options, emit, load_from_args
 from kn_lens.inputs import check_count, count_argument
 from kn_lens.scoring import top_predictions as _top_predictions
+from kn_lens.selection import RULES, VARIANTS
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -51,7 +52,6 @@ def cmd_find(args: argparse.Namespace) -> None:
     """``kn-lens find TARGET PROMPT... [--rule adaptive|dai|eleuther]``: knowledge neurons of a fact from its
     paraphrases, selected by the named rule (:data:`kn_lens.selection.RULES`)."""
     from kn_lens.neurons import find_knowledge_neurons
-    from kn_lens.selection import RULES
 
     model = load_from_args(args)
     result = find_knowledge_neurons(model, args.prompts, args.target, variant=args.rule, progress=not args.json)
@@ -112,43 +112,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["hooked", "bridge"], default=None, help=BACKEND_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str, *, with_json: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help: str, example: str, *, with_json: bool = True) -> argparse.ArgumentParser:
         # every command here loads a model: --model, --backend, --device (and --json where it prints a table)
-        command = sub.add_parser(name, help=help, description=help)
+        command = sub.add_parser(
+            name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=raw
+        )
         add_model_options(command, with_json=with_json)
         return command
 
+    raw = argparse.RawDescriptionHelpFormatter
     demo = add(
-        "demo", "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls", with_json=False
+        "demo",
+        "the main job: a fact's knowledge neurons, suppressed and enhanced, beside controls",
+        "kn-lens demo --model tiny-bert --steps 5      # seconds; without --model: the embedded SmolLM2",
+        with_json=False,
     )
     demo.add_argument("--steps", type=count_argument, default=20, help="integrated-gradients steps (default 20)")
     demo.set_defaults(func=cmd_demo)
 
-    predict = add("predict", "top tokens at the [MASK] / next position")
-    predict.add_argument("prompt")
+    predict = add(
+        "predict",
+        "top tokens at the [MASK] / next position",
+        'kn-lens predict "The capital of France is" -k 5',
+    )
+    predict.add_argument("prompt", help="a prompt (with [MASK] for an encoder)")
     predict.add_argument("-k", type=count_argument, default=10, help="how many tokens (default 10)")
     predict.set_defaults(func=cmd_predict)
 
-    attribute = add("attribute", "integrated-gradient attribution of a target to every neuron")
-    attribute.add_argument("prompt")
-    attribute.add_argument("target")
+    attribute = add(
+        "attribute",
+        "integrated-gradient attribution of a target to every neuron",
+        'kn-lens attribute "The capital of France is" " Paris" --top 10',
+    )
+    attribute.add_argument("prompt", help="the prompt")
+    attribute.add_argument("target", help="the answer, e.g. ' Paris' (leading space for causal models)")
     attribute.add_argument("--steps", type=count_argument, default=20, help="integration steps (default 20)")
     attribute.add_argument("--top", type=count_argument, default=20, help="how many neurons to list (default 20)")
     attribute.set_defaults(func=cmd_attribute)
 
-    find = add("find", "knowledge neurons of a fact from paraphrased prompts")
-    find.add_argument("target")
-    find.add_argument("prompts", nargs="+")
+    find = add(
+        "find",
+        "knowledge neurons of a fact from paraphrased prompts",
+        'kn-lens find " Paris" "The capital of France is" "France\'s capital city is" "The French capital is" '
+        "--rule dai",
+    )
+    find.add_argument("target", help="the answer, e.g. ' Paris' (leading space for causal models)")
+    find.add_argument("prompts", nargs="+", help="the fact's paraphrases (dai needs at least 3)")
     find.add_argument(
         "--rule",
-        choices=["adaptive", "dai", "eleuther"],
+        choices=list(VARIANTS),
         default="adaptive",
-        help="selection rule: adaptive (kn_lens's per-fact 2-5 rule, the default), dai (Dai et al.'s released "
-        "code; one fact is its own relation), eleuther (the EleutherAI package's)",
+        help="selection rule (default adaptive; a single fact is its own relation for dai): "
+        + "; ".join(f"{name} = {text}" for name, text in RULES.items()).replace("%", "%%"),
     )
     find.set_defaults(func=cmd_find)
 
-    decode = add("decode", "tokens a neuron's value vector promotes and suppresses")
+    decode = add("decode", "tokens a neuron's value vector promotes and suppresses", "kn-lens decode L24N1005 -k 10")
     decode.add_argument("neuron", help="e.g. L24N1005")
     decode.add_argument("-k", type=count_argument, default=10, help="tokens per side (default 10)")
     decode.set_defaults(func=cmd_decode)

@@ -1,8 +1,9 @@
 """The evaluation commands of ``kn-lens``: suppress, enhance, erase, edit, ``evaluate pararel`` and report.
 
 Every command that loads a model takes ``--model`` (default: the embedded SmolLM2-135M; ``tiny-bert`` for the
-trained test BERT; a checkpoint folder), ``--backend`` and ``--device``; every command takes ``--json``
-(machine-readable output on stdout; progress goes to stderr). ``report`` loads no model and takes neither.
+trained test BERT; a checkpoint folder; an official TransformerLens name), ``--backend`` and ``--device``; every
+command takes ``--json`` (machine-readable output on stdout; progress goes to stderr). ``report`` loads no model:
+it takes no ``--model``, ``--backend`` or ``--device``, only ``--output`` and ``--json``.
 
 Examples::
 
@@ -56,10 +57,10 @@ def load_from_args(args: argparse.Namespace, device: str | None = None):
     return load(_model_arg(args), device or getattr(args, "device", None), getattr(args, "backend", None))
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, with_json: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, with_json: bool = True, model_help: str = "") -> None:
     """``--model``, ``--backend``, ``--device`` (a command that loads a model) and ``--json``."""
     # SUPPRESS: a --model given before the command (kn-lens --model X suppress ...) is not overwritten.
-    parser.add_argument("--model", default=argparse.SUPPRESS, help=MODEL_HELP)
+    parser.add_argument("--model", default=argparse.SUPPRESS, help=model_help or MODEL_HELP)
     parser.add_argument("--backend", choices=["hooked", "bridge"], default=argparse.SUPPRESS, help=BACKEND_HELP)
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda or cuda:1 (default: the model's)")
     if with_json:
@@ -79,6 +80,10 @@ BACKEND_HELP = (
     "TransformerLens backend: 'hooked' (HookedTransformer / HookedEncoder, the default on TransformerLens 3.x) or "
     "'bridge' (TransformerBridge, the only one on 4.x)"
 )
+
+
+STEPS_HELP = "integrated-gradient steps when the neurons are found from the prompts (default 20)"
+SEED_HELP = "seed of the random-neuron control (default 0)"
 
 
 def _model_arg(args: argparse.Namespace) -> str | None:
@@ -306,9 +311,11 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``suppress``, ``enhance``, ``erase``, ``edit``, ``evaluate`` and ``report`` to the ``kn-lens`` parser."""
     raw = argparse.RawDescriptionHelpFormatter
     for name, factor, verb in (("suppress", 0.0, "x0"), ("enhance", 2.0, "x2")):
+        summary = f"scale a fact's neurons ({verb}) beside random-neuron and unrelated-fact controls"
         p = sub.add_parser(
             name,
-            help=f"scale a fact's neurons ({verb}) beside random-neuron and unrelated-fact controls",
+            help=summary,
+            description=summary,
             formatter_class=raw,
             epilog=f'example:\n  kn-lens {name} " Paris" "The capital of France is" "The capital city of France is" '
             f'"France\'s capital is"\n  kn-lens {name} " Paris" "The capital of France is" --neurons L24N1005',
@@ -319,31 +326,36 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--factor", type=_finite, default=factor, help=f"activation factor (default {factor:g})")
         p.add_argument("--heldout", nargs="*", help="held-out paraphrases (same target)")
         p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
-        p.add_argument("--steps", type=count_argument, default=20, help="integrated-gradient steps")
-        p.add_argument("--seed", type=int, default=0, help="random-control seed")
+        p.add_argument("--steps", type=count_argument, default=20, help=STEPS_HELP)
+        p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
         add_model_options(p)
         p.set_defaults(func=cmd_suppress if name == "suppress" else cmd_enhance)
 
+    summary = "erase neurons' value vectors (zero / [UNK]): accuracy and perplexity, beside random neurons"
     p = sub.add_parser(
         "erase",
-        help="erase neurons' value vectors (zero / [UNK]): accuracy and perplexity, beside random neurons",
+        help=summary,
+        description=summary,
         formatter_class=raw,
         epilog='example:\n  kn-lens erase " Paris" "The capital of France is" "The capital city of France is" '
         '--unrelated "The official language of Spain is= Spanish"',
     )
-    p.add_argument("target")
-    p.add_argument("prompts", nargs="+")
+    p.add_argument("target", help="the answer, e.g. ' Paris' (leading space for causal models)")
+    p.add_argument("prompts", nargs="+", help="the fact's prompts (paraphrases)")
     p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
-    p.add_argument("--mode", choices=("zero", "unk"), default="zero")
+    p.add_argument("--mode", choices=("zero", "unk"), default="zero",
+                   help="value vectors set to 0 (zero, default) or to the unknown token's embedding (unk)")  # fmt: skip
     p.add_argument("--unrelated", nargs="*", help="control facts as 'PROMPT=TARGET'")
-    p.add_argument("--steps", type=count_argument, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=count_argument, default=20, help=STEPS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     add_model_options(p)
     p.set_defaults(func=cmd_erase)
 
+    summary = "rewrite a fact (Dai et al.'s edit): success, paraphrases, neighbours, perplexity, random control"
     p = sub.add_parser(
         "edit",
-        help="rewrite a fact (Dai et al.'s edit): success, paraphrases, neighbours, perplexity, random control",
+        help=summary,
+        description=summary,
         formatter_class=raw,
         epilog='example:\n  kn-lens edit "The capital of France is" "The capital city of France is" --new " Rome" '
         '--neighbour "The capital of Italy is= Rome"',
@@ -354,18 +366,32 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neurons", help="L{l}N{i},... (default: find them from the prompts)")
     p.add_argument("--heldout", nargs="*", help="held-out paraphrases")
     p.add_argument("--neighbour", nargs="*", help="neighbour facts as 'PROMPT=TARGET'")
-    p.add_argument("--lambda1", type=_finite, default=1.0)
-    p.add_argument("--lambda2", type=_finite, default=8.0)
-    p.add_argument("--steps", type=count_argument, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lambda1",
+        type=_finite,
+        default=1.0,
+        help="weight of the old answer's embedding subtracted (default 1, Dai et al.)",
+    )
+    p.add_argument(
+        "--lambda2",
+        type=_finite,
+        default=8.0,
+        help="weight of the new answer's embedding added (default 8, Dai et al.)",
+    )
+    p.add_argument("--steps", type=count_argument, default=20, help=STEPS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     add_model_options(p)
     p.set_defaults(func=cmd_edit)
 
-    evaluate = sub.add_parser("evaluate", help="benchmark evaluations (pararel, convergence)")
+    evaluate = sub.add_parser(
+        "evaluate", help="benchmark evaluations (pararel, convergence)", description="benchmark evaluations"
+    )
     which = evaluate.add_subparsers(dest="benchmark", required=True)
+    summary = "knowledge neurons on PARAREL with every control; resumable; torchrun-shardable"
     p = which.add_parser(
         "pararel",
-        help="knowledge neurons on PARAREL with every control; resumable; torchrun-shardable",
+        help=summary,
+        description=summary,
         formatter_class=raw,
         epilog="examples:\n  kn-lens evaluate pararel --out runs/smollm2 --data pararel/ --relations P36,P37 "
         "--facts-per-relation 20 --rules dai,adaptive\n  torchrun --nproc_per_node 2 -m kn_lens evaluate pararel "
@@ -376,7 +402,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="PARAREL folder (default: download into the cache)")
     p.add_argument("--relations", type=_relations, help="relation ids, e.g. P36,P37 (default: all)")
     p.add_argument("--facts-per-relation", type=count_argument, help="known facts per relation (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="order of each relation's facts and the controls (default 0)")
     p.add_argument("--preset", choices=("dai", "converged"), default="dai",
                    help="integration rule: dai = 20-step left Riemann sum (the paper's), converged = 128-point "
                    "midpoint rule (see kn_lens.evaluation.convergence)")  # fmt: skip
@@ -390,23 +416,29 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_evaluate_pararel)
 
+    summary = "how stable a run's knowledge neurons are across quadrature rules (adds to the run's report)"
     p = which.add_parser(
         "convergence",
-        help="how stable a run's knowledge neurons are across quadrature rules (adds to the run's report)",
+        help=summary,
+        description=summary,
         formatter_class=raw,
         epilog="example:\n  kn-lens evaluate convergence runs/smollm2 --facts-per-relation 2\n"
         "Re-running resumes; `kn-lens report runs/smollm2` then shows the stability table.",
     )
     p.add_argument("run", help="a run folder of `kn-lens evaluate pararel`")
     p.add_argument("--data", help="PARAREL folder (default: the run's)")
-    p.add_argument("--facts-per-relation", type=count_argument, default=2, help="facts re-attributed per relation")
+    p.add_argument(
+        "--facts-per-relation", type=count_argument, default=2, help="facts re-attributed per relation (default 2)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_model_options(p)
+    add_model_options(p, model_help="the run's model, again: required unless the run used the embedded SmolLM2 "
+                      "(the default); the run refuses another model")  # fmt: skip
     p.set_defaults(func=cmd_evaluate_convergence)
 
     p = sub.add_parser(
         "report",
         help="one self-contained HTML page of an evaluate run",
+        description="one self-contained HTML page of an evaluate run (loads no model)",
         formatter_class=raw,
         epilog="example:\n  kn-lens report runs/smollm2            # writes runs/smollm2/report.html",
     )

@@ -91,7 +91,7 @@ SHIMS: dict[str, str] = {
 #: ``kn_lens.plotting``, imported inside the method when a figure is asked for (plotly stays optional).
 ALLOWED_UP: dict[tuple[str, str], str] = {
     ("kn_lens.knowledge", "kn_lens.plotting"): "KnowledgeNeurons.plot() imports plotting when drawn",
-    ("kn_lens.skill", "kn_lens.plotting"): "Predictivity.plot() imports plotting when drawn",
+    ("kn_lens.skill", "kn_lens.plotting"): "Predictivity.figure() imports plotting when drawn",
 }
 
 #: What the other branches of the restructure still have to fix (the lead removes each item as it merges).

@@ -13,8 +13,8 @@ rarely exactly 0); the mean over a reference set (``mode="mean"``) is the gentle
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -38,6 +38,11 @@ from kn_lens.attribution.paths import choose_path
 from kn_lens.inputs import to_means
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, objective_from_logits
+
+if TYPE_CHECKING:  # annotations only
+    from transformer_lens import ActivationCache
+
+    from kn_lens.cache import MLPPostCache
 
 __all__ = ["ablation_effects"]
 
@@ -105,7 +110,7 @@ def ablation_effects(
     *,
     layers: int | Sequence[int] | None = None,
     mode: Literal["zero", "mean"] = "zero",
-    mean_cache: dict[int, Tensor] | Tensor | None = None,
+    mean_cache: MLPPostCache | ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
     objective: Objective = "prob",
     hook: str = "mlp_post",
     internal_batch_size: int | None = None,
@@ -128,7 +133,8 @@ def ablation_effects(
         layers: blocks to score (None = all), ascending.
         mode: "zero" (set to 0) or "mean" (set to ``mean_cache``).
         mean_cache: mean activations for ``mode="mean"``: ``{layer: [d_mlp]}``
-            (:func:`kn_lens.cache.mean_activations`), or a tensor ``[n_layers, d_mlp]`` / ``[d_mlp]``.
+            (:func:`kn_lens.cache.mean_activations`), a :func:`~kn_lens.cache.cache_mlp_post` result, a
+            TransformerLens ``ActivationCache``, or a tensor ``[n_layers, d_mlp]`` / ``[d_mlp]``.
         objective: "prob", "logprob" or "logit".
         hook: MLP hook point (see :data:`HOOKS`).
         internal_batch_size: ablated neurons per forward pass (None: as many as fit ``memory_budget``).

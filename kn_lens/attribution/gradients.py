@@ -9,8 +9,8 @@ neuron (the softmax near 1) gets a small gradient however much it matters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -22,6 +22,11 @@ from kn_lens.attribution._common import Baseline, baselines_per_layer, check_cal
 from kn_lens.attribution.ablation import ablated_values, check_mode
 from kn_lens.prompts import Prompt, TargetLike
 from kn_lens.scoring import Objective, objective_from_logits, with_grad
+
+if TYPE_CHECKING:  # annotations only
+    from transformer_lens import ActivationCache
+
+    from kn_lens.cache import MLPPostCache
 
 __all__ = ["attribution_patching", "grad_x_activation"]
 
@@ -100,7 +105,7 @@ def attribution_patching(
     *,
     layers: int | Sequence[int] | None = None,
     mode: Literal["zero", "mean"] = "zero",
-    mean_cache: dict[int, Tensor] | Tensor | None = None,
+    mean_cache: MLPPostCache | ActivationCache | Mapping[int, Tensor] | Tensor | None = None,
     objective: Objective = "prob",
     hook: str = "mlp_post",
 ) -> Float[Tensor, "layer d_mlp"]:

@@ -10,7 +10,7 @@ Context:
        known ones are found (the same uniform sample of known facts as scanning everything, for a fraction of the
        work); every scanned fact is recorded, so the coverage (scanned / known) is exact.
     2. **attribution**, per fact: integrated gradients on the fact's attribution prompts (its last ``n_heldout``
-       prompts held out), stored sparse as :class:`~kn_lens.neurons.Candidates` (every neuron reaching 0.1 x a
+       prompts held out), stored sparse as :class:`~kn_lens.knowledge.Candidates` (every neuron reaching 0.1 x a
        prompt's max, with its score on every prompt), with each prompt's completeness error; for the
        ``"contrastive"`` rule a second attribution of the same prompts with the contrastive objective
        (:func:`kn_lens.scoring.mean_logit_diff` against the relation's other answers).
