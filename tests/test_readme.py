@@ -40,3 +40,20 @@ def test_readme_examples_run():
     assert [str(n) for n in kn_lens.top_neurons(namespace["scores"], 5)][:3] == top.split(", ")
     quick = re.search(r"target_scores\(model, \[prompt\]\)  # tensor\(\[(.*?)\]\)", README.read_text()).group(1)
     assert f"{float(kn_lens.target_scores(namespace['model'], [namespace['prompt']])[0]):.4f}" == quick
+
+
+def test_readme_command_lines_parse_and_give_the_released_rule_enough_prompts():
+    """Every ``kn-lens`` line of the README is a valid command (parsed, not run: they load SmolLM2), and a
+    ``find --rule dai`` example gives at least 3 paraphrases (the released rule selects nothing with fewer)."""
+    import shlex
+
+    from kn_lens.cli import build_parser
+    from kn_lens.selection import DAI_MIN_PROMPTS
+
+    lines = [line.split("  #")[0] for line in README.read_text().splitlines() if line.startswith("kn-lens ")]
+    assert len(lines) >= 10
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert callable(args.func), line
+        if getattr(args, "rule", None) == "dai":
+            assert len(args.prompts) >= DAI_MIN_PROMPTS, line
